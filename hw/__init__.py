@@ -1,0 +1,1 @@
+"""Espalier's Amaranth gateware (one block per file). Imports Amaranth, never torch."""

@@ -1,0 +1,1 @@
+"""Board glue and build flows for the ECP5 (ULX3S 85F) and iCE40 (iCEBreaker) boards."""
