@@ -77,6 +77,8 @@ class GoldenModel:
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Real inputs (N, C, H, W) to ``bw``-bit integers at the image's ``input_fl``."""
         x = np.asarray(x)
+        if x.ndim == 2 and x.shape[1] == np.prod(self.image.input_shape):
+            x = x.reshape(len(x), *self.image.input_shape)  # (N, F) for an fc-first network
         if x.shape[1:] != self.image.input_shape:
             raise ValueError(f"input shape {x.shape[1:]} is not the image's "
                              f"{self.image.input_shape}")

@@ -285,8 +285,12 @@ def _best_fl(values: np.ndarray, bits: int, weights: np.ndarray | None = None) -
 # The pipeline
 
 
-def _to_numpy(data, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs float32 N,C,H,W or N,F; labels int64) from arrays or a torch Dataset."""
+def _to_numpy(data, what: str, keep_uint8: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels int64) from arrays or a torch Dataset.
+
+    Inputs become float32 (uint8 images scaled as ``weights.datasets.to_float``) unless
+    ``keep_uint8``, which leaves uint8 MNIST-style images for the trainer's augmentation.
+    """
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
     elif isinstance(data, torch.utils.data.Dataset):
@@ -296,6 +300,8 @@ def _to_numpy(data, what: str) -> tuple[np.ndarray, np.ndarray]:
     else:
         raise TypeError(f"{what}: give (inputs, labels) arrays or a torch Dataset")
     x = np.asarray(x)
+    if x.dtype == np.uint8 and keep_uint8:
+        return x, np.asarray(y, dtype=np.int64)
     if x.dtype == np.uint8:
         from weights.datasets import to_float
 
@@ -342,7 +348,7 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
     ``weights.datasets.to_float``) or a torch Dataset of ``(input, label)``. The model is
     modified in place (pruned, retrained, weights shared).
     """
-    from weights.train import retrain_masked  # torch training loop
+    from weights.train import Recipe, train  # the torch training loop
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
@@ -365,11 +371,20 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
         for u in units:
             u.module.weight.mul_(torch.from_numpy(masks[u.name]).to(u.module.weight.dtype))
     if config.retrain_epochs:
-        tx, ty = _to_numpy(train_data, "training data")
+        tx, ty = _to_numpy(train_data, "training data", keep_uint8=True)
         say(f"retraining the pruned model for {config.retrain_epochs} epochs")
-        retrain_masked(model, tx, ty, {u.module.weight: masks[u.name] for u in units},
-                       epochs=config.retrain_epochs, lr=config.retrain_lr,
-                       batch_size=config.batch_size, seed=config.seed, progress=progress)
+        param_name = {id(m): f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
+        recipe = Recipe(epochs=config.retrain_epochs, batch_size=config.batch_size,
+                        lr=config.retrain_lr, schedule="cosine")
+
+        def epoch_progress(epoch, epochs, batch, batches, loss):
+            if batch == batches:
+                say(f"retrain epoch {epoch}/{epochs}: loss {loss:.4f}")
+
+        train(model, tx, ty, recipe, seed=config.seed, progress=epoch_progress,
+              masks={param_name[id(u.module)]: torch.from_numpy(masks[u.name].astype(np.float32))
+                     for u in units})
+        model.eval()
 
     # 2. Weight sharing: k-means over each layer's kept weights; 3. weights' fl.
     shared = []

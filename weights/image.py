@@ -26,6 +26,7 @@ __all__ = [
     "Kind",
     "Layer",
     "encode_streams",
+    "layer_bytes",
     "read_image",
     "read_image_file",
     "write_image",
@@ -204,6 +205,11 @@ def _section(layer: Layer, bw: int) -> bytes:
     parts.append(struct.pack(f"<{len(sizes)}H", *sizes))
     parts.extend(layer.streams)
     return b"".join(parts)
+
+
+def layer_bytes(image: Image) -> list[int]:
+    """Bytes each layer occupies in the file: its 32-byte table entry plus its section."""
+    return [_ENTRY.size + len(_section(layer, image.bw)) for layer in image.layers]
 
 
 def write_image(image: Image) -> bytes:

@@ -1,0 +1,270 @@
+"""The ``espalier`` command: train, compress, inspect, eval and bench.
+
+Every command that reports figures prints a table for people, or JSON with ``--json``.
+Errors in the user's input (a bad image, a missing file, an unknown model) print one line
+and exit with status 2; progress goes to stderr.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ("lenet300", "lenet5")
+CHECKPOINTS = ROOT / "weights" / "checkpoints"
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _emit(args, payload: dict, table: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print(table)
+
+
+def _load_image(path):
+    from weights.image import ImageError, read_image_file
+
+    try:
+        return read_image_file(path)
+    except ImageError as e:
+        raise UserError(str(e)) from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and a rename, so a failure leaves no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _load_checkpoint(path: Path, model_name: str):
+    from weights.train import load_checkpoint
+
+    try:
+        model, info = load_checkpoint(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint (make one with "
+                        f"'espalier train --model {model_name}')") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if info.get("model") != model_name:
+        raise UserError(f"{path} holds a {info.get('model')} model, not {model_name}")
+    return model, info
+
+
+def _mnist(split: str):
+    from weights.datasets import DatasetError, load_mnist
+
+    try:
+        return load_mnist(split)
+    except DatasetError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_train(args) -> int:
+    from weights.train import save_checkpoint, train_model
+
+    def progress(epoch, epochs, batch, batches, loss):
+        _progress(f"epoch {epoch}/{epochs} batch {batch}/{batches} loss {loss:.4f}")
+
+    out = Path(args.out) if args.out else CHECKPOINTS / f"{args.model}.pt"
+    _mnist("train"), _mnist("test")  # a missing or corrupt data file is a one-line error
+    model, info = train_model(args.model, seed=args.seed, epochs=args.epochs, progress=progress)
+    save_checkpoint(model, info, out)  # atomic: written to a temporary file, then renamed
+    info = dict(info, checkpoint=str(out))
+    _emit(args, info, f"{args.model}: test error {info['test_error_pct']:.2f} % after "
+                      f"{info['epochs']} epochs ({info['train_seconds']:.0f} s) -> {out}")
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from weights.pipeline import compress_shipped
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"{args.model}.pt"
+    model, info = _load_checkpoint(checkpoint, args.model)
+    train = _mnist("train")
+    out = Path(args.out)
+    _, data, report = compress_shipped(args.model, model, info, train, seed=args.seed,
+                                       progress=_progress)
+    _write_atomic(out, data)
+    report = dict(report, out=str(out), checkpoint=str(checkpoint))
+    _emit(args, report, f"{args.model}: {len(data)} bytes written to {out} "
+                        f"in {report['seconds']:.1f} s")
+    return 0
+
+
+def inspect_report(image, data_size: int) -> dict:
+    """The figures of ``espalier inspect``: sizes, ratio and per-layer statistics."""
+    import numpy as np
+
+    from weights.image import Kind, layer_bytes
+
+    layers = []
+    float_params = 0
+    for name, layer, nbytes in zip(image.layer_names(), image.layers, layer_bytes(image),
+                                   strict=True):
+        w = layer.weights()
+        symbols = layer.symbol_count()
+        stream_bits = 8 * sum(len(s) for s in layer.streams)
+        float_params += w.size + layer.out_c
+        layers.append(dict(
+            name=name, kind="conv" if layer.kind == Kind.CONV else "fc", weights=int(w.size),
+            nonzero=int(np.count_nonzero(w)), weight_bits=layer.index_bits,
+            index_bits=layer.run_bits, bytes=nbytes,
+            codebook=len(layer.codebook), symbols=symbols, stream_bytes=stream_bits // 8,
+            bits_per_nonzero=stream_bits / max(1, int(np.count_nonzero(w))),
+            max_code_len=layer.table.max_len, bias_bits=layer.bias_bits,
+            w_fl=layer.w_fl, b_fl=layer.b_fl, out_fl=layer.out_fl))
+    return dict(total_bytes=data_size, float32_bytes=4 * float_params,
+                ratio=4 * float_params / data_size, bw=image.bw, input_fl=image.input_fl,
+                layers=layers)
+
+
+def cmd_inspect(args) -> int:
+    image = _load_image(args.image)
+    rep = inspect_report(image, Path(args.image).stat().st_size)
+    rows = [f"{'layer':6} {'kind':4} {'weights':>8} {'nonzero':>8} {'kept%':>6} {'wbits':>5} "
+            f"{'ibits':>5} {'bytes':>7} {'bits/nz':>7} {'fl w/b/out':>10}"]
+    for r in rep["layers"]:
+        rows.append(f"{r['name']:6} {r['kind']:4} {r['weights']:8d} {r['nonzero']:8d} "
+                    f"{100 * r['nonzero'] / r['weights']:6.1f} {r['weight_bits']:5d} "
+                    f"{r['index_bits']:5d} {r['bytes']:7d} {r['bits_per_nonzero']:7.2f} "
+                    f"{r['w_fl']:>3}/{r['b_fl']}/{r['out_fl']}")
+    rows.append(f"total {rep['total_bytes']} bytes (float32 {rep['float32_bytes']} bytes): "
+                f"{rep['ratio']:.1f}x; {rep['bw']}-bit data, input fl {rep['input_fl']}")
+    _emit(args, rep, "\n".join(rows))
+    return 0
+
+
+def _check_mnist_input(image, path) -> None:
+    if image.input_shape != (1, 28, 28):
+        raise UserError(f"{path}: its input is {image.input_shape}, not an MNIST 1x28x28")
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from golden.model import GoldenModel
+    from weights.datasets import to_float
+
+    image = _load_image(args.image)
+    _check_mnist_input(image, args.image)
+    x, y = _mnist("test")
+    if args.limit:
+        x, y = x[: args.limit], y[: args.limit]
+    t0 = time.perf_counter()
+    model = GoldenModel(image)
+    pred = model.predict(to_float(x))
+    correct = int(np.sum(pred == y))
+    n = len(y)
+    rep = dict(images=n, correct=correct, accuracy=correct / n,
+               error_pct=100.0 * (n - correct) / n, seconds=time.perf_counter() - t0)
+    _emit(args, rep, f"{correct}/{n} correct: accuracy {100 * correct / n:.2f} %, "
+                     f"error {rep['error_pct']:.2f} % (golden model, {rep['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_bench_golden(args) -> int:
+    from espalier.bench import bench_golden
+
+    image = _load_image(args.image)
+    _check_mnist_input(image, args.image)
+    _mnist("test")
+    rep = bench_golden(image, repeats=args.repeats, progress=_progress)
+    _emit(args, rep, (
+        f"golden model: {rep['images']} images in {rep['golden_seconds']:.2f} s "
+        f"= {rep['golden_images_per_s']:.0f} images/s (median of {rep['repeats']})\n"
+        f"torch float:  {rep['torch_images_per_s']:.0f} images/s; golden / torch = "
+        f"{rep['ratio_to_torch']:.2f}\n"
+        f"one thread each; golden error {rep['golden_error_pct']:.2f} %"))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="espalier",
+        description="Deep-Compression-style CNNs on open FPGAs: compress a trained model into "
+                    "a weight image, inspect it, and run it through the bit-exact golden model.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_, func):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    def json_flag(sp):
+        sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    sp = add("train", "Train a shipped float model on MNIST, deterministically from a seed.",
+             cmd_train)
+    sp.add_argument("--model", required=True, choices=MODELS, help="which network")
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sp.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    sp.add_argument("--out", help="checkpoint path (default weights/checkpoints/MODEL.pt)")
+    json_flag(sp)
+
+    sp = add("compress", "Prune, weight-share, quantize and Huffman-code a shipped model into "
+                         "a weight image.", cmd_compress)
+    sp.add_argument("--model", required=True, choices=MODELS, help="which network")
+    sp.add_argument("--out", required=True, help="where to write the weight image")
+    sp.add_argument("--checkpoint", help="float checkpoint (default weights/checkpoints/MODEL.pt)")
+    sp.add_argument("--seed", type=int, default=0, help="random seed for retraining (default 0)")
+    json_flag(sp)
+
+    sp = add("inspect", "Per-layer sizes, sparsity and formats of a weight image.", cmd_inspect)
+    sp.add_argument("image", help="weight image file")
+    json_flag(sp)
+
+    sp = add("eval", "Golden-model accuracy of a weight image on the 10,000 MNIST test images.",
+             cmd_eval)
+    sp.add_argument("image", help="weight image file")
+    sp.add_argument("--limit", type=int, help="only the first N test images")
+    json_flag(sp)
+
+    sp = add("bench", "Benchmarks that print figures.", None)
+    bsub = sp.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bp = bsub.add_parser("golden", help="golden-model throughput over the MNIST test set and "
+                                        "its ratio to PyTorch's float forward, one thread each",
+                         description="Golden-model throughput over the 10,000 MNIST test "
+                                     "images and its ratio to PyTorch's float forward of the "
+                                     "same network (decoded weights), one thread each.")
+    bp.set_defaults(func=cmd_bench_golden)
+    bp.add_argument("image", help="weight image file")
+    bp.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    json_flag(bp)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"espalier: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("espalier: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

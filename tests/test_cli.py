@@ -1,0 +1,76 @@
+"""The command line: help everywhere, JSON figures, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from espalier.cli import build_parser, main
+from tests.imagegen import random_image
+from weights.image import write_image
+
+COMMANDS = [["train"], ["compress"], ["inspect"], ["eval"], ["bench"], ["bench", "golden"]]
+
+
+@pytest.mark.parametrize("cmd", [[]] + COMMANDS)
+def test_help_on_every_command(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: espalier" in capsys.readouterr().out
+
+
+def test_every_subcommand_has_help_text():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {c for c in sub.choices} == {"train", "compress", "inspect", "eval", "bench"}
+    for action in sub._choices_actions:
+        assert action.help
+
+
+def test_inspect_json_keys(tmp_path, capsys):
+    path = tmp_path / "net.img"
+    path.write_bytes(write_image(random_image(2)))
+    assert main(["inspect", str(path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["total_bytes"] == path.stat().st_size
+    assert rep["ratio"] == pytest.approx(rep["float32_bytes"] / rep["total_bytes"])
+    assert [r["name"] for r in rep["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    for r in rep["layers"]:
+        assert {"name", "kind", "weights", "nonzero", "weight_bits", "index_bits",
+                "bytes"} <= set(r)
+    # Layer bytes plus the 20-byte header and 4-byte CRC are the whole file.
+    assert sum(r["bytes"] for r in rep["layers"]) + 24 == rep["total_bytes"]
+
+
+@pytest.mark.parametrize("cut", [0, 10, 30, -1])
+def test_bad_image_is_one_line_and_exit_2(tmp_path, cut):
+    data = write_image(random_image(2))
+    path = tmp_path / "bad.img"
+    path.write_bytes(data[:cut] if cut else b"")
+    for cmd in (["inspect", str(path)], ["eval", str(path)], ["bench", "golden", str(path)]):
+        proc = subprocess.run([sys.executable, "-m", "espalier.cli", *cmd], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("espalier: error: ")
+        assert "bad.img" in lines[0] and "truncated" in lines[0]
+
+
+def test_missing_files_and_wrong_inputs(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "none.img")]) == 2
+    assert "none.img: cannot read" in capsys.readouterr().err
+    out = tmp_path / "x.img"
+    assert main(["compress", "--model", "lenet5", "--checkpoint", str(tmp_path / "no.pt"),
+                 "--out", str(out)]) == 2
+    assert "no.pt" in capsys.readouterr().err
+    assert not out.exists()
+    path = tmp_path / "net.img"
+    path.write_bytes(write_image(random_image(2)))
+    assert main(["eval", str(path)]) == 2  # a 2x9x9 network cannot read MNIST digits
+    assert "not an MNIST 1x28x28" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--model", "alexnet", "--out", str(out)])
+    assert e.value.code == 2
