@@ -1,0 +1,101 @@
+"""The committed weight images: they read, they are refused whole when damaged, their golden
+accuracy stays within the documented quantization loss, and the pipeline reproduces them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from espalier.cli import inspect_report
+from golden.model import GoldenModel
+from weights.datasets import load_mnist, to_float
+from weights.image import ImageError, read_image
+from weights.torchref import float_model
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = {name: ROOT / "weights" / "images" / f"{name}.img" for name in ("lenet300", "lenet5")}
+# docs/results.md: the golden model (8-bit fixed point) may lose at most this much accuracy
+# against float inference on the same decoded weights, and must agree on this many digits.
+MAX_QUANT_LOSS_PCT = 0.30
+MIN_AGREEMENT_PCT = 99.0
+
+
+@pytest.fixture(scope="module", params=sorted(IMAGES))
+def shipped(request):
+    data = IMAGES[request.param].read_bytes()
+    return request.param, data, read_image(data)
+
+
+def test_inspect_figures(shipped):
+    _, data, image = shipped
+    rep = inspect_report(image, len(data))
+    assert rep["total_bytes"] == len(data)
+    n_params = sum(layer.weights().size + layer.out_c for layer in image.layers)
+    assert rep["float32_bytes"] == 4 * n_params
+    assert rep["ratio"] == rep["float32_bytes"] / len(data)
+
+
+def test_golden_within_quantization_loss_of_float(shipped):
+    """Golden (fixed point) against float inference on the same decoded weights."""
+    _, _, image = shipped
+    x8, y = load_mnist("test")
+    x = to_float(x8)
+    golden = GoldenModel(image).predict(x)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        ref = np.concatenate([float_model(image)(torch.from_numpy(x[i : i + 1000])).argmax(1)
+                              .numpy() for i in range(0, len(x), 1000)])
+    golden_err = 100 * np.mean(golden != y)
+    float_err = 100 * np.mean(ref != y)
+    assert golden_err <= float_err + MAX_QUANT_LOSS_PCT
+    assert 100 * np.mean(golden == ref) >= MIN_AGREEMENT_PCT
+
+
+def test_every_truncation_refused(shipped):
+    _, data, _ = shipped
+    for n in range(len(data)):
+        with pytest.raises(ImageError):
+            read_image(data[:n])
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    b = bytearray(data)
+    b[bit // 8] ^= 0x80 >> (bit % 8)
+    return bytes(b)
+
+
+def test_bit_flips_refused_sample(shipped):
+    """A random sample of 3,000 single-bit flips (every bit: the slow test below)."""
+    _, data, _ = shipped
+    rng = np.random.default_rng(7)
+    for bit in rng.choice(len(data) * 8, size=3000, replace=False):
+        with pytest.raises(ImageError):
+            read_image(flip(data, int(bit)))
+
+
+@pytest.mark.slow
+def test_every_bit_flip_refused(shipped):
+    _, data, _ = shipped
+    for bit in range(len(data) * 8):
+        with pytest.raises(ImageError):
+            read_image(flip(data, bit))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(IMAGES))
+def test_pipeline_reproduces_the_committed_image(name, tmp_path):
+    out = tmp_path / f"{name}.img"
+    proc = subprocess.run([sys.executable, "-m", "espalier.cli", "compress", "--model", name,
+                           "--out", str(out)], capture_output=True, text=True, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == IMAGES[name].read_bytes()
+
+
+def test_numpy_side_never_imports_torch_or_amaranth():
+    code = ("import sys, golden.model, golden.decode, weights.image, weights.datasets; "
+            "bad = [m for m in ('torch', 'amaranth') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
