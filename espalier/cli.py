@@ -103,9 +103,59 @@ def cmd_compress(args) -> int:
     _, data, report = compress_shipped(args.model, model, info, train, seed=args.seed,
                                        progress=_progress)
     _write_atomic(out, data)
+    arrays = report.pop("arrays")
+    if args.plots:
+        from espalier.plots import plot_weights
+
+        plot_dir = Path(args.plots)
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        names = dict(zip((a["name"] for a in arrays), _image_names(data), strict=True))
+        for a in arrays:
+            a["name"] = names[a["name"]]
+        plot_weights(arrays, plot_dir / f"{args.model}-weights.png",
+                     f"{args.model}: weights before and after pruning, shared centroids")
     report = dict(report, out=str(out), checkpoint=str(checkpoint))
     _emit(args, report, f"{args.model}: {len(data)} bytes written to {out} "
                         f"in {report['seconds']:.1f} s")
+    return 0
+
+
+def _image_names(data: bytes) -> list[str]:
+    from weights.image import read_image
+
+    return read_image(data).layer_names()
+
+
+def cmd_sensitivity(args) -> int:
+    import dataclasses
+
+    from weights.compress import extract_units
+    from weights.datasets import to_float
+    from weights.prune import sensitivity
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"{args.model}.pt"
+    model, _ = _load_checkpoint(checkpoint, args.model)
+    x, y = _mnist("train")
+    x, y = to_float(x[-args.images:]), y[-args.images:]
+    units = extract_units(model, (1, 28, 28))
+    kinds = {"conv": 0, "fc": 0}
+    layers = {}
+    for u in units:
+        kind = "conv" if u.kind.name == "CONV" else "fc"
+        kinds[kind] += 1
+        layers[f"{kind}{kinds[kind]}"] = u.module
+    curves = sensitivity(model, layers, x, y, progress=_progress)
+    rep = dict(model=args.model, images=len(y), data="last images of the MNIST training set",
+               curves=[dataclasses.asdict(c) for c in curves])
+    if args.plot:
+        from espalier.plots import plot_sensitivity
+
+        plot_sensitivity(curves, f"{args.model}: pruning sensitivity (no retraining)", args.plot)
+    rows = ["layer  " + " ".join(f"{100 * (1 - k):>5.0f}%" for k in curves[0].keep)
+            + "   (pruned; error % below)"]
+    for c in curves:
+        rows.append(f"{c.layer:6} " + " ".join(f"{e:6.2f}" for e in c.error_pct))
+    _emit(args, rep, "\n".join(rows))
     return 0
 
 
@@ -228,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="where to write the weight image")
     sp.add_argument("--checkpoint", help="float checkpoint (default weights/checkpoints/MODEL.pt)")
     sp.add_argument("--seed", type=int, default=0, help="random seed for retraining (default 0)")
+    json_flag(sp)
+
+    sp.add_argument("--plots", metavar="DIR",
+                    help="also write a weight-distribution plot (MODEL-weights.png) there")
+
+    sp = add("sensitivity", "Pruning sensitivity: error against the fraction of one layer's "
+                            "weights pruned, one layer at a time, no retraining.",
+             cmd_sensitivity)
+    sp.add_argument("--model", required=True, choices=MODELS, help="which network")
+    sp.add_argument("--checkpoint", help="float checkpoint (default weights/checkpoints/MODEL.pt)")
+    sp.add_argument("--images", type=int, default=10000,
+                    help="how many of the last training images to measure on (default 10000)")
+    sp.add_argument("--plot", metavar="PNG", help="also draw the curves into this file")
     json_flag(sp)
 
     sp = add("inspect", "Per-layer sizes, sparsity and formats of a weight image.", cmd_inspect)

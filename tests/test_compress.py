@@ -13,9 +13,9 @@ from weights.compress import (
     compress,
     extract_units,
     kmeans_1d,
-    prune_masks,
 )
 from weights.image import Activation, Kind, read_image
+from weights.prune import magnitude_mask
 from weights.torchref import float_model
 
 
@@ -75,11 +75,14 @@ def test_unsupported_models_are_refused_naming_the_layer(model, message):
         extract_units(model, (2, 8, 8))
 
 
-def test_prune_masks_keep_largest_and_break_ties_by_position():
+def test_magnitude_mask_keeps_largest_and_breaks_ties_by_position():
     w = np.array([[0.1, -0.5, 0.5], [0.2, 0.0, -0.05]])
-    m = prune_masks({"a": w}, {"a": 0.5})["a"]
+    m = magnitude_mask(w, 0.5)
     assert m.tolist() == [[False, True, True], [True, False, False]]
-    assert prune_masks({"a": w}, {"a": 0.01})["a"].sum() == 1
+    assert magnitude_mask(w, 0.01).sum() == 1
+    # Among a prior mask's survivors only: a pruned weight never comes back.
+    prior = np.array([[True, False, True], [True, True, True]])
+    assert magnitude_mask(w, 0.5, prior).tolist() == [[True, False, True], [True, False, False]]
 
 
 def test_kmeans_linear_init_and_known_clusters():
@@ -142,3 +145,91 @@ def test_torch_dataset_input():
     config = CompressConfig(plans=(LayerPlan(keep=0.7),) * 4, retrain_epochs=0, calib_size=32)
     image, _, _ = compress(small_net(), ds, ds, config)
     assert image.input_shape == (2, 8, 8)
+
+
+def test_choose_fl_known_answers():
+    from weights.compress import choose_fl
+
+    # 0.5 and -0.25 are exact at fl 2..7; fl 8 saturates 0.5 (128 > 127): the largest exact wins.
+    assert choose_fl(np.array([0.5, -0.25]), 8) == 7
+    # 1.0 is exact at fl 6 (64); fl 7 gives 127/128. A 16-bit width moves it up by 8.
+    assert choose_fl(np.array([1.0]), 8) == 6
+    assert choose_fl(np.array([1.0]), 16) == 14
+    # Weighted error: many small values pull the choice to a finer step that clips the outlier.
+    v = np.array([3.9, 0.011, -0.013, 0.012])
+    assert choose_fl(v, 8) == 5
+    assert choose_fl(v, 8, weights=np.array([1.0, 1e6, 1e6, 1e6])) > 5
+
+
+def test_choose_activation_fl_known_answer():
+    from weights.compress import choose_activation_fl
+
+    # Accumulators at fl 10 for outputs up to ~5.9: fl 4 holds 5.9 (94/16), fl 5 saturates it.
+    acc = np.array([[6000, -300, 1024]])  # 5.86, -0.29, 1.0
+    ref = acc * 2.0**-10
+    out_fl, b_fl, bias, y = choose_activation_fl(acc, np.zeros(3), 10, ref, 8, use_relu=False)
+    assert out_fl == 4 and b_fl == 8 and bias.tolist() == [0, 0, 0]
+    assert y.tolist() == [[94, -5, 16]]
+    # A bias of 2.5 lifts the peak to 8.36: fl 4 would clip it at 7.94, so fl 3 wins, and the
+    # bias is stored at fl 3 + 4 = 7 (2.5 * 128 = 320). ReLU zeroes the negative output.
+    ref = np.maximum(ref + [2.5, 0, 0], 0)
+    out_fl, b_fl, bias, y = choose_activation_fl(acc, np.array([2.5, 0, 0]), 10, ref, 8,
+                                                 use_relu=True)
+    assert (out_fl, b_fl, bias.tolist()) == (3, 7, [320, 0, 0])
+    assert y.tolist() == [[67, 0, 8]]
+
+
+def test_centroid_update_is_the_summed_gradient():
+    """Deep Compression 3.3: one SGD step moves each centroid by lr x the sum of its weights'
+    gradients; the assignment and the pruned weight stay put."""
+    from weights.train import Recipe, train
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    assign = torch.tensor([[0, 0, 1, -1], [1, 1, 0, 2]])
+    cents = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    # The gradient each weight gets at the start: computed independently here.
+    with torch.no_grad():
+        model[1].weight.copy_(torch.where(assign >= 0, cents[assign.clamp(min=0)], 0.0))
+        bias = model[1].bias.clone()
+    w = model[1].weight.detach().clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(torch.from_numpy(x) @ w.T + bias, torch.from_numpy(y))
+    (g,) = torch.autograd.grad(loss, w)
+    want = cents.clone()
+    for k in range(3):
+        want[k] -= 0.5 * g[assign == k].sum().double()
+    recipe = Recipe(epochs=1, batch_size=8, lr=0.5, momentum=0.0, weight_decay=0.0,
+                    schedule="step")
+    train(model, x, y, recipe, seed=0, shared={"1.weight": (assign, cents)})
+    assert torch.allclose(cents, want, atol=1e-6)
+    w_after = model[1].weight.detach()
+    assert w_after[0, 3] == 0
+    assert torch.allclose(w_after, torch.where(assign >= 0, cents[assign.clamp(min=0)], 0.0)
+                          .float())
+
+
+def test_pruned_weights_stay_zero_through_the_pipeline():
+    x, y = synthetic_data(128)
+    model = trained_small_net(x, y)
+    config = CompressConfig(plans=(LayerPlan(keep=0.5),) * 4, prune_rounds=2, retrain_epochs=1,
+                            finetune_epochs=1, calib_size=64, batch_size=16)
+    image, _, report = compress(model, (x, y), (x, y), config)
+    for layer, info in zip(image.layers, report["layers"], strict=True):
+        assert info["kept"] == round(0.5 * info["weights"])
+        assert np.count_nonzero(layer.weights()) <= info["kept"]
+    # The model itself carries the image's weights: pruned ones are exactly zero.
+    assert (model[0].weight == 0).sum().item() >= 36
+
+
+def test_kmeans_inits():
+    v = np.concatenate([np.linspace(-1, -0.5, 50), np.linspace(0.5, 1, 50), [3.0]])
+    lin, _ = kmeans_1d(v, 3, iters=0, init="linear")
+    assert np.allclose(lin, [-1, 1, 3])
+    dens, _ = kmeans_1d(v, 3, iters=0, init="density")
+    assert np.allclose(dens, np.quantile(v, [0, 0.5, 1]))
+    rnd, _ = kmeans_1d(v, 3, iters=0, init="random", seed=1)
+    assert set(rnd) <= set(v)
+    with pytest.raises(ValueError):
+        kmeans_1d(v, 3, init="nope")

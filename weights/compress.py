@@ -21,16 +21,18 @@ from golden.fixedpoint import BIT_WIDTHS, accumulate, int_range, quantize
 from golden.model import conv_accumulate, postprocess
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Activation, Image, Kind, Layer, encode_streams, write_image
+from weights.prune import magnitude_mask
 
 __all__ = [
     "CompressConfig",
     "LayerPlan",
     "ModelError",
     "UnitSpec",
+    "choose_activation_fl",
+    "choose_fl",
     "compress",
     "extract_units",
     "kmeans_1d",
-    "prune_masks",
 ]
 
 #: Extra fractional bits a bias keeps beyond its layer's output (then rounded away).
@@ -69,14 +71,27 @@ class LayerPlan:
             raise ValueError(f"run_bits must be 0..8, not {self.run_bits}")
 
 
+KMEANS_INITS = ("linear", "density", "random")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompressConfig:
-    """The whole pipeline's settings; ``plans`` has one LayerPlan per conv/fc layer."""
+    """The whole pipeline's settings; ``plans`` has one LayerPlan per conv/fc layer.
+
+    Pruning runs ``prune_rounds`` rounds; round ``r`` keeps ``keep ** (r / prune_rounds)`` of
+    each layer (the largest magnitudes among the previous round's survivors), then retrains
+    ``retrain_epochs`` epochs with the masks held. Weight sharing clusters each layer's kept
+    weights (``kmeans_init``), then fine-tunes the centroids ``finetune_epochs`` epochs.
+    """
 
     plans: tuple[LayerPlan, ...]
     bw: int = 8
+    prune_rounds: int = 1
     retrain_epochs: int = 2
-    retrain_lr: float = 0.002
+    retrain_lr: float = 0.01
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.001
+    kmeans_init: str = "linear"
     batch_size: int = 64
     kmeans_iters: int = 50
     max_code_len: int = MAX_CODE_LENGTH
@@ -88,8 +103,13 @@ class CompressConfig:
             raise ValueError(f"bw must be one of {BIT_WIDTHS}, not {self.bw}")
         if not 1 <= self.max_code_len <= MAX_CODE_LENGTH:
             raise ValueError(f"max_code_len must be 1..{MAX_CODE_LENGTH}")
-        if self.retrain_epochs < 0 or self.calib_size < 1:
-            raise ValueError("retrain_epochs must be >= 0 and calib_size >= 1")
+        if self.prune_rounds < 1:
+            raise ValueError("prune_rounds must be at least 1")
+        if self.retrain_epochs < 0 or self.finetune_epochs < 0 or self.calib_size < 1:
+            raise ValueError("epochs must be >= 0 and calib_size >= 1")
+        if self.kmeans_init not in KMEANS_INITS:
+            raise ValueError(f"kmeans_init must be one of {KMEANS_INITS}, "
+                             f"not {self.kmeans_init!r}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +169,8 @@ def extract_units(model: nn.Module, input_shape: tuple[int, int, int]) -> list[U
             if m.groups != 1 or _pair(m.dilation, "dilation", name) != 1:
                 raise ModelError(f"layer {name!r}: grouped or dilated convolution is not supported")
             if m.padding_mode != "zeros":
-                raise ModelError(f"layer {name!r}: padding mode {m.padding_mode!r} is not supported")
+                raise ModelError(f"layer {name!r}: padding mode {m.padding_mode!r} "
+                                 "is not supported")
             if len(shape) != 3 or shape[0] != m.in_channels:
                 raise ModelError(f"layer {name!r}: expects {m.in_channels} input channels, "
                                  f"gets shape {shape}")
@@ -219,37 +240,32 @@ def _as2(v):
 # Pruning and weight sharing
 
 
-def prune_masks(weights: dict[str, np.ndarray], keep: dict[str, float]) -> dict[str, np.ndarray]:
-    """Magnitude pruning: keep the ``round(keep * size)`` largest |w| of each tensor (>= 1).
+def kmeans_1d(values: np.ndarray, k: int, iters: int = 50, init: str = "linear",
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on a 1-D array: (centroids, assignment to the nearest centroid).
 
-    Ties are broken by position (the earlier weight is kept), so masks are deterministic.
-    """
-    out = {}
-    for name, w in weights.items():
-        flat = np.abs(np.asarray(w, dtype=np.float64)).ravel()
-        k = max(1, int(round(keep[name] * flat.size)))
-        order = np.lexsort((np.arange(flat.size), -flat))
-        mask = np.zeros(flat.size, dtype=bool)
-        mask[order[:k]] = True
-        out[name] = mask.reshape(np.shape(w))
-    return out
-
-
-def kmeans_1d(values: np.ndarray, k: int, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means on a 1-D array with linear initialisation: (centroids, assignment).
-
-    Centroids start evenly spaced over [min, max] (Deep Compression found linear
-    initialisation best: it keeps centroids on the rare large weights). An empty cluster
-    keeps its previous centroid. Assignment is to the nearest centroid, ties to the lower.
+    ``init``: ``linear`` spaces the centroids evenly over [min, max] (Deep Compression found
+    it best: it keeps centroids on the rare large weights); ``density`` puts them at evenly
+    spaced quantiles of the weights' distribution; ``random`` picks ``k`` distinct weights
+    (seeded). An empty cluster keeps its previous centroid; ties go to the lower centroid.
+    Ref: Deep Compression (ICLR 2016) section 3.2, Figure 4.
     """
     v = np.asarray(values, dtype=np.float64)
-    lo, hi = float(v.min()), float(v.max())
-    c = np.linspace(lo, hi, k) if k > 1 else np.array([v.mean()])
-    assign = np.zeros(len(v), dtype=np.int64)
+    k = min(k, len(v)) if init == "random" else k
+    if k == 1:
+        c = np.array([v.mean()])
+    elif init == "linear":
+        c = np.linspace(v.min(), v.max(), k)
+    elif init == "density":
+        c = np.quantile(v, np.linspace(0.0, 1.0, k))
+    elif init == "random":
+        c = np.sort(np.random.default_rng(seed).choice(v, size=k, replace=False))
+    else:
+        raise ValueError(f"unknown k-means initialisation {init!r}")
     for _ in range(iters):
         assign = _nearest(v, c)
-        sums = np.bincount(assign, weights=v, minlength=k)
-        counts = np.bincount(assign, minlength=k)
+        sums = np.bincount(assign, weights=v, minlength=len(c))
+        counts = np.bincount(assign, minlength=len(c))
         new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
         if np.array_equal(new, c):
             break
@@ -266,7 +282,7 @@ def _nearest(v: np.ndarray, c: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(mids, v, side="left")]
 
 
-def _best_fl(values: np.ndarray, bits: int, weights: np.ndarray | None = None) -> int:
+def choose_fl(values: np.ndarray, bits: int, weights: np.ndarray | None = None) -> int:
     """The fractional length whose ``bits``-bit quantization of ``values`` errs least.
 
     Error is the (weighted) sum of squares; ties go to the larger fl.
@@ -283,6 +299,31 @@ def _best_fl(values: np.ndarray, bits: int, weights: np.ndarray | None = None) -
 
 # ---------------------------------------------------------------------------------------
 # The pipeline
+
+
+def choose_activation_fl(acc: np.ndarray, bias: np.ndarray, acc_fl: int, ref: np.ndarray,
+                         bw: int, *, use_relu: bool, pool: int = 0, pool_stride: int = 0):
+    """A layer's output fractional length, greedily (Qiu et al. 2016, section 5).
+
+    ``acc`` holds the layer's exact integer accumulators on the calibration inputs (whose
+    earlier layers already run in fixed point), ``ref`` the float model's output of the same
+    layer. Every candidate ``out_fl`` is run through the golden post-processing (bias stored
+    at ``b_fl = min(acc_fl, out_fl + BIAS_GUARD_BITS)``); the one with the least squared error
+    against ``ref`` wins, ties to the larger fl. Returns ``(out_fl, b_fl, bias ints, output)``.
+    """
+    best = None
+    for out_fl in _fl_candidates(ref, bw):
+        b_fl = min(acc_fl, out_fl + BIAS_GUARD_BITS)
+        bias_q = quantize(bias, b_fl, 33)
+        if np.any(np.abs(bias_q) >= 1 << 31):
+            raise ModelError(f"a bias of {float(np.max(np.abs(bias)))} does not fit 32 bits "
+                             f"at fractional length {b_fl}")
+        y = postprocess(acc, bias_q, acc_fl=acc_fl, b_fl=b_fl, out_fl=out_fl, bw=bw,
+                        use_relu=use_relu, pool=pool, pool_stride=pool_stride)
+        err = float(np.sum((y * 2.0 ** -out_fl - ref) ** 2))
+        if best is None or err <= best[0]:
+            best = (err, out_fl, b_fl, bias_q, y)
+    return best[1:]
 
 
 def _to_numpy(data, what: str, keep_uint8: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -322,12 +363,12 @@ def _float_outputs(units: list[UnitSpec], model: nn.Module, x: np.ndarray) -> li
         unit_idx = starts.get(id(m), unit_idx)
         if unit_idx >= 0 and not isinstance(m, nn.Flatten | nn.Dropout | nn.Identity):
             owner[id(m)] = unit_idx
-    handles = []
-    for m in order:
-        if id(m) in owner:
-            def hook(mod, inp, out, i=owner[id(m)]):
-                outs[i] = out.detach().double().numpy()
-            handles.append(m.register_forward_hook(hook))
+    def recorder(i):
+        def hook(mod, inp, out):
+            outs[i] = out.detach().double().numpy()
+        return hook
+
+    handles = [m.register_forward_hook(recorder(owner[id(m)])) for m in order if id(m) in owner]
     try:
         with torch.no_grad():
             model.eval()
@@ -364,52 +405,78 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
                          f"({', '.join(u.name for u in units)})")
     model.eval()
 
-    # 1. Magnitude pruning, then retraining with the masks held.
-    weights = {u.name: u.module.weight.detach().double().numpy() for u in units}
-    masks = prune_masks(weights, {u.name: p.keep for u, p in zip(units, config.plans, strict=True)})
-    with torch.no_grad():
-        for u in units:
-            u.module.weight.mul_(torch.from_numpy(masks[u.name]).to(u.module.weight.dtype))
-    if config.retrain_epochs:
+    # 1. Iterative magnitude pruning, retraining with the masks held after each round.
+    # Ref: Han et al. 2015 section 3.3. The models here have no dropout to rescale.
+    param_name = {id(m): f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
+    names = {u.name: param_name[id(u.module)] for u in units}
+    tx = ty = None
+    if config.retrain_epochs or config.finetune_epochs:
         tx, ty = _to_numpy(train_data, "training data", keep_uint8=True)
-        say(f"retraining the pruned model for {config.retrain_epochs} epochs")
-        param_name = {id(m): f"{n}.weight" if n else "weight" for n, m in model.named_modules()}
-        recipe = Recipe(epochs=config.retrain_epochs, batch_size=config.batch_size,
-                        lr=config.retrain_lr, schedule="cosine")
+    before = {u.name: u.module.weight.detach().double().numpy().ravel().copy() for u in units}
+    std0 = {n: float(np.std(w)) for n, w in before.items()}
+    masks = {u.name: None for u in units}
+    for r in range(1, config.prune_rounds + 1):
+        with torch.no_grad():
+            for u, plan in zip(units, config.plans, strict=True):
+                w = u.module.weight.detach().double().numpy()
+                masks[u.name] = magnitude_mask(w, plan.keep ** (r / config.prune_rounds),
+                                               masks[u.name])
+                u.module.weight.mul_(torch.from_numpy(masks[u.name]).to(u.module.weight.dtype))
+        if config.retrain_epochs:
+            say(f"pruning round {r}/{config.prune_rounds}: kept "
+                + ", ".join(f"{u.name} {masks[u.name].mean():.1%}" for u in units)
+                + f"; retraining {config.retrain_epochs} epochs")
+            recipe = Recipe(epochs=config.retrain_epochs, batch_size=config.batch_size,
+                            lr=config.retrain_lr, schedule="cosine")
+            train(model, tx, ty, recipe, seed=config.seed + r, progress=_epoch_progress(say),
+                  masks={names[n]: torch.from_numpy(m.astype(np.float32))
+                         for n, m in masks.items()})
+    model.eval()
+    # The threshold each layer ended with, as Han et al.'s quality x std of its weights.
+    quality = {}
+    for u in units:
+        kept = np.abs(u.module.weight.detach().double().numpy()[masks[u.name]])
+        quality[u.name] = float(kept.min() / std0[u.name])
 
-        def epoch_progress(epoch, epochs, batch, batches, loss):
-            if batch == batches:
-                say(f"retrain epoch {epoch}/{epochs}: loss {loss:.4f}")
-
-        train(model, tx, ty, recipe, seed=config.seed, progress=epoch_progress,
-              masks={param_name[id(u.module)]: torch.from_numpy(masks[u.name].astype(np.float32))
-                     for u in units})
+    # 2. Weight sharing: k-means over each layer's kept weights, then fine-tune the centroids.
+    shared = {}
+    after = {}
+    for u, plan in zip(units, config.plans, strict=True):
+        w = u.module.weight.detach().double().numpy()
+        after[u.name] = w[masks[u.name]]
+        cents, assign = kmeans_1d(w[masks[u.name]], 1 << plan.weight_bits, config.kmeans_iters,
+                                  config.kmeans_init, config.seed)
+        idx = np.full(w.shape, -1, dtype=np.int64)
+        idx[masks[u.name]] = assign
+        shared[u.name] = (torch.from_numpy(idx), torch.from_numpy(cents))
+    if config.finetune_epochs:
+        say(f"fine-tuning the shared centroids for {config.finetune_epochs} epochs")
+        recipe = Recipe(epochs=config.finetune_epochs, batch_size=config.batch_size,
+                        lr=config.finetune_lr, schedule="cosine")
+        train(model, tx, ty, recipe, seed=config.seed + 1000, progress=_epoch_progress(say),
+              shared={names[n]: v for n, v in shared.items()})
         model.eval()
 
-    # 2. Weight sharing: k-means over each layer's kept weights; 3. weights' fl.
-    shared = []
-    for u, plan in zip(units, config.plans, strict=True):
-        w = u.module.weight.detach().double().numpy().reshape(u.out_shape[0], -1)
-        mask = masks[u.name].reshape(w.shape)
-        kept = w[mask]
-        cents, assign = kmeans_1d(kept, 1 << plan.weight_bits, config.kmeans_iters)
-        counts = np.bincount(assign, minlength=len(cents)).astype(np.float64)
-        w_fl = _best_fl(cents, config.bw, counts)
+    # 3. Weights' fractional length: the least quantization error of the layer's weights.
+    shared_q = []
+    for u in units:
+        idx, cents = (t.numpy() for t in shared[u.name])
+        idx = idx.reshape(u.out_shape[0], -1)
+        counts = np.bincount(idx[idx >= 0], minlength=len(cents)).astype(np.float64)
+        w_fl = choose_fl(cents, config.bw, counts)
         codebook = quantize(cents, w_fl, config.bw)
-        idx = np.full(w.shape, -1, dtype=np.int64)
-        idx[mask] = assign
-        shared.append(dict(idx=idx, codebook=codebook, w_fl=w_fl, cents=cents))
-        # The float model now carries the shared, quantized weights (used for calibration).
+        shared_q.append(dict(idx=idx, codebook=codebook, w_fl=w_fl))
+        # The float model now carries the quantized shared weights (the calibration reference).
         with torch.no_grad():
-            deq = np.zeros(w.shape)
-            deq[mask] = codebook[assign] * 2.0 ** -w_fl
+            deq = np.where(idx >= 0, codebook[np.maximum(idx, 0)] * 2.0 ** -w_fl, 0.0)
             u.module.weight.copy_(torch.from_numpy(deq.reshape(u.module.weight.shape)))
-        say(f"{u.name}: kept {int(mask.sum())}/{mask.size} weights, "
-            f"{len(cents)} centroids, weight fl {w_fl}")
+        say(f"{u.name}: kept {int((idx >= 0).sum())}/{idx.size} weights "
+            f"(threshold {quality[u.name]:.3f} x std), {len(cents)} centroids, weight fl {w_fl}")
+    shared = shared_q
 
     # 4. Activations' fl, greedily layer by layer against the float model.
     ref = _float_outputs(units, model, cx)
-    input_fl = _best_fl(cx.astype(np.float64).ravel(), config.bw)
+    input_fl = choose_fl(cx.astype(np.float64).ravel(), config.bw)
     x = quantize(cx, input_fl, config.bw)
     if x.ndim == 2:
         x = x.reshape(len(x), *input_shape)
@@ -427,17 +494,9 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
                                   _as2(m.padding)[0], config.bw)
         else:
             acc = accumulate(x.reshape(len(x), -1), wq, config.bw)
-        best = None
-        for out_fl in _fl_candidates(ref[i], config.bw):
-            b_fl = min(acc_fl, out_fl + BIAS_GUARD_BITS)
-            y = postprocess(acc, quantize(b, b_fl, 32), acc_fl=acc_fl, b_fl=b_fl,
-                            out_fl=out_fl, bw=config.bw, use_relu=u.relu, pool=u.pool,
-                            pool_stride=u.pool_stride)
-            err = float(np.sum((y * 2.0 ** -out_fl - ref[i]) ** 2))
-            if best is None or err <= best[0]:
-                best = (err, out_fl, b_fl, y)
-        _, out_fl, b_fl, y = best
-        bias_q = quantize(b, b_fl, 32)
+        out_fl, b_fl, bias_q, y = choose_activation_fl(
+            acc, b, acc_fl, ref[i], config.bw, use_relu=u.relu, pool=u.pool,
+            pool_stride=u.pool_stride)
         bias_bits = _signed_bits(bias_q)
         fls.append(dict(out_fl=out_fl, b_fl=b_fl, bias=bias_q, bias_bits=bias_bits))
         x, in_fl = y, out_fl
@@ -463,8 +522,23 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
                   layers=tuple(layers))
     data = write_image(image)
     report = dict(seconds=time.perf_counter() - t0, bytes=len(data),
-                  config=dataclasses.asdict(config))
+                  config=dataclasses.asdict(config),
+                  layers=[dict(name=u.name, kept=int((s["idx"] >= 0).sum()),
+                               weights=int(s["idx"].size), quality=quality[u.name])
+                          for u, s in zip(units, shared, strict=True)],
+                  # For plots; not JSON: float weights before pruning, kept weights before
+                  # sharing, and the real values of the codebooks.
+                  arrays=[dict(name=u.name, before=before[u.name], after=after[u.name],
+                               centroids=s["codebook"] * 2.0 ** -s["w_fl"])
+                          for u, s in zip(units, shared, strict=True)])
     return image, data, report
+
+
+def _epoch_progress(say):
+    def progress(epoch, epochs, batch, batches, loss):
+        if batch == batches:
+            say(f"  epoch {epoch}/{epochs}: training loss {loss:.4f}")
+    return progress
 
 
 def _signed_bits(v: np.ndarray) -> int:

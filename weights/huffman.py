@@ -153,7 +153,10 @@ class Table:
 
     @cached_property
     def lookup(self) -> tuple[list[int], list[int]]:
-        """Decode tables indexed by the next ``max_len`` bits: (symbol, length); length 0 = no code."""
+        """Decode tables indexed by the next ``max_len`` bits: (symbol, length).
+
+        Length 0 marks a bit pattern that starts no code.
+        """
         n_max = self.max_len
         sym = np.zeros(1 << n_max, dtype=np.int64)
         length = np.zeros(1 << n_max, dtype=np.int64)

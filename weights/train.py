@@ -153,6 +153,26 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict:
     return checked
 
 
+def _check_shared(model: nn.Module, shared: Mapping[str, tuple]) -> dict:
+    params = dict(model.named_parameters())
+    checked = {}
+    for name, (assign, centroids) in shared.items():
+        if name not in params:
+            raise ValueError(f"shared weights for unknown parameter {name!r}")
+        if tuple(assign.shape) != tuple(params[name].shape):
+            raise ValueError(f"the assignment of {name!r} does not have the parameter's shape")
+        if int(assign.max()) >= len(centroids):
+            raise ValueError(
+                f"an assignment of {name!r} points past its {len(centroids)} centroids")
+        checked[params[name]] = (assign.long(), centroids)
+    return checked
+
+
+def _expand_shared(assign: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``centroids[assign]`` with 0 where ``assign`` is -1."""
+    return torch.where(assign >= 0, centroids[assign.clamp(min=0)], torch.zeros(()))
+
+
 def train(
     model: nn.Module,
     images: np.ndarray,
@@ -162,6 +182,7 @@ def train(
     seed: int,
     progress: Progress | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    shared: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """Train ``model`` in place on ``images`` and ``labels`` (N,).
 
@@ -171,6 +192,12 @@ def train(
     ``masks`` maps parameter names (as in ``model.named_parameters()``) to 0/1 tensors of the
     parameter's shape: masked entries get no gradient, and are multiplied by 0 after every
     step (weight decay and momentum cannot move them either), so they stay exactly 0.
+
+    ``shared`` maps parameter names to ``(assign, centroids)``: the parameter is
+    ``centroids[assign]`` (0 where ``assign`` is -1, a pruned weight) and only the centroids
+    train. Ref: Deep Compression (ICLR 2016) section 3.3: a centroid's gradient is the sum of
+    the gradients of the weights that share it; the assignments stay fixed. The centroids
+    (float64 tensors, updated in place) get the recipe's SGD without weight decay.
     """
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -183,8 +210,12 @@ def train(
     mask_of = _check_masks(model, masks or {})
     targets = torch.from_numpy(labels.astype(np.int64))
 
+    share_of = _check_shared(model, shared or {})
+    groups = [{"params": [p for p in model.parameters() if p not in share_of]}]
+    if share_of:
+        groups.append({"params": [c for _, c in share_of.values()], "weight_decay": 0.0})
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        groups,
         lr=recipe.lr,
         momentum=recipe.momentum,
         nesterov=recipe.nesterov,
@@ -194,6 +225,8 @@ def train(
     with torch.no_grad():
         for param, mask in mask_of.items():
             param.mul_(mask)
+        for param, (assign, centroids) in share_of.items():
+            param.copy_(_expand_shared(assign, centroids).to(param.dtype))
 
     batches = math.ceil(len(images) / recipe.batch_size)
     model.train()
@@ -207,15 +240,22 @@ def train(
                 group["lr"] = recipe.lr_at(epoch, batch, batches)
 
             optimizer.zero_grad(set_to_none=False)
+            model.zero_grad(set_to_none=False)  # shared weights are outside the optimizer
             loss = loss_fn(model(x), targets[index])
             loss.backward()
             with torch.no_grad():
                 for param, mask in mask_of.items():
                     param.grad.mul_(mask)
+                for param, (assign, centroids) in share_of.items():
+                    kept = assign >= 0
+                    centroids.grad = torch.zeros_like(centroids).index_add_(
+                        0, assign[kept], param.grad[kept].to(centroids.dtype))
             optimizer.step()
             with torch.no_grad():
                 for param, mask in mask_of.items():
                     param.mul_(mask)
+                for param, (assign, centroids) in share_of.items():
+                    param.copy_(_expand_shared(assign, centroids).to(param.dtype))
 
             loss_sum += loss.item()
             loss_count += 1
