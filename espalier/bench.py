@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-__all__ = ["bench_golden"]
+__all__ = ["bench_golden", "bench_tradeoff"]
 
 
 def bench_golden(image, repeats: int = 3, progress=None) -> dict:
@@ -49,3 +49,38 @@ def bench_golden(image, repeats: int = 3, progress=None) -> dict:
                 golden_error_pct=100.0 * float(np.mean(pred != y)),
                 torch_error_pct=100.0 * float(np.mean(tpred != y)),
                 agreement_pct=100.0 * float(np.mean(pred == tpred)))
+
+
+def bench_tradeoff(name: str, model_loader, train, test, scales, progress=None) -> dict:
+    """Compression ratio against golden error: the shipped config with every layer's kept
+    fraction multiplied by each of ``scales`` (capped at 1), compressed and evaluated.
+
+    ``model_loader()`` returns a fresh ``(model, info)`` for each point.
+    """
+    import dataclasses
+
+    from golden.model import GoldenModel
+    from weights.compress import compress
+    from weights.datasets import to_float
+    from weights.pipeline import CONFIGS
+
+    base = CONFIGS[name]
+    x, y = test
+    xf = to_float(x)
+    points = []
+    for scale in scales:
+        plans = tuple(dataclasses.replace(p, keep=min(1.0, p.keep * scale)) for p in base.plans)
+        config = dataclasses.replace(base, plans=plans)
+        model, _ = model_loader()
+        calib = (train[0][: config.calib_size], train[1][: config.calib_size])
+        t0 = time.perf_counter()
+        image, data, _ = compress(model, train, calib, config)
+        err = 100.0 * float(np.mean(GoldenModel(image).predict(xf) != y))
+        float_bytes = 4 * sum(layer.weights().size + layer.out_c for layer in image.layers)
+        points.append(dict(scale=scale, keep=[p.keep for p in plans], bytes=len(data),
+                           ratio=float_bytes / len(data), error_pct=err,
+                           seconds=time.perf_counter() - t0))
+        if progress:
+            progress(f"scale {scale}: {len(data)} bytes, {points[-1]['ratio']:.1f}x, "
+                     f"error {err:.2f} %")
+    return dict(model=name, points=points)

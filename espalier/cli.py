@@ -163,12 +163,13 @@ def inspect_report(image, data_size: int) -> dict:
     """The figures of ``espalier inspect``: sizes, ratio and per-layer statistics."""
     import numpy as np
 
+    from weights.entropy import coding_costs
     from weights.image import Kind, layer_bytes
 
     layers = []
     float_params = 0
-    for name, layer, nbytes in zip(image.layer_names(), image.layers, layer_bytes(image),
-                                   strict=True):
+    for name, layer, nbytes, cost in zip(image.layer_names(), image.layers, layer_bytes(image),
+                                         coding_costs(image), strict=True):
         w = layer.weights()
         symbols = layer.symbol_count()
         stream_bits = 8 * sum(len(s) for s in layer.streams)
@@ -180,7 +181,14 @@ def inspect_report(image, data_size: int) -> dict:
             codebook=len(layer.codebook), symbols=symbols, stream_bytes=stream_bits // 8,
             bits_per_nonzero=stream_bits / max(1, int(np.count_nonzero(w))),
             max_code_len=layer.table.max_len, bias_bits=layer.bias_bits,
-            w_fl=layer.w_fl, b_fl=layer.b_fl, out_fl=layer.out_fl))
+            w_fl=layer.w_fl, b_fl=layer.b_fl, out_fl=layer.out_fl,
+            # Deep Compression's Table 2/3 columns: weights+indices of this layer after
+            # pruning (float32 values), + quantization (fixed-width codes), + Huffman (as
+            # stored, table included); ratios against the layer's float32 weights.
+            bytes_p=cost["pruned"], bytes_pq=cost["quantized"], bytes_pqh=cost["joint"],
+            ratio_p=4 * w.size / cost["pruned"], ratio_pq=4 * w.size / cost["quantized"],
+            ratio_pqh=4 * w.size / cost["joint"], bytes_separate_huffman=cost["separate"],
+            symbols_per_nonzero=cost["symbols_per_weight_joint"]))
     return dict(total_bytes=data_size, float32_bytes=4 * float_params,
                 ratio=4 * float_params / data_size, bw=image.bw, input_fl=image.input_fl,
                 layers=layers)
@@ -243,6 +251,25 @@ def cmd_bench_golden(args) -> int:
         f"torch float:  {rep['torch_images_per_s']:.0f} images/s; golden / torch = "
         f"{rep['ratio_to_torch']:.2f}\n"
         f"one thread each; golden error {rep['golden_error_pct']:.2f} %"))
+    return 0
+
+
+def cmd_bench_tradeoff(args) -> int:
+    from espalier.bench import bench_tradeoff
+
+    checkpoint = CHECKPOINTS / f"{args.model}.pt"
+    _load_checkpoint(checkpoint, args.model)
+    rep = bench_tradeoff(args.model, lambda: _load_checkpoint(checkpoint, args.model),
+                         _mnist("train"), _mnist("test"), args.scales, progress=_progress)
+    if args.plot:
+        from espalier.plots import plot_tradeoff
+
+        plot_tradeoff({args.model: rep["points"]}, args.plot)
+    rows = [f"{'scale':>6} {'bytes':>7} {'ratio':>7} {'error %':>8}  kept per layer"]
+    for p in rep["points"]:
+        rows.append(f"{p['scale']:6.2f} {p['bytes']:7d} {p['ratio']:7.1f} {p['error_pct']:8.2f}  "
+                    + " ".join(f"{k:.3f}" for k in p["keep"]))
+    _emit(args, rep, "\n".join(rows))
     return 0
 
 
@@ -314,6 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("image", help="weight image file")
     bp.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     json_flag(bp)
+    bp = bsub.add_parser("tradeoff", help="compression ratio against golden-model error",
+                         description="Compress a shipped model with every layer's kept fraction "
+                                     "scaled, and report ratio and golden error per point "
+                                     "(minutes per point for LeNet-5).")
+    bp.set_defaults(func=cmd_bench_tradeoff)
+    bp.add_argument("--model", required=True, choices=MODELS, help="which network")
+    bp.add_argument("--scales", type=float, nargs="+", default=[0.6, 0.8, 1.0, 1.3, 1.7],
+                    help="multipliers of the shipped kept fractions (default 0.6 ... 1.7)")
+    bp.add_argument("--plot", metavar="PNG", help="also draw the curve into this file")
+    json_flag(bp)
     return p
 
 
@@ -327,6 +364,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("espalier: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. head: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

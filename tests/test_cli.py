@@ -10,7 +10,8 @@ from espalier.cli import build_parser, main
 from tests.imagegen import random_image
 from weights.image import write_image
 
-COMMANDS = [["train"], ["compress"], ["inspect"], ["eval"], ["bench"], ["bench", "golden"]]
+COMMANDS = [["train"], ["compress"], ["sensitivity"], ["inspect"], ["eval"], ["bench"],
+            ["bench", "golden"], ["bench", "tradeoff"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS)
@@ -24,7 +25,7 @@ def test_help_on_every_command(cmd, capsys):
 def test_every_subcommand_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {c for c in sub.choices} == {"train", "compress", "inspect", "eval", "bench"}
+    assert set(sub.choices) == {"train", "compress", "sensitivity", "inspect", "eval", "bench"}
     for action in sub._choices_actions:
         assert action.help
 

@@ -233,3 +233,27 @@ def test_kmeans_inits():
     assert set(rnd) <= set(v)
     with pytest.raises(ValueError):
         kmeans_1d(v, 3, init="nope")
+
+
+def test_sensitivity_curves_and_tolerance():
+    from weights.prune import SensitivityCurve, keep_for_tolerance, quality_for_keep, sensitivity
+
+    x, y = synthetic_data(128)
+    model = trained_small_net(x, y)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    curves = sensitivity(model, {"conv1": model[0], "fc2": model[8]}, x, y,
+                         keeps=(1.0, 0.5, 0.05))
+    assert [c.layer for c in curves] == ["conv1", "fc2"]
+    for c in curves:
+        assert c.error_pct[0] == c.base_error_pct  # keep 100 % = the unpruned model
+        assert c.error_pct[-1] >= c.base_error_pct
+    for n, p in model.named_parameters():  # the model is restored afterwards
+        assert torch.equal(p, before[n])
+    curve = SensitivityCurve("l", (1.0, 0.5, 0.2, 0.1), (1.0, 1.1, 1.6, 5.0), 1.0)
+    assert keep_for_tolerance(curve, 0.5) == 0.5
+    assert keep_for_tolerance(curve, 0.6) == 0.2
+    assert keep_for_tolerance(curve, 0.01) == 1.0
+    w = np.array([0.1, -0.4, 0.2, 0.8])
+    q = quality_for_keep(w, 0.5)
+    assert q == pytest.approx(0.4 / np.std(w))
+    assert np.count_nonzero(np.abs(w) >= q * np.std(w)) == 2

@@ -20,7 +20,6 @@ __all__ = [
     "magnitude_mask",
     "quality_for_keep",
     "sensitivity",
-    "threshold_mask",
 ]
 
 
@@ -38,12 +37,6 @@ def magnitude_mask(w: np.ndarray, keep: float, prior: np.ndarray | None = None) 
     mask = np.zeros(mag.size, dtype=bool)
     mask[order[:k]] = True
     return mask.reshape(w.shape)
-
-
-def threshold_mask(w: np.ndarray, threshold: float, prior: np.ndarray | None = None):
-    """Han et al.'s rule: keep the weights with ``|w| >= threshold`` (among ``prior``'s)."""
-    mask = np.abs(np.asarray(w)) >= threshold
-    return mask if prior is None else mask & prior
 
 
 def quality_for_keep(w: np.ndarray, keep: float) -> float:

@@ -1,0 +1,225 @@
+"""One accelerator build's parameters: array shape, widths, buffers and decoder limits.
+
+Every hardware block takes an ``AcceleratorConfig`` and derives its widths from it, so the
+RTL, its tests and the software that checks an image against a build can never disagree
+about a constant. Presets are copies of ``DEFAULT`` made with ``dataclasses.replace``.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+from weights.huffman import MAX_CODE_LENGTH
+
+__all__ = ["DEFAULT", "PRESETS", "AcceleratorConfig", "get_preset"]
+
+# The weight image's own ranges (docs/weight-image.md, "Layer table entry" and "Huffman
+# table"): the codebook index is 1..8 bits, the zero-run field 0..8 bits, symbols are u16.
+_FORMAT_INDEX_BITS = range(1, 9)
+_FORMAT_RUN_BITS = range(0, 9)
+_FORMAT_SYMBOL_BITS = 16
+_BIT_WIDTHS = (8, 16)
+
+
+def _bits(n: int) -> int:
+    """Bits of an unsigned number that holds every value 0..n."""
+    return max(1, n.bit_length())
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceleratorConfig:
+    """An accelerator build. All fields are keyword-only; ``__post_init__`` checks them.
+
+    Array and arithmetic:
+        ``rows`` x ``cols`` processing elements; ``bw`` data bits (weights and activations,
+        8 or 16, equal to the image's ``bw``); ``acc_width`` accumulator bits.
+    Weight decoding:
+        ``decode_lanes`` Huffman decoders that work on different output channels at once;
+        ``max_code_len`` the longest Huffman code the decoder accepts (at most the format's
+        16); ``max_index_bits`` / ``max_run_bits`` the widest codebook index and zero-run
+        field; ``max_table_symbols`` entries of the decoder's symbol memory (the number of
+        distinct symbols a layer's table may list); ``max_fan_in`` the largest fan-in ``N``.
+    Buffers:
+        ``image_bytes`` the compressed-image buffer; ``tile_depth`` decoded weights held per
+        array column in the weight tile buffer.
+    """
+
+    rows: int
+    cols: int
+    bw: int
+    acc_width: int
+    decode_lanes: int
+    image_bytes: int
+    tile_depth: int
+    max_fan_in: int
+    max_index_bits: int
+    max_run_bits: int
+    max_code_len: int
+    max_table_symbols: int
+
+    def __post_init__(self):
+        for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
+                     "max_table_symbols"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if self.bw not in _BIT_WIDTHS:
+            raise ValueError(f"the data width bw must be one of {_BIT_WIDTHS}, not {self.bw}")
+        if self.acc_width < self.min_acc_width:
+            raise ValueError(
+                f"an accumulator of {self.acc_width} bits cannot hold a sum of "
+                f"{self.max_fan_in} products of two {self.bw}-bit numbers; "
+                f"it needs at least {self.min_acc_width} bits")
+        if self.max_index_bits not in _FORMAT_INDEX_BITS:
+            raise ValueError(f"max_index_bits must be 1..8 (the image format's codebook index "
+                             f"width), not {self.max_index_bits}")
+        if self.max_run_bits not in _FORMAT_RUN_BITS:
+            raise ValueError(f"max_run_bits must be 0..8 (the image format's zero-run width), "
+                             f"not {self.max_run_bits}")
+        if not 1 <= self.max_code_len <= MAX_CODE_LENGTH:
+            raise ValueError(f"max_code_len must be 1..{MAX_CODE_LENGTH} (the image format's "
+                             f"longest Huffman code), not {self.max_code_len}")
+        for name in ("image_bytes", "tile_depth", "max_table_symbols"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise ValueError(f"{name} must be a power of two (it is a memory depth), "
+                                 f"not {value}")
+        if self.decode_lanes > self.cols:
+            raise ValueError(f"{self.decode_lanes} decode lanes for {self.cols} array columns: "
+                             f"a lane decodes one column's output channel, so use at most "
+                             f"{self.cols}")
+
+    # -- derived widths -------------------------------------------------------------------
+
+    @property
+    def min_acc_width(self) -> int:
+        """Bits that hold any sum of ``max_fan_in`` products of two ``bw``-bit integers."""
+        # |product| <= 2^(2bw-2), so |sum| <= 2^(2bw-2+ceil(log2 N)); a two's-complement
+        # number that holds +2^x needs x+2 bits.
+        return 2 * self.bw + (self.max_fan_in - 1).bit_length()
+
+    @property
+    def max_codebook_size(self) -> int:
+        """The largest codebook ``K`` a layer may have on this build."""
+        return 1 << self.max_index_bits
+
+    @property
+    def max_alphabet(self) -> int:
+        """The largest symbol alphabet ``(R+1)·K + 2`` of a layer on this build."""
+        return min(1 << _FORMAT_SYMBOL_BITS,
+                   (1 << self.max_run_bits) * self.max_codebook_size + 2)
+
+    @property
+    def symbol_width(self) -> int:
+        """Bits of a raw Huffman-table symbol as the image stores it (u16)."""
+        return _FORMAT_SYMBOL_BITS
+
+    @property
+    def fan_in_width(self) -> int:
+        """Bits of a position counter that holds 0..``max_fan_in``."""
+        return _bits(self.max_fan_in)
+
+    @property
+    def table_addr_width(self) -> int:
+        """Address bits of the decoder's symbol memory."""
+        return max(1, (self.max_table_symbols - 1).bit_length())
+
+    @property
+    def code_len_width(self) -> int:
+        """Bits of a code length 0..``max_code_len``."""
+        return _bits(self.max_code_len)
+
+    @property
+    def image_addr_width(self) -> int:
+        """Byte-address bits of the compressed-image buffer."""
+        return max(1, (self.image_bytes - 1).bit_length())
+
+    @property
+    def tile_addr_width(self) -> int:
+        """Address bits of one column of the weight tile buffer."""
+        return max(1, (self.tile_depth - 1).bit_length())
+
+    # -- checks against an image ----------------------------------------------------------
+
+    def check_layer(self, layer, bw: int) -> None:
+        """Raise ValueError if a weight-image layer (``weights.image.Layer``) of an image with
+        data width ``bw`` does not fit this build's decoder."""
+        problems = []
+        if bw != self.bw:
+            problems.append(f"the image's data width is {bw} bits, the build's {self.bw}")
+        if layer.fan_in > self.max_fan_in:
+            problems.append(f"fan-in {layer.fan_in} exceeds the build's {self.max_fan_in}")
+        if len(layer.codebook) > self.max_codebook_size:
+            problems.append(f"codebook of {len(layer.codebook)} entries exceeds the build's "
+                            f"{self.max_codebook_size}")
+        if layer.run_bits > self.max_run_bits:
+            problems.append(f"run_bits {layer.run_bits} exceeds the build's "
+                            f"{self.max_run_bits}")
+        if layer.table.max_len > self.max_code_len:
+            problems.append(f"a {layer.table.max_len}-bit Huffman code exceeds the build's "
+                            f"{self.max_code_len}")
+        if len(layer.table.symbols) > self.max_table_symbols:
+            problems.append(f"a table of {len(layer.table.symbols)} symbols exceeds the "
+                            f"build's {self.max_table_symbols}")
+        if problems:
+            raise ValueError("the layer does not fit this accelerator: " + "; ".join(problems))
+
+
+#: The base every preset is copied from: a mid-size 8-bit build with the format's full
+#: decoding range.
+DEFAULT = AcceleratorConfig(
+    rows=4, cols=4, bw=8, acc_width=32, decode_lanes=1,
+    image_bytes=64 * 1024, tile_depth=512, max_fan_in=1024,
+    max_index_bits=8, max_run_bits=8, max_code_len=MAX_CODE_LENGTH, max_table_symbols=1024)
+
+PRESETS = {
+    # Fast simulation. A 2x2 array and 2 lanes exercise every parallel path at the least
+    # pysim cost; the decode limits stay at the format's maximum (16-bit codes, 8-bit index
+    # and run fields) so tests can reach every corner of the format; small buffers keep
+    # memories cheap to simulate. acc_width 26 is exactly min_acc_width for bw 8 and a
+    # fan-in of 1024, so the tightest legal width is what the tests see.
+    "small": dataclasses.replace(
+        DEFAULT, rows=2, cols=2, decode_lanes=2, acc_width=26, image_bytes=4096,
+        tile_depth=64, max_table_symbols=512),
+    # iCE40UP5K (iCEBreaker): 5,280 LUT4, 8 SB_MAC16, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit.
+    # - 2x4 array: 8 PEs = the 8 SB_MAC16; a 4x4 array in LUTs already took 70 % of the
+    #   LUTs, leaving too little for the decoder and control.
+    # - acc_width 32: the SB_MAC16's own accumulator width (free in the DSP); the
+    #   minimum for bw 8 and fan-in 1024 is 26.
+    # - 1 decode lane: a lane is ~ a few hundred LUTs plus 4 EBR; the conv layers reuse each
+    #   weight hundreds of times, so one lane keeps up with the 8 MACs there.
+    # - image_bytes 64 KB: two of the four SPRAMs (32 KB each); the compressed LeNet-5
+    #   image (about 40-45 KB) fits, and two SPRAMs remain for feature maps (LeNet-5's
+    #   largest, conv1's 20x24x24 output, is 11.5 KB at 8 bits).
+    # - tile_depth 512: one EBR as 512 x 8 bits per array column.
+    # - max_fan_in 1024: the shipped LeNets' largest fan-ins are 800 (LeNet-5 fc1) and
+    #   784 (LeNet-300-100 fc1).
+    # - max_table_symbols 1024: the shipped LeNets' tables list at most about 500 symbols;
+    #   a 1024 x 18-bit symbol memory (2 kind + 8 run + 8 index bits) takes 5 EBR. The
+    #   index and run widths stay at the format's 8 bits: the compression settings are
+    #   still being tuned (run_bits 2..5 so far) and narrower fields save only one EBR.
+    "icebreaker": dataclasses.replace(
+        DEFAULT, rows=2, cols=4, acc_width=32, decode_lanes=1, image_bytes=64 * 1024,
+        tile_depth=512, max_fan_in=1024, max_table_symbols=1024),
+    # ECP5 LFE5U-85F (ULX3S 85F): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD x 18 kbit.
+    # - 8x8 array: 64 multipliers, a size measured here at 80.75 MHz with 64/156 DSPs.
+    # - acc_width 32: fabric accumulators (nextpnr times the DSPs as combinational, so
+    #   they are registered in fabric); the minimum for bw 8 and fan-in 4096 is 28.
+    # - 8 decode lanes: one per array column, so a fully connected layer (each weight used
+    #   once) gets 8 weights per clock; 8 symbol memories of 2 DP16KD each.
+    # - image_bytes 128 KB: 64 of the 208 DP16KD; room for images about three times
+    #   LeNet-5's.
+    # - tile_depth 2048: one DP16KD as 2048 x 9 bits per column.
+    # - max_fan_in 4096, max_table_symbols 2048: room for larger nets than the LeNets.
+    "ulx3s-85f": dataclasses.replace(
+        DEFAULT, rows=8, cols=8, acc_width=32, decode_lanes=8, image_bytes=128 * 1024,
+        tile_depth=2048, max_fan_in=4096, max_table_symbols=2048),
+}
+
+
+def get_preset(name: str) -> AcceleratorConfig:
+    """The preset called ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown accelerator preset {name!r}; known presets: "
+                         f"{', '.join(PRESETS)}") from None

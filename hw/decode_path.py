@@ -1,0 +1,112 @@
+"""A layer's weight-decode path: ``decode_lanes`` Huffman decoders and run expanders that
+decode different output channels in parallel.
+
+Ref: docs/weight-image.md, "Stream sizes and streams"; mirrors ``golden.decode.decode_channel``
+for every channel of a layer.
+"""
+
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.broadcast import StreamBroadcast
+from hw.huffman_decode import DecodeError, HuffmanDecoder
+from hw.layouts import DecodeParams, WeightOut
+from hw.run_expand import ExpandError, RunExpander
+
+__all__ = ["DecodePath"]
+
+
+class DecodePath(wiring.Component):
+    """Decodes all output channels of one layer into dense weights on parallel lanes.
+
+    Lane ``j`` (of ``n = config.decode_lanes``) decodes output channels ``j, j + n,
+    j + 2n, ...``: its byte input carries those channels' streams back to back (in that
+    order), its output their weights in fan-in order with ``first``/``last`` per channel.
+    Each lane is a ``HuffmanDecoder`` (``decoder_{j}``) feeding a ``RunExpander``
+    (``expander_{j}``); every lane holds its own copy of the table and codebook, which
+    ``StreamBroadcast`` blocks copy to all lanes.
+
+    Ports:
+        ``start`` (in): one-cycle pulse; clears everything and begins a layer. ``params``
+            and ``channels`` must be steady from then on.
+        ``params`` (in, ``DecodeParams``); ``channels`` (in): the layer's ``out_c``.
+        ``table`` (in stream of u16): the Huffman table (counts, then symbols), given once
+            and broadcast to every lane.
+        ``codebook`` (in stream of signed ``bw``-bit): the ``K`` entries, broadcast.
+        ``i[j]`` (in streams of bytes), ``o[j]`` (out streams of ``WeightOut``): lane ``j``.
+        ``done`` (out): every lane has emitted the last weight of its last channel.
+        ``error`` (out): a lane's decoder or expander stopped on an error (sticky until
+            ``start``; the lanes' own ``error`` ports say which and why).
+
+    Latency: three clocks from a code's last bit to its first weight (decoder two,
+    expander one). Throughput: one weight per clock per lane; a lane's decoder runs at up
+    to a symbol per clock, so it keeps its expander busy whenever a channel's symbols
+    average at most one per weight. Back-pressure: per lane, as in its two blocks; the
+    broadcast table and codebook advance when every lane has taken the current word.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        lanes = config.decode_lanes
+        super().__init__({
+            "start": In(1),
+            "params": In(DecodeParams(config)),
+            "channels": In(unsigned(16)),
+            "table": In(stream.Signature(unsigned(config.symbol_width))),
+            "codebook": In(stream.Signature(signed(config.bw))),
+            "i": In(stream.Signature(unsigned(8))).array(lanes),
+            "o": Out(stream.Signature(WeightOut(config))).array(lanes),
+            "done": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        lanes = cfg.decode_lanes
+        m = Module()
+
+        decoders, expanders = [], []
+        for j in range(lanes):
+            dec = m.submodules[f"decoder_{j}"] = HuffmanDecoder(cfg)
+            exp = m.submodules[f"expander_{j}"] = RunExpander(cfg)
+            m.d.comb += [
+                dec.start.eq(self.start),
+                exp.start.eq(self.start),
+                dec.params.eq(self.params),
+                exp.params.eq(self.params),
+            ]
+            wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
+            wiring.connect(m, dec.o, exp.i)
+            wiring.connect(m, exp.o, wiring.flipped(self.o[j]))
+            decoders.append(dec)
+            expanders.append(exp)
+        m.submodules.table_broadcast = tables = StreamBroadcast(
+            unsigned(cfg.symbol_width), lanes)
+        m.submodules.codebook_broadcast = codebooks = StreamBroadcast(signed(cfg.bw), lanes)
+        wiring.connect(m, wiring.flipped(self.table), tables.i)
+        wiring.connect(m, wiring.flipped(self.codebook), codebooks.i)
+        for j in range(lanes):
+            wiring.connect(m, tables.o[j], decoders[j].table)
+            wiring.connect(m, codebooks.o[j], expanders[j].codebook)
+
+        # Lane j's next channel is j + lanes·(channels it has finished); it is done when
+        # that passes the layer's channels.
+        lane_done = []
+        for j in range(lanes):
+            next_channel = Signal(17, name=f"next_channel_{j}")
+            out = self.o[j]
+            with m.If(self.start):
+                m.d.sync += next_channel.eq(j)
+            with m.Elif(out.valid & out.ready & out.payload.last):
+                m.d.sync += next_channel.eq(next_channel + lanes)
+            lane_done.append(next_channel >= self.channels)
+
+        started = Signal()
+        with m.If(self.start):
+            m.d.sync += started.eq(1)
+        m.d.comb += self.done.eq(started & ~self.start & Cat(*lane_done).all())
+        failed = [(d.error != DecodeError.NONE) | (e.error != ExpandError.NONE)
+                  for d, e in zip(decoders, expanders, strict=True)]
+        m.d.comb += self.error.eq(Cat(*failed).any())
+        return m

@@ -1,0 +1,363 @@
+"""Canonical Huffman decoding of a layer's weight streams, one symbol per clock.
+
+Ref: docs/weight-image.md, "Huffman table" and "Stream sizes and streams"; the decoding
+rule mirrors ``golden.decode.huffman_symbols``. The table-driven decode (per-length
+``code < limit`` comparisons in parallel, then one symbol-memory read) is the classic
+canonical-code decoder of JPEG hardware (ITU-T T.81, Annex F.2.2.3, DECODE with
+MINCODE/MAXCODE/VALPTR).
+"""
+
+import functools
+import operator
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import enum, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.layouts import DecodeParams, SymbolEntry, Token, TokenKind
+
+__all__ = ["DecodeError", "HuffmanDecoder"]
+
+
+class DecodeError(enum.Enum, shape=2):
+    """Why a decoder stopped. Sticky until the next ``start``."""
+
+    NONE = 0
+    NO_CODE = 1  # a bit pattern that is no code (only a single-symbol table has such)
+    PAST_FAN_IN = 2  # a zero run or a weight that passes the channel's fan-in
+    TABLE = 3  # parameters or a table beyond the build, or a symbol outside the alphabet
+
+
+class _State(enum.Enum, shape=2):
+    IDLE = 0
+    COUNTS = 1
+    SYMBOLS = 2
+    DECODE = 3
+
+
+class HuffmanDecoder(wiring.Component):
+    """Decodes a layer's concatenated channel streams into tokens, one per clock.
+
+    Ports:
+        ``start`` (in): a one-cycle pulse that clears everything (error included) and
+            begins loading a table. ``params`` must be steady from then on.
+        ``params`` (in, ``DecodeParams``): fan-in ``N``, codebook size ``K``, ``run_bits``,
+            longest code ``L``.
+        ``table`` (in stream of u16): the image's Huffman table without its ``L`` byte:
+            ``count[1..L]``, then the ``sum(count)`` symbols in canonical order.
+        ``i`` (in stream of bytes): the layer's streams back to back, as in the image.
+        ``o`` (out stream of ``Token``): one token per symbol; ``first``/``last`` mark the
+            symbols that start and complete each channel's fan-in.
+        ``error`` (out, ``DecodeError``): sticky; the decoder stops at the first error.
+
+    Table load: one clock per length up to ``max_code_len`` (a count is taken for each
+    length up to ``L``); one clock per ZRUN or EOS symbol; ``1 + run_bits`` clocks per
+    (run, index) symbol, whose ``s div K`` and ``s mod K`` a serial restoring divider
+    computes. The table must be valid (complete and canonical, as
+    ``weights.image.read_image`` checks); the decoder does not re-check it.
+
+    Decoding: a bit buffer of ``max_code_len + 16`` bits takes a byte per clock while it
+    has room for one. Each clock the next code's length is the least ``l`` whose top ``l``
+    bits are below ``limit[l] = first_code[l] + count[l]`` (all lengths compared at once;
+    the results form a thermometer code); its symbol-memory address is those bits plus
+    ``delta[l] = offset[l] - first_code[l]``. The synchronous memory read is the second
+    pipeline stage, which tracks the channel's remaining fan-in and emits the token.
+    A channel ends when its symbols cover ``N``; the rest of its last byte (padding) is
+    dropped and the next channel starts at the next byte. EOS is recognised from the
+    code's address while decoding, so a channel that ends with EOS costs no cycle; a
+    channel that ends with a pair or ZRUN costs one (the code decoded behind it was
+    speculative and is dropped). Padding bits are not checked (the image reader does).
+
+    Latency: a token leaves two clocks after the last bit of its code entered the buffer.
+    Throughput: one symbol per clock while the input delivers at least the code lengths'
+    bits (a byte per clock sustains codes of up to 8 bits on average) and ``o`` is ready,
+    less one clock per channel that does not end with EOS.
+    Back-pressure: ``o.valid`` does not depend on ``o.ready``; when ``o`` stalls, the
+    token and the memory read are held and decoding waits. ``i.ready`` depends only on
+    registers (buffer room).
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "start": In(1),
+            "params": In(DecodeParams(config)),
+            "table": In(stream.Signature(unsigned(config.symbol_width))),
+            "i": In(stream.Signature(unsigned(8))),
+            "o": Out(stream.Signature(Token(config))),
+            "error": Out(DecodeError),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        max_len = cfg.max_code_len
+        # The bit buffer: a longest code plus two bytes. One byte would do for correctness;
+        # the second absorbs runs of long codes (measured on the LeNet images: 0.95-0.99
+        # symbols per clock with one byte of slack, 0.97-1.0 with two).
+        width = max_len + 16
+        aw = cfg.table_addr_width
+        p = self.params
+
+        m.submodules.symbols = mem = memory.Memory(
+            shape=SymbolEntry(cfg), depth=cfg.max_table_symbols, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port()
+
+        state = Signal(_State)
+        ok = Signal()
+        m.d.comb += ok.eq(self.error == DecodeError.NONE)
+
+        # Alphabet constants of the layer: ZRUN = (R+1)·K = K << run_bits, EOS = ZRUN + 1.
+        zrun = Signal(cfg.symbol_width + 1)
+        r_plus_1 = Signal(cfg.max_run_bits + 1)
+        m.d.comb += [
+            zrun.eq(p.codebook_size << p.run_bits),
+            r_plus_1.eq(Const(1, 1) << p.run_bits),
+        ]
+
+        # -- table: per-length limit and delta registers, symbol memory ------------------
+        limit = [None] + [Signal(n + 1, name=f"limit_{n}") for n in range(1, max_len + 1)]
+        delta = [None] + [Signal(aw, name=f"delta_{n}") for n in range(1, max_len + 1)]
+        t_len = Signal(range(max_len + 2))  # the length whose count comes next
+        t_code = Signal(max_len + 2)  # first code of that length
+        t_offset = Signal(cfg.symbol_width + 5)  # symbols of all shorter lengths
+        t_total = Signal(cfg.symbol_width + 5)  # symbols in the table
+        eos_addr = Signal(aw)
+        eos_present = Signal()
+
+        # Counts: limit[l] = first_code[l] + count[l], delta[l] = offset[l] - first_code[l].
+        # Lengths past L continue the recurrence with a count of 0, so limit[l] =
+        # limit[L] << (l - L): then "code < limit" holds, for every length from the code's
+        # own up, which makes the comparisons a thermometer code.
+        with m.If((state == _State.COUNTS) & ok):
+            listed = Signal()  # this length's count is in the table
+            count = Signal(cfg.symbol_width)
+            t_limit = Signal.like(t_code)
+            t_delta = Signal(aw)
+            m.d.comb += [
+                listed.eq(t_len <= p.max_len),
+                self.table.ready.eq(listed),
+                count.eq(Mux(listed, self.table.payload, 0)),
+                t_limit.eq(t_code + count),
+                t_delta.eq(t_offset - t_code),
+            ]
+            with m.If(self.table.valid | ~listed):
+                with m.Switch(t_len):
+                    for n in range(1, max_len + 1):
+                        with m.Case(n):
+                            m.d.sync += [limit[n].eq(t_limit), delta[n].eq(t_delta)]
+                m.d.sync += [
+                    t_code.eq(t_limit << 1),
+                    t_offset.eq(t_offset + count),
+                    t_len.eq(t_len + 1),
+                ]
+                with m.If(t_len == p.max_len):
+                    m.d.sync += t_total.eq(t_offset + count)
+                    with m.If(t_offset + count > cfg.max_table_symbols):
+                        m.d.sync += self.error.eq(DecodeError.TABLE)
+                with m.If(t_len == max_len):
+                    m.d.sync += [t_offset.eq(0), state.eq(_State.SYMBOLS)]
+
+        # Symbols: split each into kind, run = s div K, index = s mod K and store it at its
+        # canonical position (t_offset counts them now).
+        s_busy = Signal()
+        s_rem = Signal(cfg.symbol_width)
+        s_div = Signal(cfg.symbol_width)  # K << (remaining quotient bits - 1)
+        s_quo = Signal(cfg.max_run_bits)
+        s_left = Signal(range(cfg.max_run_bits + 1))
+        m.d.comb += wr.addr.eq(t_offset)
+        with m.If(wr.en):
+            m.d.sync += t_offset.eq(t_offset + 1)
+            with m.If(t_offset + 1 == t_total):
+                m.d.sync += state.eq(_State.DECODE)
+
+        with m.If((state == _State.SYMBOLS) & ok):
+            sym = self.table.payload
+            with m.If(~s_busy):
+                m.d.comb += self.table.ready.eq(1)
+                with m.If(self.table.valid):
+                    with m.If(sym == zrun):
+                        m.d.comb += [wr.en.eq(1), wr.data.kind.eq(TokenKind.ZRUN)]
+                    with m.Elif(sym == zrun + 1):
+                        m.d.comb += [wr.en.eq(1), wr.data.kind.eq(TokenKind.EOS)]
+                        m.d.sync += [eos_addr.eq(t_offset), eos_present.eq(1)]
+                    with m.Elif(sym > zrun + 1):
+                        m.d.sync += self.error.eq(DecodeError.TABLE)
+                    with m.Elif(p.run_bits == 0):
+                        m.d.comb += [
+                            wr.en.eq(1),
+                            wr.data.kind.eq(TokenKind.PAIR),
+                            wr.data.index.eq(sym),
+                        ]
+                    with m.Else():
+                        m.d.sync += [
+                            s_busy.eq(1),
+                            s_rem.eq(sym),
+                            s_div.eq(zrun >> 1),
+                            s_quo.eq(0),
+                            s_left.eq(p.run_bits),
+                        ]
+            if cfg.max_run_bits:
+                with m.Else():
+                    # One restoring-division step per clock, quotient bits MSB first.
+                    bit = Signal()
+                    rem_next = Signal.like(s_rem)
+                    quo_next = Signal.like(s_quo)
+                    m.d.comb += [
+                        bit.eq(s_rem >= s_div),
+                        rem_next.eq(Mux(bit, s_rem - s_div, s_rem)),
+                        quo_next.eq(Cat(bit, s_quo)),
+                    ]
+                    m.d.sync += [
+                        s_rem.eq(rem_next),
+                        s_quo.eq(quo_next),
+                        s_div.eq(s_div >> 1),
+                        s_left.eq(s_left - 1),
+                    ]
+                    with m.If(s_left == 1):
+                        m.d.comb += [
+                            wr.en.eq(1),
+                            wr.data.kind.eq(TokenKind.PAIR),
+                            wr.data.run.eq(quo_next),
+                            wr.data.index.eq(rem_next),
+                        ]
+                        m.d.sync += s_busy.eq(0)
+
+        # -- decode stage: find the next code's length and symbol address ----------------
+        buf = Signal(width)
+        ptr = Signal(range(width + 1))  # unconsumed bits: buf[ptr-1] is the next one
+        window = Signal(max_len)  # the next max_len bits, zero-filled past ptr
+        m.d.comb += window.eq(Cat(Const(0, max_len), buf).bit_select(ptr, max_len))
+
+        # therm[j]: the next code is at most j + 1 bits long. Its length is the lowest set
+        # bit, decoded from the thermometer code without a priority chain (a chain of 16
+        # muxes was the critical path).
+        therm = Signal(max_len)
+        for n in range(1, max_len + 1):
+            m.d.comb += therm[n - 1].eq(window[max_len - n:] < limit[n])
+        d_len_m1 = Signal(range(max_len + 1))  # code length - 1; max_len: no code
+        for b in range(len(d_len_m1)):
+            terms = []
+            for lo in range(max_len + 1):
+                # the maximal runs lo..hi of values with bit b set
+                if not (lo >> b) & 1 or (lo and (lo - 1) >> b & 1):
+                    continue
+                hi = lo
+                while hi < max_len and (hi + 1) >> b & 1:
+                    hi += 1
+                at_least = ~therm[lo - 1] if lo else Const(1)
+                at_most = therm[hi] if hi < max_len else Const(1)
+                terms.append(at_least & at_most)
+            m.d.comb += d_len_m1[b].eq(Cat(*terms).any())
+        onehot = Signal(max_len)
+        m.d.comb += onehot.eq(therm & ~(therm << 1))
+        d_found = Signal()
+        d_hit = Signal()  # a whole code is in the buffer
+        d_code = Signal(aw)  # the code's value, modulo the memory depth
+        d_delta = Signal(aw)
+        d_addr = Signal(aw)
+        m.d.comb += [
+            d_found.eq(therm[-1]),
+            d_hit.eq(d_found & (ptr > d_len_m1)),
+            # and-or multiplexers selected by the one-hot length
+            d_code.eq(functools.reduce(operator.or_, (
+                Mux(onehot[n - 1], window[max_len - n:], 0) for n in range(1, max_len + 1)))),
+            d_delta.eq(functools.reduce(operator.or_, (
+                Mux(onehot[n - 1], delta[n], 0) for n in range(1, max_len + 1)))),
+            d_addr.eq(d_code + d_delta),
+        ]
+        d_eos = Signal()
+        m.d.comb += d_eos.eq(eos_present & (d_addr == eos_addr))
+
+        # -- memory stage: the symbol's meaning, the channel's remaining fan-in -----------
+        m_valid = Signal()
+        m_rem = Signal(cfg.fan_in_width)  # weights of the channel not yet covered
+        entry = rd.data
+        m_adv = Signal(cfg.fan_in_width + 1)  # weights a pair or ZRUN covers
+        m_eos = Signal()
+        m_ends = Signal()
+        m_over = Signal()
+        m.d.comb += [
+            m_adv.eq(Mux(entry.kind == TokenKind.PAIR, entry.run + 1, r_plus_1)),
+            m_eos.eq(entry.kind == TokenKind.EOS),
+            m_ends.eq(m_eos | (m_adv == m_rem)),
+            m_over.eq(~m_eos & (m_adv > m_rem)),
+            self.o.valid.eq(m_valid & ~m_over),
+            self.o.payload.kind.eq(entry.kind),
+            self.o.payload.run.eq(entry.run),
+            self.o.payload.index.eq(entry.index),
+            self.o.payload.first.eq(m_rem == p.fan_in),
+            self.o.payload.last.eq(m_ends),
+        ]
+        m_take = Signal()
+        m_free = Signal()
+        cancel = Signal()  # the stage-1 code behind a channel's last symbol is speculative
+        m.d.comb += [
+            m_take.eq(self.o.valid & self.o.ready),
+            m_free.eq(~m_valid | m_take),
+            cancel.eq(m_take & m_ends & ~m_eos),
+        ]
+        with m.If(m_take):
+            m.d.sync += m_rem.eq(Mux(m_ends, p.fan_in, m_rem - m_adv))
+        with m.If(m_valid & m_over & ok):
+            m.d.sync += self.error.eq(DecodeError.PAST_FAN_IN)
+
+        decoding = Signal()
+        d_issue = Signal()
+        m.d.comb += [
+            decoding.eq((state == _State.DECODE) & ok),
+            d_issue.eq(decoding & d_hit & m_free & ~cancel),
+            rd.addr.eq(d_addr),
+            rd.en.eq(d_issue),
+        ]
+        with m.If(m_free):
+            m.d.sync += m_valid.eq(d_issue)
+        with m.If(decoding & ~d_found & (ptr >= p.max_len) & m_free & ~cancel):
+            m.d.sync += self.error.eq(DecodeError.NO_CODE)
+
+        # -- bit buffer: bytes enter at the bottom, so byte boundaries sit at multiples of 8
+        # from the bottom and dropping a channel's padding rounds ptr down to one.
+        refill = Signal()
+        ptr_used = Signal.like(ptr)
+        ptr_m1 = Signal.like(ptr)
+        ptr_code = Signal.like(ptr)  # after the decoded code
+        m.d.comb += [ptr_m1.eq(ptr - 1), ptr_code.eq(ptr_m1 - d_len_m1)]
+        m.d.comb += [
+            self.i.ready.eq(decoding & (ptr <= width - 8)),
+            refill.eq(self.i.valid & self.i.ready),
+        ]
+        with m.If(cancel):
+            m.d.comb += ptr_used.eq(Cat(Const(0, 3), ptr[3:]))
+        with m.Elif(d_issue & d_eos):
+            m.d.comb += ptr_used.eq(Cat(Const(0, 3), ptr_code[3:]))
+        with m.Elif(d_issue):
+            m.d.comb += ptr_used.eq(ptr_code)
+        with m.Else():
+            m.d.comb += ptr_used.eq(ptr)
+        m.d.sync += ptr.eq(ptr_used + Mux(refill, 8, 0))
+        with m.If(refill):
+            m.d.sync += buf.eq(Cat(self.i.payload, buf[:-8]))
+
+        # -- start: clear everything and load a new table --------------------------------
+        with m.If(self.start):
+            m.d.sync += [
+                state.eq(_State.COUNTS),
+                self.error.eq(DecodeError.NONE),
+                t_len.eq(1),
+                t_code.eq(0),
+                t_offset.eq(0),
+                eos_present.eq(0),
+                s_busy.eq(0),
+                ptr.eq(0),
+                m_valid.eq(0),
+                m_rem.eq(p.fan_in),
+            ]
+            bad = ((p.max_len == 0) | (p.max_len > max_len) | (p.fan_in == 0)
+                   | (p.fan_in > cfg.max_fan_in) | (p.codebook_size == 0)
+                   | (p.codebook_size > cfg.max_codebook_size)
+                   | (p.run_bits > cfg.max_run_bits))
+            with m.If(bad):
+                m.d.sync += self.error.eq(DecodeError.TABLE)
+
+        return m

@@ -1,0 +1,84 @@
+"""The payloads that flow between the weight-decoding blocks, and the layer parameters.
+
+A Huffman symbol ``s`` of a layer with codebook size ``K`` and zero-run width ``run_bits``
+(docs/weight-image.md, "Stream sizes and streams"; ``golden.decode.Alphabet``) travels in
+hardware as a *token*: its kind (a (run, index) pair, ZRUN or EOS) with the pair's run
+``s div K`` and index ``s mod K`` already split out, so no block divides by ``K`` per
+symbol. ``SymbolEntry.split`` is the software face of that mapping; the decoder's table
+loader computes the same split in hardware.
+"""
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
+
+__all__ = ["DecodeParams", "SymbolEntry", "Token", "TokenKind", "WeightOut"]
+
+
+class TokenKind(enum.Enum, shape=2):
+    """What a symbol means (docs/weight-image.md, symbol table)."""
+
+    PAIR = 0  # ``run`` zero weights, then the weight ``codebook[index]``
+    ZRUN = 1  # ``R + 1`` zero weights (a filler)
+    EOS = 2  # zero weights up to the end of the channel
+
+
+def _entry_fields(config) -> dict:
+    return {
+        "kind": TokenKind,
+        "run": unsigned(config.max_run_bits),
+        "index": unsigned(config.max_index_bits),
+    }
+
+
+class SymbolEntry(data.StructLayout):
+    """One word of the decoder's symbol memory: a symbol split into kind, run and index."""
+
+    def __init__(self, config):
+        super().__init__(_entry_fields(config))
+
+    @staticmethod
+    def split(symbol: int, codebook_size: int, run_bits: int) -> dict:
+        """The fields of ``symbol`` (``run`` and ``index`` are 0 for ZRUN and EOS).
+
+        Raises ValueError for a symbol outside the alphabet ``(R+1)·K + 2``.
+        """
+        zrun = codebook_size << run_bits
+        if symbol < zrun:
+            return {"kind": TokenKind.PAIR, "run": symbol // codebook_size,
+                    "index": symbol % codebook_size}
+        if symbol == zrun:
+            return {"kind": TokenKind.ZRUN, "run": 0, "index": 0}
+        if symbol == zrun + 1:
+            return {"kind": TokenKind.EOS, "run": 0, "index": 0}
+        raise ValueError(f"symbol {symbol} is outside the alphabet of {zrun + 2}")
+
+
+class Token(data.StructLayout):
+    """A decoded symbol with its channel's boundaries: ``first`` on a channel's first
+    symbol, ``last`` on the symbol that completes its fan-in."""
+
+    def __init__(self, config):
+        super().__init__({**_entry_fields(config), "first": 1, "last": 1})
+
+
+class DecodeParams(data.StructLayout):
+    """A layer's decoding parameters, held steady while the layer is loaded and decoded.
+
+    ``fan_in`` is ``N``; ``codebook_size`` is ``K``; ``run_bits`` gives ``R = 2^run_bits - 1``;
+    ``max_len`` is the Huffman table's longest code ``L`` (the number of counts it lists).
+    """
+
+    def __init__(self, config):
+        super().__init__({
+            "fan_in": unsigned(config.fan_in_width),
+            "codebook_size": unsigned(config.max_index_bits + 1),
+            "run_bits": range(config.max_run_bits + 1),
+            "max_len": range(config.max_code_len + 1),
+        })
+
+
+class WeightOut(data.StructLayout):
+    """A dense weight in fan-in order with its channel's boundaries."""
+
+    def __init__(self, config):
+        super().__init__({"weight": signed(config.bw), "first": 1, "last": 1})

@@ -1,0 +1,182 @@
+"""Zero-run expansion and codebook lookup: tokens to dense weights, one weight per clock.
+
+Ref: docs/weight-image.md, "Stream sizes and streams" (the normative decoding rule);
+mirrors ``golden.decode.codebook_lookup(expand_runs(symbols))`` token for token; Deep
+Compression (ICLR 2016) section 2, relative indices with filler zeros.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import enum, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.layouts import DecodeParams, Token, TokenKind, WeightOut
+
+__all__ = ["ExpandError", "RunExpander"]
+
+
+class ExpandError(enum.Enum, shape=2):
+    """Why an expander stopped. Sticky until the next ``start``."""
+
+    NONE = 0
+    PAST_FAN_IN = 1  # a zero run or a weight that passes the channel's fan-in
+    FRAMING = 2  # a token's first/last marker disagrees with the channel's position
+    PARAMS = 3  # parameters beyond the build
+
+
+class RunExpander(wiring.Component):
+    """Expands tokens into ``N`` dense ``bw``-bit weights per channel, in fan-in order.
+
+    Ports:
+        ``start`` (in): a one-cycle pulse that clears everything (error included) and
+            begins loading a codebook. ``params`` must be steady from then on.
+        ``params`` (in, ``DecodeParams``): fan-in ``N``, codebook size ``K``, ``run_bits``
+            (``max_len`` is not used).
+        ``codebook`` (in stream of signed ``bw``-bit): the ``K`` codebook entries in order.
+        ``i`` (in stream of ``Token``): accepted only once the codebook is loaded.
+        ``o`` (out stream of ``WeightOut``): a pair gives ``run`` zeros then
+            ``codebook[index]``, ZRUN ``R + 1`` zeros, EOS zeros to the channel's end;
+            ``first``/``last`` mark each channel's first and ``N``-th weight.
+        ``error`` (out, ``ExpandError``): sticky; the expander stops at the first error.
+
+    The expander keeps its own position in the channel and checks each token against it,
+    as ``expand_runs`` does: a token that passes ``N`` or whose ``first``/``last`` markers
+    disagree with the position is an error.
+
+    Latency: a token's first weight leaves one clock after the token is accepted.
+    Throughput: one weight per clock (a token with ``z`` zeros and a weight takes
+    ``z + 1`` clocks; the next token is accepted in the clock its last weight is emitted).
+    Back-pressure: ``o.valid`` does not depend on ``o.ready``; ``i.ready`` does (the
+    token register frees when its last weight moves to the output register).
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "start": In(1),
+            "params": In(DecodeParams(config)),
+            "codebook": In(stream.Signature(signed(config.bw))),
+            "i": In(stream.Signature(Token(config))),
+            "o": Out(stream.Signature(WeightOut(config))),
+            "error": Out(ExpandError),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        p = self.params
+
+        m.submodules.codebook = mem = memory.Memory(
+            shape=self.codebook.payload.shape(), depth=cfg.max_codebook_size, init=[])
+        wr = mem.write_port()
+        rd = mem.read_port()
+
+        ok = Signal()
+        m.d.comb += ok.eq(self.error == ExpandError.NONE)
+
+        # -- codebook load ----------------------------------------------------------------
+        loaded = Signal(range(cfg.max_codebook_size + 1))  # entries written so far
+        ready_for_tokens = Signal()
+        m.d.comb += [
+            ready_for_tokens.eq(ok & (loaded == p.codebook_size)),
+            self.codebook.ready.eq(ok & (loaded < p.codebook_size)),
+            wr.addr.eq(loaded),
+            wr.data.eq(self.codebook.payload),
+            wr.en.eq(self.codebook.valid & self.codebook.ready),
+        ]
+        with m.If(wr.en):
+            m.d.sync += loaded.eq(loaded + 1)
+
+        # -- output register: a zero or the codebook word read in the previous clock -------
+        b_valid = Signal()
+        b_zero = Signal()
+        b_first = Signal()
+        b_last = Signal()
+        b_free = Signal()
+        m.d.comb += [
+            self.o.valid.eq(b_valid),
+            self.o.payload.weight.eq(Mux(b_zero, 0, rd.data)),
+            self.o.payload.first.eq(b_first),
+            self.o.payload.last.eq(b_last),
+            b_free.eq(~b_valid | self.o.ready),
+            rd.en.eq(b_free),
+        ]
+
+        # -- token register: zeros still to emit, then maybe a weight ----------------------
+        a_valid = Signal()
+        a_zeros = Signal(cfg.fan_in_width)
+        a_weight = Signal()
+        a_index = Signal(cfg.max_index_bits)
+        a_first = Signal()  # the token's first output is the channel's first weight
+        a_last = Signal()  # the token's last output is the channel's last weight
+        m.d.comb += rd.addr.eq(a_index)
+
+        emit = Signal()
+        a_done = Signal()  # the token's last output moves to the output register
+        m.d.comb += [
+            emit.eq(a_valid & b_free & ok),
+            a_done.eq(emit & Mux(a_zeros == 0, 1, (a_zeros == 1) & ~a_weight)),
+        ]
+        with m.If(emit):
+            m.d.sync += [
+                b_valid.eq(1),
+                b_zero.eq(a_zeros != 0),
+                b_first.eq(a_first),
+                b_last.eq(a_last & a_done),
+                a_first.eq(0),
+            ]
+            with m.If(a_zeros != 0):
+                m.d.sync += a_zeros.eq(a_zeros - 1)
+        with m.Elif(self.o.ready):
+            m.d.sync += b_valid.eq(0)
+
+        # -- token intake: check it against the channel's position ------------------------
+        t_rem = Signal(cfg.fan_in_width)  # weights of the channel no accepted token covers
+        tok = self.i.payload
+        t_zeros = Signal(cfg.fan_in_width)
+        t_adv = Signal(cfg.fan_in_width + 1)
+        t_eos = Signal()
+        t_ends = Signal()
+        t_first = Signal()
+        m.d.comb += [
+            t_eos.eq(tok.kind == TokenKind.EOS),
+            t_zeros.eq(Mux(tok.kind == TokenKind.PAIR, tok.run,
+                           Mux(t_eos, t_rem, Const(1, 1) << p.run_bits))),
+            t_adv.eq(t_zeros + (tok.kind == TokenKind.PAIR)),
+            t_ends.eq(t_eos | (t_adv == t_rem)),
+            t_first.eq(t_rem == p.fan_in),
+            self.i.ready.eq(ready_for_tokens & (~a_valid | a_done)),
+        ]
+        with m.If(self.i.valid & self.i.ready):
+            with m.If(~t_eos & (t_adv > t_rem)):
+                m.d.sync += self.error.eq(ExpandError.PAST_FAN_IN)
+            with m.Elif((tok.first != t_first) | (tok.last != t_ends)):
+                m.d.sync += self.error.eq(ExpandError.FRAMING)
+            with m.Else():
+                m.d.sync += [
+                    a_valid.eq(1),
+                    a_zeros.eq(t_zeros),
+                    a_weight.eq(tok.kind == TokenKind.PAIR),
+                    a_index.eq(tok.index),
+                    a_first.eq(t_first),
+                    a_last.eq(t_ends),
+                    t_rem.eq(Mux(t_ends, p.fan_in, t_rem - t_adv)),
+                ]
+        with m.Elif(a_done):
+            m.d.sync += a_valid.eq(0)
+
+        # -- start ------------------------------------------------------------------------
+        with m.If(self.start):
+            m.d.sync += [
+                self.error.eq(ExpandError.NONE),
+                loaded.eq(0),
+                a_valid.eq(0),
+                b_valid.eq(0),
+                t_rem.eq(p.fan_in),
+            ]
+            bad = ((p.fan_in == 0) | (p.fan_in > cfg.max_fan_in) | (p.codebook_size == 0)
+                   | (p.codebook_size > cfg.max_codebook_size)
+                   | (p.run_bits > cfg.max_run_bits))
+            with m.If(bad):
+                m.d.sync += self.error.eq(ExpandError.PARAMS)
+
+        return m

@@ -1,0 +1,452 @@
+"""HuffmanDecoder against golden.decode.huffman_symbols, token by token, with random stalls."""
+
+import dataclasses
+import glob
+import os
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden.decode import Alphabet, huffman_symbols
+from hw.config import get_preset
+from hw.huffman_decode import DecodeError, HuffmanDecoder
+from hw.layouts import SymbolEntry, TokenKind
+from tests.imagegen import random_layer
+from tests.streams import stream_get, stream_put
+from weights.huffman import Table, code_lengths, encode
+from weights.image import Kind, encode_streams, read_image_file
+
+SMALL = get_preset("small")
+STALL = 0.3
+
+
+def small_config(bw: int):
+    """The small preset at data width ``bw`` (a wider accumulator for 16 bits)."""
+    return dataclasses.replace(SMALL, bw=bw, acc_width=max(SMALL.acc_width, 2 * bw + 10))
+
+
+# -- layers and their expected tokens (shared with test_hw_expand) -----------------------
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One layer's decoding inputs: parameters, canonical table and channel streams."""
+
+    fan_in: int
+    k: int
+    run_bits: int
+    table: Table
+    streams: tuple[bytes, ...]
+    codebook: np.ndarray
+
+    @property
+    def alpha(self) -> Alphabet:
+        return Alphabet(self.k, self.run_bits)
+
+    @property
+    def params(self) -> dict:
+        return {"fan_in": self.fan_in, "codebook_size": self.k, "run_bits": self.run_bits,
+                "max_len": self.table.max_len}
+
+    def symbols(self) -> list[list[int]]:
+        """Golden Huffman stage: each channel's symbols."""
+        return [huffman_symbols(s, self.table, self.alpha, self.fan_in) for s in self.streams]
+
+    def tokens(self) -> list[dict]:
+        return tokens_of(self.symbols(), self.k, self.run_bits)
+
+
+def tokens_of(channels, k: int, run_bits: int) -> list[dict]:
+    """The decoder's output for per-channel symbol lists: split symbols with first/last."""
+    out = []
+    for syms in channels:
+        for j, s in enumerate(syms):
+            out.append({**SymbolEntry.split(int(s), k, run_bits),
+                        "first": int(j == 0), "last": int(j == len(syms) - 1)})
+    return out
+
+
+def case_from_layer(layer) -> Case:
+    return Case(layer.fan_in, len(layer.codebook), layer.run_bits, layer.table,
+                tuple(layer.streams), np.asarray(layer.codebook))
+
+
+def imagegen_case(seed: int, *, bw=8, fan_in=40, out_c=4, index_bits=3, run_bits=2,
+                  density=0.3, max_code_len=16) -> Case:
+    """A random fully connected layer from tests/imagegen.py."""
+    rng = np.random.default_rng(seed)
+    return case_from_layer(random_layer(
+        rng, Kind.FC, (fan_in, 1, 1), out_c, bw=bw, index_bits=index_bits, run_bits=run_bits,
+        density=density, max_code_len=max_code_len))
+
+
+def synthetic_case(seed: int, *, fan_in, out_c, k, run_bits, density, bw=8, max_len=16,
+                   skew=False, last_pruned=False) -> Case:
+    """A random layer. ``skew`` codes the whole alphabet with geometric frequencies in a
+    random order, which forces codes up to ``max_len`` bits; ``last_pruned`` prunes every
+    channel's last weight, so every channel ends with EOS."""
+    rng = np.random.default_rng(seed)
+    idx = np.where(rng.random((out_c, fan_in)) < density,
+                   rng.integers(0, k, (out_c, fan_in)), -1)
+    if last_pruned:
+        idx[:, -1] = -1
+    alpha = Alphabet(k, run_bits)
+    chans = [alpha.encode_channel(row) for row in idx]
+    if skew:
+        freqs = np.zeros(alpha.size, dtype=np.int64)
+        freqs[rng.permutation(alpha.size)] = 1 << np.arange(alpha.size)[::-1].clip(0, 60)
+    else:
+        freqs = np.bincount(np.concatenate([np.asarray(c, dtype=np.int64) for c in chans]),
+                            minlength=alpha.size)
+    table = Table.from_lengths(code_lengths(freqs, max_len))
+    lo = -(1 << (bw - 1))
+    codebook = rng.integers(lo, -lo, size=k)
+    return Case(fan_in, k, run_bits, table, tuple(encode(c, table)[0] for c in chans),
+                codebook)
+
+
+def as_dict(const) -> dict:
+    """A data.Const token as a dict of plain values (readable in assertion diffs)."""
+    return {name: getattr(const, name) for name in ("kind", "run", "index", "first", "last")}
+
+
+def expected_dicts(tokens) -> list[dict]:
+    return [{**t, "kind": TokenKind(t["kind"])} for t in tokens]
+
+
+# -- simulation -----------------------------------------------------------------------------
+
+def simulate(cfg, params, table_words, data, n_tokens, *, seed=0, stall=STALL,
+             cycles=None, vcd=None):
+    """Run one layer through a HuffmanDecoder: (received tokens, final error)."""
+    dut = HuffmanDecoder(cfg)
+    rng = np.random.default_rng(seed) if stall else None
+    got = []
+    result = {}
+
+    async def control(ctx):
+        ctx.set(dut.params, params)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await stream_put(ctx, dut.table, table_words, rng=rng, stall=stall)
+
+    async def feed(ctx):
+        await stream_put(ctx, dut.i, data, rng=rng, stall=stall)
+
+    async def collect(ctx):
+        got.extend(await stream_get(ctx, dut.o, n_tokens, rng=rng, stall=stall,
+                                    cycles=cycles))
+        await ctx.tick().repeat(4)  # an error after the last token would show now
+        result["error"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control, background=True)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(collect)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return [as_dict(t) for t in got], result["error"]
+
+
+def check_case(case: Case, cfg=SMALL, *, seed=0, stall=STALL, vcd=None):
+    expected = expected_dicts(case.tokens())
+    words = list(case.table.counts) + list(case.table.symbols)
+    got, error = simulate(cfg, case.params, words, b"".join(case.streams), len(expected),
+                          seed=seed, stall=stall, vcd=vcd)
+    assert error == DecodeError.NONE
+    for n, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert g == e, f"token {n}"
+
+
+# -- correctness ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("bw,index_bits,run_bits,density", [
+    (8, 3, 2, 0.3),
+    (16, 2, 0, 0.5),
+    (8, 1, 1, 0.2),
+    (16, 4, 3, 0.15),
+])
+def test_imagegen_layers(seed, bw, index_bits, run_bits, density, dump_vcd, tmp_path):
+    case = imagegen_case(seed, bw=bw, index_bits=index_bits, run_bits=run_bits,
+                         density=density)
+    check_case(case, small_config(bw), seed=seed,
+               vcd=tmp_path / "huffman.vcd" if dump_vcd else None)
+
+
+@pytest.mark.parametrize("seed,run_bits,k", [(0, 0, 16), (1, 1, 8), (2, 2, 5), (3, 3, 3)])
+def test_long_codes(seed, run_bits, k):
+    """Skewed frequencies over the whole alphabet: codes of every length up to 16 bits."""
+    case = synthetic_case(seed, fan_in=24, out_c=3, k=k, run_bits=run_bits, density=0.4,
+                          skew=True)
+    assert case.table.max_len == 16
+    check_case(case, seed=seed)
+
+
+@pytest.mark.parametrize("max_len,k,run_bits", [(2, 1, 0), (5, 9, 1), (9, 9, 1)])
+def test_length_limited(max_len, k, run_bits):
+    case = synthetic_case(7, fan_in=20, out_c=3, k=k, run_bits=run_bits, density=0.4,
+                          max_len=max_len, skew=True)
+    assert case.table.max_len == max_len
+    check_case(case, seed=max_len)
+
+
+@pytest.mark.parametrize("density,run_bits", [(1.0, 0), (0.0, 0), (0.0, 3)])
+def test_single_symbol_table(density, run_bits):
+    """K = 1: only (run 0, index 0) when dense, only EOS when empty: a 1-bit code '0'."""
+    case = synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=run_bits, density=density)
+    assert case.table.counts == (1,)
+    check_case(case, seed=5)
+
+
+def test_full_index_and_run_width():
+    """run_bits 8 (R = 255) with a fan-in above R + 1, so ZRUN fillers occur."""
+    case = synthetic_case(4, fan_in=600, out_c=2, k=2, run_bits=8, density=0.01)
+    assert any(TokenKind.ZRUN == t["kind"] for t in case.tokens())
+    check_case(case, seed=4, stall=0.1)
+
+
+def test_back_to_back_layers():
+    """A second start loads a new table; nothing of the first layer leaks into it."""
+    cases = [imagegen_case(11, run_bits=1),
+             synthetic_case(12, fan_in=17, out_c=3, k=6, run_bits=3, density=0.5, skew=True)]
+    dut = HuffmanDecoder(SMALL)
+    rng = np.random.default_rng(3)
+    done = []
+
+    async def bench(ctx):
+        for n, case in enumerate(cases):
+            while len(done) < n:
+                await ctx.tick()
+            ctx.set(dut.params, case.params)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await stream_put(ctx, dut.table, list(case.table.counts) + list(case.table.symbols),
+                             rng=rng, stall=STALL)
+            await stream_put(ctx, dut.i, b"".join(case.streams), rng=rng, stall=STALL)
+
+    async def collect(ctx):
+        for case in cases:
+            expected = expected_dicts(case.tokens())
+            received = await stream_get(ctx, dut.o, len(expected), rng=rng, stall=STALL)
+            assert [as_dict(t) for t in received] == expected
+            assert ctx.get(dut.error) == DecodeError.NONE
+            done.append(case)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench, background=True)
+    sim.add_testbench(collect)
+    sim.run()
+
+
+IMAGES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "weights", "images",
+                                       "lenet300*.img")))
+
+
+@pytest.mark.skipif(not IMAGES, reason="no weights/images/lenet300*.img yet")
+def test_real_image_layer():
+    """The smallest layer of the shipped LeNet-300-100 image (its last, fc3)."""
+    image = read_image_file(IMAGES[0])
+    layer = min(image.layers, key=lambda la: sum(map(len, la.streams)))
+    cfg = small_config(image.bw)
+    cfg.check_layer(layer, image.bw)
+    check_case(case_from_layer(layer), cfg, stall=0.1)
+
+
+ALL_IMAGES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "weights",
+                                           "images", "*.img")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ALL_IMAGES, ids=os.path.basename)
+def test_real_image_all_layers(path):
+    """Every layer of every shipped image on the iCEBreaker build, unstalled: exact, and at
+    least 0.95 symbols per clock."""
+    image = read_image_file(path)
+    cfg = get_preset("icebreaker")
+    for layer in image.layers:
+        cfg.check_layer(layer, image.bw)
+        assert measure_throughput(case_from_layer(layer), cfg) >= 0.95
+
+
+# -- throughput -----------------------------------------------------------------------------
+
+def measure_throughput(case: Case, cfg=SMALL) -> float:
+    """Symbols per clock, unstalled, from the first token to the last (checked exact)."""
+    cycles = []
+    expected = expected_dicts(case.tokens())
+    words = list(case.table.counts) + list(case.table.symbols)
+    got, error = simulate(cfg, case.params, words, b"".join(case.streams), len(expected),
+                          stall=0.0, cycles=cycles)
+    assert error == DecodeError.NONE and got == expected
+    return len(expected) / (cycles[-1] - cycles[0] + 1)
+
+
+def test_throughput_one_symbol_per_clock():
+    """Unstalled, the decoder sustains >= 0.95 symbols per clock (bits per code <= 8)."""
+    case = imagegen_case(21, fan_in=200, out_c=3, index_bits=3, run_bits=3, density=0.4)
+    bits = 8 * sum(map(len, case.streams)) / sum(map(len, case.symbols()))
+    assert bits < 8
+    assert measure_throughput(case) >= 0.95
+
+
+def test_throughput_eos_channels_cost_nothing():
+    """Channels that end with EOS (density < 1) follow each other without a bubble."""
+    case = synthetic_case(5, fan_in=12, out_c=12, k=2, run_bits=2, density=0.25,
+                          last_pruned=True)
+    assert all(ch[-1] == case.alpha.eos for ch in case.symbols())
+    assert measure_throughput(case) == 1.0
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+def watch_error(cfg, params, table_words, data, *, bound: int):
+    """Run until the decoder reports an error; return (error, cycles after the table load)."""
+    dut = HuffmanDecoder(cfg)
+    result = {}
+
+    async def control(ctx):
+        ctx.set(dut.params, params)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await stream_put(ctx, dut.table, table_words)
+        result["loaded"] = True
+
+    async def feed(ctx):
+        await stream_put(ctx, dut.i, data)
+
+    async def watch(ctx):
+        ctx.set(dut.o.ready, 1)
+        cycle = 0
+        while "loaded" not in result or cycle < bound:
+            await ctx.tick()
+            if "loaded" in result:
+                cycle += 1
+            if ctx.get(dut.error) != DecodeError.NONE:
+                break
+        result["error"] = ctx.get(dut.error)
+        result["cycles"] = cycle
+        assert not ctx.get(dut.o.valid)  # the decoder stopped
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control, background=True)
+    sim.add_testbench(feed, background=True)
+    sim.add_testbench(watch)
+    sim.run()
+    return result["error"], result["cycles"]
+
+
+def test_error_no_code():
+    """A single-symbol table codes only '0': a '1' bit is an error, not a hang."""
+    params = {"fan_in": 20, "codebook_size": 1, "run_bits": 0, "max_len": 1}
+    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=40)
+    assert error == DecodeError.NO_CODE and cycles <= 16
+
+
+def past_fan_in_case(symbols, fan_in, run_bits):
+    alpha = Alphabet(1, run_bits)
+    table = Table.from_lengths(code_lengths(np.ones(alpha.size, dtype=np.int64), 16))
+    params = {"fan_in": fan_in, "codebook_size": 1, "run_bits": run_bits,
+              "max_len": table.max_len}
+    return params, list(table.counts) + list(table.symbols), encode(symbols, table)[0]
+
+
+@pytest.mark.parametrize("symbols,fan_in", [
+    ([2, 1], 4),  # pair(run 2) at 0..2, then pair(run 1) lands on position 4 = N
+    ([4, 4], 5),  # ZRUN covers 0..3, a second ZRUN passes N = 5
+])
+def test_error_past_fan_in(symbols, fan_in):
+    params, words, data = past_fan_in_case(symbols, fan_in, run_bits=2)
+    error, cycles = watch_error(SMALL, params, words, data, bound=40)
+    assert error == DecodeError.PAST_FAN_IN and cycles <= 8
+
+
+@pytest.mark.parametrize("params", [
+    {"fan_in": SMALL.max_fan_in + 1, "codebook_size": 1, "run_bits": 0, "max_len": 1},
+    {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 0},
+    {"fan_in": 4, "codebook_size": 0, "run_bits": 0, "max_len": 1},
+])
+def test_error_bad_params(params):
+    error, _ = watch_error(SMALL, params, [1, 0], b"\x00", bound=10)
+    assert error == DecodeError.TABLE
+
+
+def test_error_table_too_big():
+    cfg = dataclasses.replace(SMALL, max_table_symbols=4)
+    params = {"fan_in": 4, "codebook_size": 4, "run_bits": 0, "max_len": 3}
+    error, _ = watch_error(cfg, params, [1, 1, 4, 0, 1, 2, 3, 4, 5], b"\x00", bound=10)
+    assert error == DecodeError.TABLE
+
+
+def test_error_symbol_outside_alphabet():
+    params = {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 1}
+    error, _ = watch_error(SMALL, params, [2, 0, 3], b"\x00", bound=10)  # A = 3
+    assert error == DecodeError.TABLE
+
+
+def test_restart_clears_error():
+    """After an error, start and a good layer decode normally."""
+    case = imagegen_case(5, fan_in=16, out_c=2)
+    expected = expected_dicts(case.tokens())
+    dut = HuffmanDecoder(SMALL)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.params, {**case.params, "fan_in": SMALL.max_fan_in + 1})
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        await ctx.tick()
+        assert ctx.get(dut.error) == DecodeError.TABLE
+        ctx.set(dut.params, case.params)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        assert ctx.get(dut.error) == DecodeError.NONE
+        await stream_put(ctx, dut.table, list(case.table.counts) + list(case.table.symbols))
+        await stream_put(ctx, dut.i, b"".join(case.streams))
+
+    async def collect(ctx):
+        got.extend(await stream_get(ctx, dut.o, len(expected)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.add_testbench(collect)
+    sim.run()
+    assert [as_dict(t) for t in got] == expected
+
+
+# -- the software face of the token layout --------------------------------------------------
+
+@pytest.mark.parametrize("k,run_bits", [(1, 0), (3, 2), (7, 3), (256, 8)])
+def test_split_matches_alphabet(k, run_bits):
+    alpha = Alphabet(k, run_bits)
+    for s in range(alpha.size):
+        f = SymbolEntry.split(s, k, run_bits)
+        if s == alpha.zrun:
+            assert f["kind"] == TokenKind.ZRUN
+        elif s == alpha.eos:
+            assert f["kind"] == TokenKind.EOS
+        else:
+            assert f["kind"] == TokenKind.PAIR and alpha.pair(f["run"], f["index"]) == s
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        SymbolEntry.split(alpha.size, k, run_bits)
+
+
+def test_encode_streams_table_is_decodable():
+    """encode_streams' table for the test layers is what the decoder loads."""
+    rng = np.random.default_rng(0)
+    idx = np.where(rng.random((2, 10)) < 0.5, rng.integers(0, 3, (2, 10)), -1)
+    table, streams = encode_streams(idx, 3, 1)
+    case = Case(10, 3, 1, table, streams, np.arange(3))
+    check_case(case, stall=0.0)
