@@ -109,21 +109,12 @@ def cmd_compress(args) -> int:
 
         plot_dir = Path(args.plots)
         plot_dir.mkdir(parents=True, exist_ok=True)
-        names = dict(zip((a["name"] for a in arrays), _image_names(data), strict=True))
-        for a in arrays:
-            a["name"] = names[a["name"]]
         plot_weights(arrays, plot_dir / f"{args.model}-weights.png",
                      f"{args.model}: weights before and after pruning, shared centroids")
     report = dict(report, out=str(out), checkpoint=str(checkpoint))
     _emit(args, report, f"{args.model}: {len(data)} bytes written to {out} "
                         f"in {report['seconds']:.1f} s")
     return 0
-
-
-def _image_names(data: bytes) -> list[str]:
-    from weights.image import read_image
-
-    return read_image(data).layer_names()
 
 
 def cmd_sensitivity(args) -> int:
@@ -137,13 +128,7 @@ def cmd_sensitivity(args) -> int:
     model, _ = _load_checkpoint(checkpoint, args.model)
     x, y = _mnist("train")
     x, y = to_float(x[-args.images:]), y[-args.images:]
-    units = extract_units(model, (1, 28, 28))
-    kinds = {"conv": 0, "fc": 0}
-    layers = {}
-    for u in units:
-        kind = "conv" if u.kind.name == "CONV" else "fc"
-        kinds[kind] += 1
-        layers[f"{kind}{kinds[kind]}"] = u.module
+    layers = {u.label: u.module for u in extract_units(model, (1, 28, 28))}
     curves = sensitivity(model, layers, x, y, progress=_progress)
     rep = dict(model=args.model, images=len(y), data="last images of the MNIST training set",
                curves=[dataclasses.asdict(c) for c in curves])
@@ -262,9 +247,11 @@ def cmd_bench_tradeoff(args) -> int:
     rep = bench_tradeoff(args.model, lambda: _load_checkpoint(checkpoint, args.model),
                          _mnist("train"), _mnist("test"), args.scales, progress=_progress)
     if args.plot:
+        from espalier.bench import DEEP_COMPRESSION
         from espalier.plots import plot_tradeoff
 
-        plot_tradeoff({args.model: rep["points"]}, args.plot)
+        plot_tradeoff({args.model: rep["points"]}, args.plot,
+                      {args.model: DEEP_COMPRESSION[args.model]})
     rows = [f"{'scale':>6} {'bytes':>7} {'ratio':>7} {'error %':>8}  kept per layer"]
     for p in rep["points"]:
         rows.append(f"{p['scale']:6.2f} {p['bytes']:7d} {p['ratio']:7.1f} {p['error_pct']:8.2f}  "

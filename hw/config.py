@@ -8,16 +8,17 @@ about a constant. Presets are copies of ``DEFAULT`` made with ``dataclasses.repl
 import dataclasses
 from dataclasses import dataclass
 
+from golden.fixedpoint import BIT_WIDTHS
 from weights.huffman import MAX_CODE_LENGTH
+from weights.image import MAX_ALPHABET, MAX_INDEX_BITS, MAX_RUN_BITS
 
 __all__ = ["DEFAULT", "PRESETS", "AcceleratorConfig", "get_preset"]
 
-# The weight image's own ranges (docs/weight-image.md, "Layer table entry" and "Huffman
-# table"): the codebook index is 1..8 bits, the zero-run field 0..8 bits, symbols are u16.
-_FORMAT_INDEX_BITS = range(1, 9)
-_FORMAT_RUN_BITS = range(0, 9)
-_FORMAT_SYMBOL_BITS = 16
-_BIT_WIDTHS = (8, 16)
+# The weight image's own ranges (docs/weight-image.md, "Layer table entry"): one definition,
+# in weights.image.
+_FORMAT_INDEX_BITS = range(1, MAX_INDEX_BITS + 1)
+_FORMAT_RUN_BITS = range(0, MAX_RUN_BITS + 1)
+_FORMAT_SYMBOL_BITS = (MAX_ALPHABET - 1).bit_length()
 
 
 def _bits(n: int) -> int:
@@ -40,7 +41,8 @@ class AcceleratorConfig:
         distinct symbols a layer's table may list); ``max_fan_in`` the largest fan-in ``N``.
     Buffers:
         ``image_bytes`` the compressed-image buffer; ``tile_depth`` decoded weights held per
-        array column in the weight tile buffer.
+        array column in the weight tile buffer; ``max_layers`` the layers an image may have
+        (the depth of the loader's descriptor memory, ``max_layers · DESC_WORDS`` words).
     """
 
     rows: int
@@ -55,15 +57,16 @@ class AcceleratorConfig:
     max_run_bits: int
     max_code_len: int
     max_table_symbols: int
+    max_layers: int = 16
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
-                     "max_table_symbols"):
+                     "max_table_symbols", "max_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
-        if self.bw not in _BIT_WIDTHS:
-            raise ValueError(f"the data width bw must be one of {_BIT_WIDTHS}, not {self.bw}")
+        if self.bw not in BIT_WIDTHS:
+            raise ValueError(f"the data width bw must be one of {BIT_WIDTHS}, not {self.bw}")
         if self.acc_width < self.min_acc_width:
             raise ValueError(
                 f"an accumulator of {self.acc_width} bits cannot hold a sum of "
@@ -78,7 +81,7 @@ class AcceleratorConfig:
         if not 1 <= self.max_code_len <= MAX_CODE_LENGTH:
             raise ValueError(f"max_code_len must be 1..{MAX_CODE_LENGTH} (the image format's "
                              f"longest Huffman code), not {self.max_code_len}")
-        for name in ("image_bytes", "tile_depth", "max_table_symbols"):
+        for name in ("image_bytes", "tile_depth", "max_table_symbols", "max_layers"):
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two (it is a memory depth), "
@@ -134,6 +137,18 @@ class AcceleratorConfig:
         return max(1, (self.image_bytes - 1).bit_length())
 
     @property
+    def image_word_bytes(self) -> int:
+        """Bytes in one word of the image buffer: the least power of two that is at least
+        4 and at least twice the decode lanes, so that lanes reading it in turn (one word a
+        clock between them) each get a byte a clock with room to spare."""
+        return 1 << max(2, (2 * self.decode_lanes - 1).bit_length())
+
+    @property
+    def image_words(self) -> int:
+        """Depth of the image buffer in words."""
+        return max(1, self.image_bytes // self.image_word_bytes)
+
+    @property
     def tile_addr_width(self) -> int:
         """Address bits of one column of the weight tile buffer."""
         return max(1, (self.tile_depth - 1).bit_length())
@@ -163,6 +178,25 @@ class AcceleratorConfig:
         if problems:
             raise ValueError("the layer does not fit this accelerator: " + "; ".join(problems))
 
+    def check_image(self, image, size: int) -> None:
+        """Raise ValueError if a weight image (``weights.image.Image``) of ``size`` bytes does
+        not fit this build: the checks ``hw.image_loader.ImageLoader`` makes in hardware
+        (buffer size, layer count, data width, then every layer's ``check_layer``)."""
+        if size > self.image_bytes:
+            raise ValueError(f"the image of {size} bytes exceeds the build's image buffer of "
+                             f"{self.image_bytes}")
+        if image.bw != self.bw:
+            raise ValueError(f"the image's data width is {image.bw} bits, the build's "
+                             f"{self.bw}")
+        if len(image.layers) > self.max_layers:
+            raise ValueError(f"the image's {len(image.layers)} layers exceed the build's "
+                             f"{self.max_layers}")
+        for n, layer in enumerate(image.layers):
+            try:
+                self.check_layer(layer, image.bw)
+            except ValueError as e:
+                raise ValueError(f"layer {n}: {e}") from None
+
 
 #: The base every preset is copied from: a mid-size 8-bit build with the format's full
 #: decoding range.
@@ -174,12 +208,14 @@ DEFAULT = AcceleratorConfig(
 PRESETS = {
     # Fast simulation. A 2x2 array and 2 lanes exercise every parallel path at the least
     # pysim cost; the decode limits stay at the format's maximum (16-bit codes, 8-bit index
-    # and run fields) so tests can reach every corner of the format; small buffers keep
-    # memories cheap to simulate. acc_width 26 is exactly min_acc_width for bw 8 and a
-    # fan-in of 1024, so the tightest legal width is what the tests see.
+    # and run fields) so tests can reach every corner of the format; small tile buffers
+    # keep memories cheap to simulate, but the image buffer (64 KB) holds the shipped LeNet
+    # images, so the whole decompression path can be simulated on them. acc_width 26 is
+    # exactly min_acc_width for bw 8 and a fan-in of 1024, so the tightest legal width is
+    # what the tests see.
     "small": dataclasses.replace(
-        DEFAULT, rows=2, cols=2, decode_lanes=2, acc_width=26, image_bytes=4096,
-        tile_depth=64, max_table_symbols=512),
+        DEFAULT, rows=2, cols=2, decode_lanes=2, acc_width=26, image_bytes=64 * 1024,
+        tile_depth=64, max_table_symbols=1024),
     # iCE40UP5K (iCEBreaker): 5,280 LUT4, 8 SB_MAC16, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit.
     # - 2x4 array: 8 PEs = the 8 SB_MAC16; a 4x4 array in LUTs already took 70 % of the
     #   LUTs, leaving too little for the decoder and control.

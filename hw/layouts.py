@@ -11,7 +11,7 @@ loader computes the same split in hardware.
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
-__all__ = ["DecodeParams", "SymbolEntry", "Token", "TokenKind", "WeightOut"]
+__all__ = ["DecodeParams", "ImageByte", "SymbolEntry", "Token", "TokenKind", "WeightOut"]
 
 
 class TokenKind(enum.Enum, shape=2):
@@ -82,3 +82,11 @@ class WeightOut(data.StructLayout):
 
     def __init__(self, config):
         super().__init__({"weight": signed(config.bw), "first": 1, "last": 1})
+
+
+class ImageByte(data.StructLayout):
+    """A byte of a weight image on its way into the loader; ``last`` marks the file's last
+    byte (a byte with ``last`` before ``file_size`` bytes is a truncated image)."""
+
+    def __init__(self):
+        super().__init__({"data": 8, "last": 1})

@@ -119,6 +119,7 @@ class UnitSpec:
     name: str
     module: nn.Module
     kind: Kind
+    label: str  # conv1, conv2, fc1, ...: the names `espalier inspect` gives the image's layers
     relu: bool
     pool: int
     pool_stride: int
@@ -178,7 +179,8 @@ def extract_units(model: nn.Module, input_shape: tuple[int, int, int]) -> list[U
             ow = (shape[2] + 2 * p - k) // s + 1
             if oh < 1 or ow < 1:
                 raise ModelError(f"layer {name!r}: kernel {k} does not fit input {shape}")
-            cur = dict(name=name, module=m, kind=Kind.CONV, relu=False, pool=0, pool_stride=0,
+            cur = dict(name=name, label="", module=m, kind=Kind.CONV, relu=False, pool=0,
+                       pool_stride=0,
                        in_shape=shape, out_shape=(m.out_channels, oh, ow))
             shape = cur["out_shape"]
         elif isinstance(m, nn.Linear):
@@ -188,7 +190,8 @@ def extract_units(model: nn.Module, input_shape: tuple[int, int, int]) -> list[U
                 raise ModelError(f"layer {name!r}: Linear after a feature map needs a Flatten")
             if m.in_features != features:
                 raise ModelError(f"layer {name!r}: expects {m.in_features} inputs, gets {features}")
-            cur = dict(name=name, module=m, kind=Kind.FC, relu=False, pool=0, pool_stride=0,
+            cur = dict(name=name, label="", module=m, kind=Kind.FC, relu=False, pool=0,
+                       pool_stride=0,
                        in_shape=(features, 1, 1), out_shape=(m.out_features, 1, 1))
             shape = (m.out_features,)
         elif isinstance(m, nn.ReLU):
@@ -221,6 +224,11 @@ def extract_units(model: nn.Module, input_shape: tuple[int, int, int]) -> list[U
     close()
     if not units:
         raise ModelError("the model has no Conv2d or Linear layer")
+    counts = {Kind.CONV: 0, Kind.FC: 0}
+    for i, u in enumerate(units):
+        counts[u.kind] += 1
+        prefix = "conv" if u.kind == Kind.CONV else "fc"
+        units[i] = dataclasses.replace(u, label=f"{prefix}{counts[u.kind]}")
     for u in units:
         for v in (*u.in_shape, *u.out_shape):
             if v > 0xFFFF:
@@ -415,16 +423,20 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
     before = {u.name: u.module.weight.detach().double().numpy().ravel().copy() for u in units}
     std0 = {n: float(np.std(w)) for n, w in before.items()}
     masks = {u.name: None for u in units}
+    quality = {}
     for r in range(1, config.prune_rounds + 1):
         with torch.no_grad():
             for u, plan in zip(units, config.plans, strict=True):
                 w = u.module.weight.detach().double().numpy()
                 masks[u.name] = magnitude_mask(w, plan.keep ** (r / config.prune_rounds),
                                                masks[u.name])
+                # The threshold this round applied, as Han et al.'s quality x the std of the
+                # layer's trained (unpruned) weights.
+                quality[u.name] = float(np.abs(w[masks[u.name]]).min() / std0[u.name])
                 u.module.weight.mul_(torch.from_numpy(masks[u.name]).to(u.module.weight.dtype))
         if config.retrain_epochs:
             say(f"pruning round {r}/{config.prune_rounds}: kept "
-                + ", ".join(f"{u.name} {masks[u.name].mean():.1%}" for u in units)
+                + ", ".join(f"{u.label} {masks[u.name].mean():.1%}" for u in units)
                 + f"; retraining {config.retrain_epochs} epochs")
             recipe = Recipe(epochs=config.retrain_epochs, batch_size=config.batch_size,
                             lr=config.retrain_lr, schedule="cosine")
@@ -432,11 +444,6 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
                   masks={names[n]: torch.from_numpy(m.astype(np.float32))
                          for n, m in masks.items()})
     model.eval()
-    # The threshold each layer ended with, as Han et al.'s quality x std of its weights.
-    quality = {}
-    for u in units:
-        kept = np.abs(u.module.weight.detach().double().numpy()[masks[u.name]])
-        quality[u.name] = float(kept.min() / std0[u.name])
 
     # 2. Weight sharing: k-means over each layer's kept weights, then fine-tune the centroids.
     shared = {}
@@ -470,7 +477,7 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
         with torch.no_grad():
             deq = np.where(idx >= 0, codebook[np.maximum(idx, 0)] * 2.0 ** -w_fl, 0.0)
             u.module.weight.copy_(torch.from_numpy(deq.reshape(u.module.weight.shape)))
-        say(f"{u.name}: kept {int((idx >= 0).sum())}/{idx.size} weights "
+        say(f"{u.label}: kept {int((idx >= 0).sum())}/{idx.size} weights "
             f"(threshold {quality[u.name]:.3f} x std), {len(cents)} centroids, weight fl {w_fl}")
     shared = shared_q
 
@@ -500,7 +507,7 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
         bias_bits = _signed_bits(bias_q)
         fls.append(dict(out_fl=out_fl, b_fl=b_fl, bias=bias_q, bias_bits=bias_bits))
         x, in_fl = y, out_fl
-        say(f"{u.name}: output fl {out_fl}, bias fl {b_fl} in {bias_bits} bits")
+        say(f"{u.label}: output fl {out_fl}, bias fl {b_fl} in {bias_bits} bits")
 
     # 5. Huffman coding and the image.
     layers = []
@@ -523,12 +530,12 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
     data = write_image(image)
     report = dict(seconds=time.perf_counter() - t0, bytes=len(data),
                   config=dataclasses.asdict(config),
-                  layers=[dict(name=u.name, kept=int((s["idx"] >= 0).sum()),
+                  layers=[dict(name=u.label, module=u.name, kept=int((s["idx"] >= 0).sum()),
                                weights=int(s["idx"].size), quality=quality[u.name])
                           for u, s in zip(units, shared, strict=True)],
                   # For plots; not JSON: float weights before pruning, kept weights before
                   # sharing, and the real values of the codebooks.
-                  arrays=[dict(name=u.name, before=before[u.name], after=after[u.name],
+                  arrays=[dict(name=u.label, before=before[u.name], after=after[u.name],
                                centroids=s["codebook"] * 2.0 ** -s["w_fl"])
                           for u, s in zip(units, shared, strict=True)])
     return image, data, report

@@ -19,6 +19,10 @@ from weights.huffman import MAX_CODE_LENGTH, HuffmanError, Table, code_lengths, 
 
 __all__ = [
     "MAGIC",
+    "MAX_ALPHABET",
+    "MAX_BIAS_BITS",
+    "MAX_INDEX_BITS",
+    "MAX_RUN_BITS",
     "VERSION",
     "Activation",
     "Image",
@@ -34,6 +38,12 @@ __all__ = [
 
 MAGIC = b"ESPW"
 VERSION = 1
+#: The format's ranges (docs/weight-image.md, "Layer table entry"): codebook index 1..8 bits,
+#: zero-run field 0..8 bits, bias 1..32 bits, symbols are u16 (an alphabet of at most 2^16).
+MAX_INDEX_BITS = 8
+MAX_RUN_BITS = 8
+MAX_BIAS_BITS = 32
+MAX_ALPHABET = 1 << 16
 _HEADER = struct.Struct("<4sBBBbHHHHI")  # 20 bytes
 _ENTRY = struct.Struct("<BBBBBBBBHHHHHHbbbBHBBI")  # 32 bytes
 _CRC_BYTES = 4
@@ -248,12 +258,15 @@ def _check_entry(i: int, f: dict, prev_shape: tuple[int, int, int], prev_fl: int
 
     need(f["kind"] in (1, 2), f"unknown kind {f['kind']} (1 = conv, 2 = fc)")
     need(f["activation"] in (0, 1), f"unknown activation {f['activation']} (0 = none, 1 = ReLU)")
-    need(1 <= f["index_bits"] <= 8, f"index_bits {f['index_bits']} is not 1..8")
+    need(1 <= f["index_bits"] <= MAX_INDEX_BITS,
+         f"index_bits {f['index_bits']} is not 1..{MAX_INDEX_BITS}")
     need(1 <= f["k"] <= 1 << f["index_bits"],
          f"codebook size {f['k']} is not 1..{1 << f['index_bits']}")
-    need(0 <= f["run_bits"] <= 8, f"run_bits {f['run_bits']} is not 0..8")
-    need((1 << f["run_bits"]) * f["k"] + 2 <= 1 << 16, "the symbol alphabet exceeds 65,536")
-    need(1 <= f["bias_bits"] <= 32, f"bias_bits {f['bias_bits']} is not 1..32")
+    need(0 <= f["run_bits"] <= MAX_RUN_BITS, f"run_bits {f['run_bits']} is not 0..{MAX_RUN_BITS}")
+    need((1 << f["run_bits"]) * f["k"] + 2 <= MAX_ALPHABET,
+         f"the symbol alphabet exceeds {MAX_ALPHABET:,}")
+    need(1 <= f["bias_bits"] <= MAX_BIAS_BITS,
+         f"bias_bits {f['bias_bits']} is not 1..{MAX_BIAS_BITS}")
     need(f["b_fl"] <= prev_fl + f["w_fl"],
          f"bias fl {f['b_fl']} exceeds the accumulator's fl {prev_fl + f['w_fl']}")
     need(f["out_c"] >= 1, "no output channels")

@@ -13,22 +13,22 @@ __all__ = ["CONFIGS", "compress_shipped"]
 
 # How these were chosen (docs/results.md): `espalier sensitivity` ranks the layers (conv1 is
 # by far the most sensitive, then the small last layers; conv2 and fc1 tolerate the most
-# pruning), then kept fractions and bits were searched with retraining. Run lengths up to
-# 31 (run_bits 5) in the very sparse layers keep filler symbols rare, so the hardware decodes
-# close to one non-zero weight per symbol. Ref: Han et al. 2015 section 3.4 (sensitivity),
-# Deep Compression Tables 2 and 3 (per-layer bits).
+# pruning), then kept fractions and bits were searched with retraining. Long zero runs
+# (run_bits 5 and 6: up to 31 and 63 zeros) in the very sparse layers keep filler symbols
+# rare, so the hardware decodes close to one non-zero weight per symbol.
+# Ref: Han et al. 2015 section 3.4 (sensitivity); Deep Compression Tables 2 and 3 (bits).
 CONFIGS = {
     "lenet300": CompressConfig(
-        plans=(LayerPlan(keep=0.04, weight_bits=4, run_bits=5),
+        plans=(LayerPlan(keep=0.04, weight_bits=4, run_bits=6),
                LayerPlan(keep=0.09, weight_bits=4, run_bits=5),
                LayerPlan(keep=0.25, weight_bits=4, run_bits=3)),
         prune_rounds=3, retrain_epochs=3, finetune_epochs=1, finetune_lr=1e-4),
     "lenet5": CompressConfig(
-        plans=(LayerPlan(keep=0.3, weight_bits=5, run_bits=2),
-               LayerPlan(keep=0.07, weight_bits=5, run_bits=4),
-               LayerPlan(keep=0.07, weight_bits=4, run_bits=4),
+        plans=(LayerPlan(keep=0.3, weight_bits=5, run_bits=3),
+               LayerPlan(keep=0.07, weight_bits=5, run_bits=5),
+               LayerPlan(keep=0.06, weight_bits=4, run_bits=6),
                LayerPlan(keep=0.15, weight_bits=4, run_bits=3)),
-        prune_rounds=3, retrain_epochs=2, finetune_epochs=1, finetune_lr=1e-4),
+        prune_rounds=3, retrain_epochs=3, finetune_epochs=2, finetune_lr=1e-4),
 }
 
 

