@@ -109,8 +109,9 @@ def huffman_symbols(stream: bytes, table: Table, alpha: Alphabet, fan_in: int) -
     pos = 0
     end_bit = 0
     try:
-        for s, end_bit in decode(stream, table):
+        for s, end in decode(stream, table):
             symbols.append(s)
+            end_bit = end
             pos, _ = _advance(alpha, s, pos, fan_in)
             if pos == fan_in:
                 break

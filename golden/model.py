@@ -44,7 +44,10 @@ def conv_accumulate(x: np.ndarray, w: np.ndarray, kernel: tuple[int, int], strid
 
 def postprocess(acc: np.ndarray, bias: np.ndarray, *, acc_fl: int, b_fl: int, out_fl: int,
                 bw: int, use_relu: bool, pool: int = 0, pool_stride: int = 0) -> np.ndarray:
-    """Steps 2-6 of docs/numerics.md on accumulators (N, O[, H, W]): bias, requantize, ReLU, pool."""
+    """Steps 2-6 of docs/numerics.md on accumulators (N, O[, H, W]).
+
+    Bias alignment and addition, requantize (round half up, saturate), ReLU, max-pool.
+    """
     shape = (1, -1) + (1,) * (acc.ndim - 2)
     y = requantize(acc + align_bias(bias, b_fl, acc_fl).reshape(shape), acc_fl, out_fl, bw)
     if use_relu:
