@@ -42,8 +42,8 @@ def plot_weights(layers, path, title: str) -> None:
     """
     fig, axes = plt.subplots(len(layers), 1, figsize=(7, 2.2 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers, strict=True):
-        lo, hi = np.percentile(layer["before"], [0.05, 99.95])
-        bins = np.linspace(lo, hi, 121)
+        everything = np.concatenate([layer["before"], layer["centroids"]])
+        bins = np.linspace(everything.min(), everything.max(), 121)
         ax.hist(layer["before"], bins=bins, color="lightgray", label="before pruning")
         ax.hist(layer["after"], bins=bins, color="tab:blue", alpha=0.8,
                 label="kept after pruning and retraining")
