@@ -22,6 +22,7 @@ from golden.model import conv_accumulate, postprocess
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Activation, Image, Kind, Layer, encode_streams, write_image
 from weights.prune import magnitude_mask
+from weights.train import Recipe, train
 
 __all__ = [
     "CompressConfig",
@@ -371,6 +372,7 @@ def _float_outputs(units: list[UnitSpec], model: nn.Module, x: np.ndarray) -> li
         unit_idx = starts.get(id(m), unit_idx)
         if unit_idx >= 0 and not isinstance(m, nn.Flatten | nn.Dropout | nn.Identity):
             owner[id(m)] = unit_idx
+
     def recorder(i):
         def hook(mod, inp, out):
             outs[i] = out.detach().double().numpy()
@@ -397,8 +399,6 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
     ``weights.datasets.to_float``) or a torch Dataset of ``(input, label)``. The model is
     modified in place (pruned, retrained, weights shared).
     """
-    from weights.train import Recipe, train  # the torch training loop
-
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     torch.set_num_threads(1)
