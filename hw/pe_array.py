@@ -1,0 +1,170 @@
+"""The output-stationary systolic array: ``rows`` x ``cols`` PEs with streams at its edges.
+
+Computes ``golden.fixedpoint.accumulate(x, w, bw)`` (``x`` (M, N), ``w`` (cols, N)):
+``rows`` output positions at a time, one fan-in index ``k`` per clock. The dataflow, the
+timing and the ports are described in docs/pe-array.md.
+
+Ref: Kung, "Why systolic architectures?" (IEEE Computer, 1982); Gemmini's PE -> Mesh ->
+MeshWithDelays layering (here ``PE`` -> ``PEArray`` with ``Skew`` at the edges).
+"""
+
+import functools
+import operator
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.pe import PE, ActivationLane
+from hw.skew import Skew
+
+__all__ = ["AccumulatorVector", "ActivationVector", "PEArray", "WeightVector"]
+
+
+class ActivationVector(data.StructLayout):
+    """One fan-in index ``k`` of ``rows`` output positions: ``x[r]`` is ``x[m_r, k]``.
+
+    ``mask`` bit ``r`` is set when row ``r`` holds a real output position (a batch whose
+    ``M`` is not a multiple of ``rows`` ends with a partial group); a row whose bit is clear
+    neither accumulates nor emits. ``first`` marks ``k = 0`` and ``last`` ``k = N - 1`` of
+    the group's reduction (both on one vector when ``N = 1``). ``mask`` must not change
+    within a reduction.
+    """
+
+    def __init__(self, config):
+        super().__init__({
+            "x": data.ArrayLayout(signed(config.bw), config.rows),
+            "mask": config.rows,
+            "first": 1,
+            "last": 1,
+        })
+
+
+class WeightVector(data.StructLayout):
+    """The weights of fan-in index ``k`` for every column: ``w[c]`` is ``w[c, k]``."""
+
+    def __init__(self, config):
+        super().__init__({"w": data.ArrayLayout(signed(config.bw), config.cols)})
+
+
+class AccumulatorVector(data.StructLayout):
+    """One output position's finished accumulators: ``acc[c]`` is ``sum_k x[m, k] w[c, k]``."""
+
+    def __init__(self, config):
+        super().__init__({"acc": data.ArrayLayout(signed(config.acc_width), config.cols)})
+
+
+class _ColumnResult(data.StructLayout):
+    def __init__(self, config):
+        super().__init__({"acc": signed(config.acc_width), "valid": 1})
+
+
+class PEArray(wiring.Component):
+    """An output-stationary ``rows`` x ``cols`` array of ``PE`` (submodules ``pe_{r}_{c}``).
+
+    PE ``(r, c)`` accumulates ``sum_k x[m_r, k] · w[c, k]`` for the output position ``m_r``
+    that row ``r`` holds in the current group. Activations move east along the rows,
+    weights south down the columns, both skewed by ``Skew`` so that ``x[m_r, k]`` and
+    ``w[c, k]`` meet in PE ``(r, c)``. A finished reduction is read from each column through
+    a bus (in any clock at most one row of a column finishes), de-skewed, and leaves as one
+    ``AccumulatorVector`` per live row, row 0 first.
+
+    Ports:
+        ``i`` (in stream, ``ActivationVector``): one fan-in index of ``rows`` positions.
+        ``w`` (in stream, ``WeightVector``): the weights of the same fan-in index. ``i`` and
+            ``w`` transfer together (each one's ``ready`` looks at the other's ``valid``).
+        ``o`` (out stream, ``AccumulatorVector``): ``popcount(mask)`` vectors per group.
+
+    Latency: the first output vector of a group is valid ``cols + 3`` clocks after the
+    transfer of its ``last`` input vector; row ``r``'s vector ``r`` clocks after that.
+    Throughput: one input vector per clock while reductions are at least ``rows`` long
+    (``N >= rows``). A ``last`` vector is accepted at least ``rows`` clocks after the
+    previous one, because a group puts up to ``rows`` vectors on the single output stream,
+    so shorter reductions run at ``N / rows`` vectors per clock.
+    Back-pressure: the whole array (skews, PEs, output register) advances only in clocks
+    where the output register is empty or being read (``step``); when ``o`` stalls, the
+    array stops and ``i`` and ``w`` are not ready. Nothing is dropped or overwritten.
+    ``o.valid`` never depends on ``o.ready``; ``i.ready`` and ``w.ready`` depend on
+    ``o.ready`` and on the other input's ``valid`` (and ``i.ready`` on ``i.payload.last``).
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "i": In(stream.Signature(ActivationVector(config))),
+            "w": In(stream.Signature(WeightVector(config))),
+            "o": Out(stream.Signature(AccumulatorVector(config))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        rows, cols = cfg.rows, cfg.cols
+        m = Module()
+
+        # One clock enable for everything: a stalled output freezes the whole pipeline, so
+        # the fixed timing between PEs (which replaces handshakes inside the array) holds.
+        step = Signal()
+        m.d.comb += step.eq(~self.o.valid | self.o.ready)
+
+        # Enabled clocks until another `last` may enter: a group's rows leave the columns
+        # one per clock, so two groups' `last`s closer than `rows` would collide on the
+        # column buses.
+        gap = Signal(range(rows))
+        last_ok = Signal()
+        take = Signal()
+        m.d.comb += [
+            last_ok.eq((gap == 0) | ~self.i.payload.last),
+            take.eq(step & self.i.valid & self.w.valid & last_ok),
+            self.i.ready.eq(step & self.w.valid & last_ok),
+            self.w.ready.eq(step & self.i.valid & last_ok),
+        ]
+        with m.If(step):
+            with m.If(take & self.i.payload.last):
+                m.d.sync += gap.eq(rows - 1)
+            with m.Elif(gap != 0):
+                m.d.sync += gap.eq(gap - 1)
+
+        m.submodules.a_skew = a_skew = Skew(ActivationLane(cfg), rows)
+        m.submodules.w_skew = w_skew = Skew(signed(cfg.bw), cols)
+        m.submodules.o_deskew = o_deskew = Skew(_ColumnResult(cfg), cols, reverse=True)
+        m.d.comb += [a_skew.en.eq(step), w_skew.en.eq(step), o_deskew.en.eq(step)]
+        for r in range(rows):
+            lane = a_skew.i[r]
+            m.d.comb += [
+                lane.x.eq(self.i.payload.x[r]),
+                lane.valid.eq(take & self.i.payload.mask[r]),
+                lane.first.eq(self.i.payload.first),
+                lane.last.eq(self.i.payload.last),
+            ]
+        for c in range(cols):
+            # Weights enter every enabled clock; without `take` they meet no valid activation.
+            m.d.comb += w_skew.i[c].eq(self.w.payload.w[c])
+
+        pes = [[PE(cfg) for _ in range(cols)] for _ in range(rows)]
+        for r in range(rows):
+            for c in range(cols):
+                pe = pes[r][c]
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [
+                    pe.en.eq(step),
+                    pe.a_i.eq(a_skew.o[r] if c == 0 else pes[r][c - 1].a_o),
+                    pe.w_i.eq(w_skew.o[c] if r == 0 else pes[r - 1][c].w_o),
+                ]
+
+        # Column buses: row r of a group finishes in clock t + r + c, so in any clock at
+        # most one PE of a column has `done` (the `gap` rule keeps groups apart), and an
+        # AND-OR mux reads it.
+        for c in range(cols):
+            col = [pes[r][c] for r in range(rows)]
+            m.d.comb += [
+                o_deskew.i[c].acc.eq(
+                    functools.reduce(operator.or_, (Mux(pe.done, pe.acc, 0) for pe in col))),
+                o_deskew.i[c].valid.eq(functools.reduce(operator.or_, (pe.done for pe in col))),
+            ]
+
+        # The output register (the last column's de-skew delay is 0).
+        with m.If(step):
+            m.d.sync += self.o.valid.eq(o_deskew.o[0].valid)
+            for c in range(cols):
+                m.d.sync += self.o.payload.acc[c].eq(o_deskew.o[c].acc)
+        return m
