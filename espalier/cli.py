@@ -239,6 +239,34 @@ def cmd_bench_golden(args) -> int:
     return 0
 
 
+def cmd_bench_decode(args) -> int:
+    from espalier.bench_decode import bench_decode
+    from weights.image import ImageError
+
+    data = _read_bytes(args.image)
+    _load_image(args.image)  # a bad image: one line naming the file and what is wrong
+
+    def progress(done, total, layer):
+        _progress(f"layer {done}/{total} simulated")
+
+    try:
+        rep = bench_decode(data, args.config, progress=progress)
+    except (ImageError, ValueError) as e:
+        raise UserError(f"{args.image}: {e}") from None
+    rows = [f"{args.image} on {args.config}: {rep['symbols']} symbols in {rep['cycles']} cycles "
+            f"on {rep['lanes']} lanes = {rep['symbols_per_cycle_per_lane']:.3f} symbols per "
+            f"cycle per lane (simulated at {rep['sim_cycles_per_s']:.0f} cycles/s)"]
+    _emit(args, rep, "\n".join(rows))
+    return 0
+
+
+def _read_bytes(path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+
+
 def cmd_bench_tradeoff(args) -> int:
     from espalier.bench import bench_tradeoff
 
@@ -327,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.set_defaults(func=cmd_bench_golden)
     bp.add_argument("image", help="weight image file")
     bp.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    json_flag(bp)
+    bp = bsub.add_parser("decode", help="simulated Huffman-decode throughput of an image on a "
+                                        "hardware preset (pysim)",
+                         description="Simulate the preset's Huffman-decode lanes on every layer "
+                                     "of a weight image and report symbols, cycles and symbols "
+                                     "per cycle per lane (pysim: tens of seconds).")
+    bp.set_defaults(func=cmd_bench_decode)
+    bp.add_argument("image", help="weight image file")
+    bp.add_argument("--config", default="small", help="hardware preset: small, icebreaker or "
+                                                      "ulx3s-85f (default small)")
     json_flag(bp)
     bp = bsub.add_parser("tradeoff", help="compression ratio against golden-model error",
                          description="Compress a shipped model with every layer's kept fraction "

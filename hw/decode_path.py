@@ -20,9 +20,10 @@ __all__ = ["DecodePath"]
 class DecodePath(wiring.Component):
     """Decodes all output channels of one layer into dense weights on parallel lanes.
 
-    Lane ``j`` (of ``n = config.decode_lanes``) decodes output channels ``j, j + n,
-    j + 2n, ...``: its byte input carries those channels' streams back to back (in that
-    order), its output their weights in fan-in order with ``first``/``last`` per channel.
+    Each lane (of ``n = config.decode_lanes``) decodes the channels whose streams its byte
+    input carries, back to back, and emits their weights in fan-in order with
+    ``first``/``last`` per channel; which channels a lane gets is the feeder's choice
+    (``StreamFetch`` deals them by load; the tests also deal them in turn).
     Each lane is a ``HuffmanDecoder`` (``decoder_{j}``) feeding a ``RunExpander``
     (``expander_{j}``); every lane holds its own copy of the table and codebook, which
     ``StreamBroadcast`` blocks copy to all lanes.
@@ -35,7 +36,8 @@ class DecodePath(wiring.Component):
             and broadcast to every lane.
         ``codebook`` (in stream of signed ``bw``-bit): the ``K`` entries, broadcast.
         ``i[j]`` (in streams of bytes), ``o[j]`` (out streams of ``WeightOut``): lane ``j``.
-        ``done`` (out): every lane has emitted the last weight of its last channel.
+        ``done`` (out): the lanes together have emitted the last weight of ``channels``
+            channels.
         ``error`` (out): a lane's decoder or expander stopped on an error (sticky until
             ``start``; the lanes' own ``error`` ports say which and why).
 
@@ -90,22 +92,20 @@ class DecodePath(wiring.Component):
             wiring.connect(m, tables.o[j], decoders[j].table)
             wiring.connect(m, codebooks.o[j], expanders[j].codebook)
 
-        # Lane j's next channel is j + lanes·(channels it has finished); it is done when
-        # that passes the layer's channels.
-        lane_done = []
-        for j in range(lanes):
-            next_channel = Signal(17, name=f"next_channel_{j}")
-            out = self.o[j]
-            with m.If(self.start):
-                m.d.sync += next_channel.eq(j)
-            with m.Elif(out.valid & out.ready & out.payload.last):
-                m.d.sync += next_channel.eq(next_channel + lanes)
-            lane_done.append(next_channel >= self.channels)
+        # Done when the lanes together have emitted the last weight of every channel (the
+        # channels may be dealt to lanes in any order).
+        finished = Signal(17)
+        lasts = Signal(range(lanes + 1))
+        m.d.comb += lasts.eq(sum(o.valid & o.ready & o.payload.last for o in self.o))
+        with m.If(self.start):
+            m.d.sync += finished.eq(0)
+        with m.Else():
+            m.d.sync += finished.eq(finished + lasts)
 
         started = Signal()
         with m.If(self.start):
             m.d.sync += started.eq(1)
-        m.d.comb += self.done.eq(started & ~self.start & Cat(*lane_done).all())
+        m.d.comb += self.done.eq(started & ~self.start & (finished >= self.channels))
         failed = [(d.error != DecodeError.NONE) | (e.error != ExpandError.NONE)
                   for d, e in zip(decoders, expanders, strict=True)]
         m.d.comb += self.error.eq(Cat(*failed).any())

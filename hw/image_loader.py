@@ -16,8 +16,8 @@ from weights.huffman import MAX_CODE_LENGTH
 from weights.image import MAGIC, MAX_ALPHABET, MAX_BIAS_BITS, MAX_INDEX_BITS, MAX_RUN_BITS
 from weights.image import VERSION as IMAGE_VERSION
 
-__all__ = ["DESC_WORDS", "DescWord", "ImageLoader", "LoadError", "descriptor_words",
-           "image_words"]
+__all__ = ["DESC_WORDS", "DescWord", "ImageLoader", "LoadError", "buffer_signature",
+           "descriptor_words", "image_words"]
 
 _HEADER_BYTES = 20
 _ENTRY_BYTES = 32
@@ -41,8 +41,9 @@ class LoadError(enum.Enum, shape=5):
     LENGTH = 4  # ``file_size`` below 24, or bytes after ``file_size`` (no ``last`` there)
     CRC = 5  # CRC-32 mismatch
     HEADER = 6  # bad bw, no layers, bad input shape, reserved field, table past the end
-    ENTRY = 7  # a layer table entry's kind, activation, index/run/bias bits, K, out_c
-    SECTIONS = 8  # section sizes do not add up, or a section's parts do not fill it
+    ENTRY = 7  # a table entry's kind, activation, index/run/bias bits, K, out_c, fc kernel
+    SECTIONS = 8  # section sizes do not add up, a section's parts do not fill it, or a
+    #              stream is empty
     TABLE = 9  # a Huffman table: L, over-subscribed, incomplete, symbol out of range or order
     CAP_IMAGE = 10  # larger than the image buffer
     CAP_BW = 11  # the image's bw is not the build's
@@ -125,6 +126,33 @@ def image_words(data: bytes, word_bytes: int) -> list[int]:
             for j in range(0, len(data), word_bytes)]
 
 
+class _BufferWrite:
+    def __init__(self, cfg):
+        self.data = Signal(8 * cfg.image_word_bytes, name="buf_wr_data")
+        self.en = Signal(cfg.image_word_bytes, name="buf_wr_en")
+
+
+class _BufferRead:
+    def __init__(self, cfg):
+        self.addr = Signal(range(cfg.image_words), name="buf_addr")
+        self.data = Signal(8 * cfg.image_word_bytes, name="buf_rd_data")
+        self.en = Signal(name="buf_rd_en")
+
+
+def buffer_signature(config) -> wiring.Signature:
+    """The image buffer's one port, as the loader drives it (``external_buffer=True``):
+    ``addr`` (word), ``wr_data`` and ``wr_en`` (a byte enable per byte lane), ``rd_en``
+    and ``rd_data`` (the word at ``addr`` of the previous clock when ``rd_en`` was high;
+    held while ``rd_en`` is low, as the iCE40 SPRAM and yosys' model of it behave)."""
+    return wiring.Signature({
+        "addr": Out(range(config.image_words)),
+        "wr_data": Out(8 * config.image_word_bytes),
+        "wr_en": Out(config.image_word_bytes),
+        "rd_en": Out(1),
+        "rd_data": In(8 * config.image_word_bytes),
+    })
+
+
 class _P(enum.Enum, shape=6):
     """The loader's states."""
 
@@ -174,6 +202,9 @@ class ImageLoader(wiring.Component):
         ``rd_addr``/``rd_data``: a read port of the image buffer (word address, word a
             clock later), for the blocks that use the image; ignored while ``busy``.
         ``desc_addr``/``desc_data``: a read port of the descriptor memory.
+        ``buffer`` (only with ``external_buffer=True``; ``buffer_signature``): the image
+            buffer's port, for a platform that provides the RAM itself (SPRAM on the
+            iCE40UP5K); the ``image_data`` memory is then not instantiated.
 
     Memories (``amaranth.lib.memory``, portable; mapping the image buffer to SPRAM or
     block RAM is the platform's job):
@@ -198,9 +229,12 @@ class ImageLoader(wiring.Component):
     streams' contents (the decoder reports those when it decodes them).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, external_buffer: bool = False):
         self._config = config
+        self._external_buffer = external_buffer
+        ports = {"buffer": Out(buffer_signature(config))} if external_buffer else {}
         super().__init__({
+            **ports,
             "start": In(1),
             "abort": In(1),
             "i": In(stream.Signature(ImageByte())),
@@ -225,13 +259,32 @@ class ImageLoader(wiring.Component):
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()  # byte-offset bits in a word
 
-        m.submodules.image = img = memory.Memory(data=self.image_data)
-        img_wr = img.write_port(granularity=8)
-        img_rd = img.read_port()
+        # The image buffer: one address for writing (while receiving) and reading (after),
+        # so it maps to a single-port RAM such as the iCE40UP5K's SPRAM.
+        img_wr = _BufferWrite(cfg)
+        img_rd = _BufferRead(cfg)
+        if self._external_buffer:
+            m.d.comb += [
+                self.buffer.addr.eq(img_rd.addr),
+                self.buffer.wr_data.eq(img_wr.data),
+                self.buffer.wr_en.eq(img_wr.en),
+                self.buffer.rd_en.eq(img_rd.en),
+                img_rd.data.eq(self.buffer.rd_data),
+            ]
+        else:
+            m.submodules.image = img = memory.Memory(data=self.image_data)
+            wr = img.write_port(granularity=8)
+            rd = img.read_port()
+            m.d.comb += [
+                wr.addr.eq(img_rd.addr), wr.data.eq(img_wr.data), wr.en.eq(img_wr.en),
+                rd.addr.eq(img_rd.addr), rd.en.eq(img_rd.en), img_rd.data.eq(rd.data),
+            ]
         m.submodules.desc = desc = memory.Memory(data=self.desc_data_mem)
         desc_wr = desc.write_port()
         desc_rd = desc.read_port()
         m.submodules.crc = crc = catalog.CRC32_ISO_HDLC(data_width=8).create()
+        # The SPRAM (and yosys' model of it) keeps its output during a write.
+        m.d.comb += img_rd.en.eq(~img_wr.en.any())
         m.d.comb += [
             desc_rd.addr.eq(self.desc_addr),
             self.desc_data.eq(desc_rd.data),
@@ -265,7 +318,6 @@ class ImageLoader(wiring.Component):
             take.eq(self.i.valid & self.i.ready),
             crc.data.eq(byte),
             crc.valid.eq(take),
-            img_wr.addr.eq(img_rd.addr),
             img_wr.data.eq(Cat(*([byte] * wb))),
         ]
         with m.If(take):
@@ -334,9 +386,6 @@ class ImageLoader(wiring.Component):
             f_baddr.eq(f_addr + f_k),
             rd_byte.eq(img_rd.data.word_select(f_off, 8) if ob else img_rd.data),
         ]
-        # One address for the write and the read port: the buffer is single-ported (it
-        # writes while receiving and reads after), so it maps to a single-port RAM such as
-        # the iCE40UP5K's SPRAM.
         with m.If(state == _P.RECEIVE):
             m.d.comb += img_rd.addr.eq(pos[ob:])
         with m.Elif(self.busy):
@@ -359,9 +408,9 @@ class ImageLoader(wiring.Component):
                 m.d.sync += state.eq(f_ret)
 
         # -- serial multiplier: mul_p = mul_a · mul_b (mul_b < 256), one bit a clock ---------
-        mul_a = Signal(40)
+        mul_a = Signal(32)
         mul_b = Signal(8)
-        mul_p = Signal(40)
+        mul_p = Signal(32)
         mul_ret = Signal(_P)
 
         def multiply(a, b, ret):
@@ -378,14 +427,14 @@ class ImageLoader(wiring.Component):
 
         # -- header -------------------------------------------------------------------------
         table_end = Signal(aw + 1)
-        body_end = Signal(33)  # where the CRC starts
+        body_end = Signal(aw + 1)  # where the CRC starts
         m.d.comb += [
             table_end.eq(_HEADER_BYTES + n_layers * _ENTRY_BYTES),
             body_end.eq(size - _CRC_BYTES),
         ]
         li = Signal(8)  # layer
         phase = Signal()  # 0: checking the table entries, 1: the sections
-        sec_acc = Signal(40)  # phase 0: sum of section sizes; phase 1: section start
+        sec_acc = Signal(aw)  # phase 0: sum of section sizes; phase 1: section start
         entry = Signal(aw + 1)
         m.d.comb += entry.eq(_HEADER_BYTES + li * _ENTRY_BYTES)
 
@@ -399,7 +448,7 @@ class ImageLoader(wiring.Component):
                 with m.If(n_layers > cfg.max_layers):
                     cap(LoadError.CAP_LAYERS)
                 m.d.sync += [li.eq(0), phase.eq(0), sec_acc.eq(0)]
-                fetch(entry, 2, _P.E_KIND)
+                fetch(_HEADER_BYTES, 2, _P.E_KIND)  # entry 0 (li is still the old one)
 
         # -- a table entry: read the fields both phases need ----------------------------------
         kind = Signal(8)
@@ -412,8 +461,8 @@ class ImageLoader(wiring.Component):
         k = Signal(16)
         run_bits = Signal(8)
         bias_bits = Signal(8)
-        sec_size = Signal(32)
-        fan_in = Signal(40)
+        sec_size = Signal(aw)
+        fan_in = Signal(cfg.fan_in_width + 1)  # saturates above max_fan_in
 
         with m.If(state == _P.E_KIND):
             m.d.sync += [kind.eq(f_val[:8]), act.eq(f_val[8:16])]
@@ -434,8 +483,9 @@ class ImageLoader(wiring.Component):
             m.d.sync += bias_bits.eq(f_val[:8])
             fetch(entry + 28, 4, _P.E_SIZE)
         with m.If(state == _P.E_SIZE):
-            m.d.sync += sec_size.eq(f_val)
-            m.d.sync += state.eq(_P.E_CHECK)
+            m.d.sync += [sec_size.eq(f_val), state.eq(_P.E_CHECK)]
+            with m.If(f_val > cfg.image_bytes):
+                fail(LoadError.SECTIONS)
 
         alphabet = Signal(32)  # (R + 1)·K + 2
         m.d.comb += alphabet.eq((k << run_bits[:4]) + 2)
@@ -444,7 +494,8 @@ class ImageLoader(wiring.Component):
                    | (index_bits == 0) | (index_bits > MAX_INDEX_BITS)
                    | (k == 0) | (k > (Const(1, 9) << index_bits[:4]))
                    | (run_bits > MAX_RUN_BITS) | (alphabet > MAX_ALPHABET)
-                   | (bias_bits == 0) | (bias_bits > MAX_BIAS_BITS) | (out_c == 0))
+                   | (bias_bits == 0) | (bias_bits > MAX_BIAS_BITS) | (out_c == 0)
+                   | ((kind == 2) & ((kh != 1) | (kw != 1))))  # the fan-in is in_c
             with m.If(bad):
                 fail(LoadError.ENTRY)
             with m.Else():
@@ -458,35 +509,38 @@ class ImageLoader(wiring.Component):
             multiply(mul_p, kw, _P.E_NEXT)
 
         # -- section parse registers ------------------------------------------------------------
-        s_end = Signal(40)
-        t_addr = Signal(40)  # the L byte
+        s_end = Signal(aw)
+        t_addr = Signal(aw)  # the L byte
         max_len = Signal(8)
-        n_sym = Signal(24)
+        n_sym = Signal(21)
         code = Signal(20)  # canonical first code of the current length (Kraft running sum)
         ln = Signal(5)  # code length being counted / listed
         left = Signal(16)  # symbols left in the current length
         first_in_len = Signal()
         prev_sym = Signal(16)
-        sym_k = Signal(24)
-        bias_addr = Signal(40)
-        sizes_addr = Signal(40)
-        streams_addr = Signal(40)
+        sym_k = Signal(21)
+        bias_addr = Signal(aw)
+        sizes_addr = Signal(aw)
+        streams_addr = Signal(aw)
         ch = Signal(16)
         s_sum = Signal(32)
-        counts_addr = Signal(40)
-        symbols_addr = Signal(40)
+        counts_addr = Signal(aw)
+        symbols_addr = Signal(aw)
         m.d.comb += [
             counts_addr.eq(t_addr + 1),
             symbols_addr.eq(counts_addr + (max_len << 1)),
         ]
 
         with m.If(state == _P.E_NEXT):
-            m.d.sync += fan_in.eq(mul_p)
+            m.d.sync += fan_in.eq(Mux(mul_p > cfg.max_fan_in, cfg.max_fan_in + 1, mul_p))
             with m.If(phase == 0):
                 with m.If(mul_p > cfg.max_fan_in):
                     cap(LoadError.CAP_FAN_IN)
                 m.d.sync += sec_acc.eq(sec_acc + sec_size)
-                with m.If(li + 1 == n_layers):
+                # Sections past the body fail at once, so the sum stays within the buffer.
+                with m.If(sec_acc + sec_size > body_end - table_end):
+                    fail(LoadError.SECTIONS)
+                with m.Elif(li + 1 == n_layers):
                     with m.If(sec_acc + sec_size != body_end - table_end):
                         fail(LoadError.SECTIONS)
                     with m.Else():
@@ -522,7 +576,7 @@ class ImageLoader(wiring.Component):
         with m.If(state == _P.S_COUNT):
             count = f_val[:16]
             nxt = Signal(20)
-            total = Signal(24)
+            total = Signal(21)
             m.d.comb += [nxt.eq(code + count), total.eq(n_sym + count)]
             m.d.sync += [code.eq(nxt << 1), n_sym.eq(total), ln.eq(ln + 1)]
             with m.If(nxt > (Const(1, 17) << ln)):
@@ -590,6 +644,8 @@ class ImageLoader(wiring.Component):
                 fetch(sa + (ch << 1), 2, _P.S_SIZE_GOT)
         with m.If(state == _P.S_SIZE_GOT):
             m.d.sync += [s_sum.eq(s_sum + f_val[:16]), ch.eq(ch + 1), state.eq(_P.S_SIZES)]
+            with m.If(f_val[:16] == 0):
+                fail(LoadError.SECTIONS)  # an empty stream cannot hold a channel
 
         # -- descriptor: one word a clock ----------------------------------------------------
         w = sym_k[:4]

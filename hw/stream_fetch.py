@@ -12,19 +12,21 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["StreamFetch"]
 
 _JOB_DEPTH = 4  # channels a lane may have waiting
+# Channels a lane may have between assignment and their last weight's leaving: the jobs
+# waiting and being read, and a few more in the decoder's buffer and the expander.
+_ORDER_DEPTH = 16
 
 
 class _S(enum.Enum, shape=3):
     IDLE = 0
-    LO = 1
-    LO_WAIT = 2
-    HI = 3
-    HI_WAIT = 4
-    PUSH = 5
+    LO = 1  # read the size's low byte
+    HI = 2  # read its high byte; the low byte arrives
+    HI_WAIT = 3  # the high byte arrives
+    PUSH = 4  # give the channel to a lane; read the next size's low byte
 
 
 class StreamFetch(wiring.Component):
-    """Feeds lane ``j`` (of ``decode_lanes``) the bytes of channels ``j, j + n, ...``.
+    """Deals a layer's channels to the decode lanes and feeds each lane its channels' bytes.
 
     Ports:
         ``start`` (in): one-cycle pulse; begins a layer whose ``out_c``, ``sizes_addr`` and
@@ -33,19 +35,25 @@ class StreamFetch(wiring.Component):
             the word of ``image_word_bytes`` bytes arrives a clock later, byte ``a`` of the
             image at byte lane ``a mod W``).
         ``o[j]`` (out streams of bytes): lane ``j``'s channels' streams back to back.
+        ``ch[j]`` (out streams of u16): the numbers of lane ``j``'s channels, in the order
+            of its streams; the consumer takes one when the channel's last weight leaves.
         ``idle`` (out): every byte of the layer has been delivered (and before a start).
 
     A scheduler reads the stream sizes (a byte per read), keeps their running sum and
-    hands each channel to its lane as a job (start address, size); each lane has a FIFO of
-    four jobs waiting besides the one being read. The read port is shared in fixed turns (lanes ``0..n-1``,
-    then the scheduler): a lane uses its turn when its byte queue (``2 W`` bytes) has room
-    for a word, and takes the bytes of its channel from the word read. A lane thus gets
-    up to ``W ≥ 2n`` bytes every ``n + 1`` clocks, more than the byte a clock its decoder
-    takes; the scheduler needs ``2 (n + 1) + 2`` clocks per channel, which limits layers
-    whose channels are shorter than about ``2 n + 4`` bytes.
+    gives each channel, as a job (start address, size), to the lane with the fewest bytes
+    still to read among those with room (a FIFO of four jobs per lane besides the one
+    being read, and sixteen channel numbers): dealing channels in turn left lanes idle
+    that drew short ones (Ref: EIE, ISCA 2016, whose PEs balance load with activation
+    queues; here the assignment balances it). The scheduler has the
+    read port whenever it reads (three clocks a channel, two of them reading); otherwise
+    the lanes take it in fixed turns (slot ``j`` for lane ``j``). A lane uses its turn when
+    its byte queue (``3 W`` bytes) has room for a word and takes its channel's bytes from
+    the word, so it gets up to ``W >= 2n`` bytes every ``n`` clocks, more than the byte a
+    clock its decoder takes. Layers whose channels average fewer than about ``3n``
+    symbols are limited by the scheduler.
 
-    Latency: a lane's first byte is on ``o[j]`` about ``3 (n + 1) + 3`` clocks after
-    ``start``. Back-pressure: per lane; ``o[j].valid`` is a register.
+    Latency: a lane's first byte is on ``o[j]`` about ``n + 5`` clocks after ``start``.
+    Back-pressure: per lane; ``o[j].valid`` is a register.
     """
 
     def __init__(self, config):
@@ -59,6 +67,7 @@ class StreamFetch(wiring.Component):
             "rd_addr": Out(range(config.image_words)),
             "rd_data": In(8 * config.image_word_bytes),
             "o": Out(stream.Signature(unsigned(8))).array(config.decode_lanes),
+            "ch": Out(stream.Signature(unsigned(16))).array(config.decode_lanes),
             "idle": Out(1),
         })
 
@@ -68,33 +77,38 @@ class StreamFetch(wiring.Component):
         lanes = cfg.decode_lanes
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()
-        qb = 2 * wb  # queue bytes per lane
+        qb = 3 * wb  # queue bytes per lane
         aw = cfg.image_addr_width + 1
 
-        # Turns: slot s serves lane s, slot `lanes` the scheduler.
-        slot = Signal(range(lanes + 1))
-        m.d.sync += slot.eq(Mux(slot == lanes, 0, slot + 1))
+        # The scheduler reads whenever it asks (it asks only while a lane has room for a
+        # job); otherwise the port goes to the lanes in turns: slot j serves lane j.
+        slot = Signal(range(lanes))
+        m.d.sync += slot.eq(Mux(slot == lanes - 1, 0, slot + 1))
+        sc = lanes
         g_valid = Signal()  # a read was granted last clock ...
-        g_slot = Signal.like(slot)  # ... to this client
+        g_slot = Signal(range(lanes + 1))  # ... to this client
         req = Signal(lanes + 1)
         req_addr = [Signal(aw, name=f"req_addr_{c}") for c in range(lanes + 1)]
-        with m.Switch(slot):
-            for c in range(lanes + 1):
-                with m.Case(c):
-                    m.d.comb += self.rd_addr.eq(req_addr[c][ob:])
-        m.d.sync += [g_valid.eq(req.bit_select(slot, 1)), g_slot.eq(slot)]
+        with m.If(req[sc]):
+            m.d.comb += self.rd_addr.eq(req_addr[sc][ob:])
+        with m.Else():
+            with m.Switch(slot):
+                for c in range(lanes):
+                    with m.Case(c):
+                        m.d.comb += self.rd_addr.eq(req_addr[c][ob:])
+        m.d.sync += [g_valid.eq(req[sc] | req.bit_select(slot, 1)),
+                     g_slot.eq(Mux(req[sc], sc, slot))]
 
         def granted(c):
-            return req[c] & (slot == c)
+            return req[c] if c == sc else req[c] & (slot == c) & ~req[sc]
 
         def arrived(c):
             return g_valid & (g_slot == c)
 
-        # -- scheduler ---------------------------------------------------------------------
-        sc = lanes
+        # -- scheduler: three clocks a channel (the low byte's read, the high byte's read,
+        # the size; the next low byte is read in the clock the job is pushed) ------------
         s_state = Signal(_S)
         s_c = Signal(16)  # channel
-        s_lane = Signal(range(lanes))
         s_addr = Signal(aw)  # its size's address
         s_start = Signal(aw + 1)  # its stream's address
         s_lo = Signal(8)
@@ -103,50 +117,71 @@ class StreamFetch(wiring.Component):
         s_byte = Signal(8)
         m.d.comb += s_byte.eq(self.rd_data.word_select(s_off, 8) if ob else self.rd_data)
         m.d.sync += s_off.eq(req_addr[sc][:ob] if ob else 0)
-        m.d.comb += req_addr[sc].eq(Mux(s_state == _S.HI, s_addr + 1, s_addr))
+        m.d.comb += req_addr[sc].eq(Mux(s_state == _S.HI, s_addr + 1,
+                                        Mux(s_state == _S.PUSH, s_addr + 2, s_addr)))
 
-        # Each lane's jobs wait in a small FIFO, so a lane that runs through short channels
-        # is not held up by the scheduler waiting for a lane busy with a long one.
-        jobs = []
+        # Each lane's jobs wait in a FIFO, and the channel numbers of its jobs in another
+        # (for the consumer, until the channel's last weight has left).
+        jobs, orders = [], []
         for j in range(lanes):
             q = m.submodules[f"jobs_{j}"] = fifo.SyncFIFOBuffered(width=aw + 1 + 16,
                                                                   depth=_JOB_DEPTH)
-            m.d.comb += q.w_data.eq(Cat(s_start, s_size))
+            c = m.submodules[f"order_{j}"] = fifo.SyncFIFOBuffered(width=16,
+                                                                   depth=_ORDER_DEPTH)
+            m.d.comb += [
+                q.w_data.eq(Cat(s_start, s_size)),
+                c.w_data.eq(s_c),
+                self.ch[j].valid.eq(c.r_rdy),
+                self.ch[j].payload.eq(c.r_data),
+                c.r_en.eq(self.ch[j].ready),
+            ]
             jobs.append(q)
-        lane_free = Signal(lanes)
-        m.d.comb += lane_free.eq(Cat(*(q.w_rdy for q in jobs)))
+            orders.append(c)
+        room = Signal(lanes)
+        m.d.comb += room.eq(Cat(*(q.w_rdy & c.w_rdy for q, c in zip(jobs, orders,
+                                                                       strict=True))))
         job_load = Signal(lanes)
-        for j, q in enumerate(jobs):
-            m.d.comb += q.w_en.eq(job_load[j])
+        for j in range(lanes):
+            m.d.comb += [jobs[j].w_en.eq(job_load[j]), orders[j].w_en.eq(job_load[j])]
 
+        # The next channel goes to the lane with the fewest bytes still to read (among lanes
+        # with room for a job), so lanes that drew short channels take more of them and all
+        # finish together; channels are not dealt in turn.
+        pend = [Signal(aw + 1, name=f"pend_{j}") for j in range(lanes)]
+        pick = Signal(range(lanes))
+        any_room = Signal()
+        best, best_pend, found = Const(0, range(lanes)), Const(0, aw + 1), Const(0, 1)
+        for j in range(lanes):
+            take = room[j] & (~found | (pend[j] < best_pend))
+            best = Mux(take, j, best)
+            best_pend = Mux(take, pend[j], best_pend)
+            found = found | room[j]
+        m.d.comb += [pick.eq(best), any_room.eq(found)]
+
+        s_more = Signal()
+        m.d.comb += s_more.eq(s_c + 1 != self.out_c)
         with m.Switch(s_state):
             with m.Case(_S.LO):
                 m.d.comb += req[sc].eq(1)
-                with m.If(granted(sc)):
-                    m.d.sync += s_state.eq(_S.LO_WAIT)
-            with m.Case(_S.LO_WAIT):
-                m.d.sync += [s_lo.eq(s_byte), s_state.eq(_S.HI)]
+                m.d.sync += s_state.eq(_S.HI)
             with m.Case(_S.HI):
                 m.d.comb += req[sc].eq(1)
-                with m.If(granted(sc)):
-                    m.d.sync += s_state.eq(_S.HI_WAIT)
+                m.d.sync += [s_lo.eq(s_byte), s_state.eq(_S.HI_WAIT)]
             with m.Case(_S.HI_WAIT):
                 m.d.sync += [s_size.eq(Cat(s_lo, s_byte)), s_state.eq(_S.PUSH)]
             with m.Case(_S.PUSH):
-                with m.If(lane_free.bit_select(s_lane, 1)):
-                    m.d.comb += job_load.eq(1 << s_lane)
+                with m.If(any_room):
+                    m.d.comb += [job_load.eq(1 << pick), req[sc].eq(s_more)]
                     m.d.sync += [
                         s_start.eq(s_start + s_size),
                         s_c.eq(s_c + 1),
                         s_addr.eq(s_addr + 2),
-                        s_lane.eq(Mux(s_lane == lanes - 1, 0, s_lane + 1)),
-                        s_state.eq(Mux(s_c + 1 == self.out_c, _S.IDLE, _S.LO)),
+                        s_state.eq(Mux(s_more, _S.HI, _S.IDLE)),
                     ]
         with m.If(self.start):
             m.d.sync += [
                 s_state.eq(Mux(self.out_c == 0, _S.IDLE, _S.LO)),
                 s_c.eq(0),
-                s_lane.eq(0),
                 s_addr.eq(self.sizes_addr),
                 s_start.eq(self.streams_addr),
             ]
@@ -175,7 +210,8 @@ class StreamFetch(wiring.Component):
             m.d.comb += [
                 rest.eq(f_end - f_addr),
                 cnt.eq(Mux(rest < wb - off, rest, wb - off)),
-                req[j].eq(active & (qn <= qb - wb)),
+                # (with one lane, a word may still be arriving from the previous clock)
+                req[j].eq(active & (qn + Mux(arrived(j), r_cnt, 0) <= qb - wb)),
                 req_addr[j].eq(f_addr),
             ]
             # The next job starts in the clock the current one's last word is granted.
@@ -188,6 +224,8 @@ class StreamFetch(wiring.Component):
             with m.Elif(~active & q.r_rdy):
                 m.d.sync += next_job
                 m.d.comb += q.r_en.eq(1)
+            m.d.sync += pend[j].eq(pend[j] + Mux(job_load[j], s_size, 0)
+                                   - Mux(granted(j), cnt, 0))
 
             pop = Signal(name=f"pop_{j}")
             m.d.comb += [
@@ -212,7 +250,7 @@ class StreamFetch(wiring.Component):
             with m.Else():
                 m.d.sync += [qd.eq(shifted), qn.eq(kept)]
             with m.If(self.start):
-                m.d.sync += [f_addr.eq(0), f_end.eq(0), qn.eq(0), qd.eq(0)]
+                m.d.sync += [f_addr.eq(0), f_end.eq(0), qn.eq(0), qd.eq(0), pend[j].eq(0)]
             lane_idle.append(~active & ~q.r_rdy & (qn == 0) & ~arrived(j))
 
         m.d.comb += self.idle.eq((s_state == _S.IDLE) & Cat(*lane_idle).all())

@@ -3,16 +3,23 @@
 Ref: docs/weight-image.md; docs/decoder.md ("WeightUnit").
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import enum, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.decode_path import DecodePath
-from hw.image_loader import DESC_WORDS, DescWord, ImageLoader, LoadError
+from hw.image_loader import DESC_WORDS, DescWord, ImageLoader, LoadError, buffer_signature
 from hw.layouts import ImageByte, WeightOut
 from hw.stream_fetch import StreamFetch
 
-__all__ = ["WeightUnit"]
+__all__ = ["LaneWeight", "WeightUnit"]
+
+
+class LaneWeight(data.StructLayout):
+    """A lane's dense weight: ``WeightOut`` and the output ``channel`` it belongs to."""
+
+    def __init__(self, config):
+        super().__init__({**dict(WeightOut(config).members), "channel": unsigned(16)})
 
 
 class _Q(enum.Enum, shape=4):
@@ -44,11 +51,15 @@ class WeightUnit(wiring.Component):
             loader's.
         ``decode`` (in): one-cycle pulse: decode layer ``layer`` (in) of the loaded image;
             ignored unless ``loaded`` and idle, or if ``layer >= n_layers``.
+        ``buffer`` (only with ``external_buffer=True``): the loader's image-buffer port.
         ``busy`` (out): a layer is being decoded. ``error`` (out): the last layer's
             decoding stopped on an error (a stream the decoder refuses); sticky until the
             next ``decode``.
-        ``o[j]`` (out streams of ``WeightOut``): lane ``j``'s weights: output channels
-            ``j, j + n, ...`` of the layer, each ``fan_in`` weights in fan-in order.
+        ``o[j]`` (out streams of ``LaneWeight``): lane ``j``'s weights, ``fan_in`` per
+            channel in fan-in order, with the output ``channel`` they belong to. The fetch
+            deals channels to lanes by load, so which lane gets which channel depends on
+            the stream sizes (each channel goes to exactly one lane, and a lane's channels
+            come in increasing order).
 
     A layer: the sequencer reads the layer's descriptor (16 clocks), starts the
     ``DecodePath``, sends it the Huffman table (counts then symbols, 3 clocks a word, or
@@ -58,9 +69,12 @@ class WeightUnit(wiring.Component):
     every lane has emitted its last weight. Throughput: one weight per clock per lane.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, external_buffer: bool = False):
         self._config = config
+        self._external_buffer = external_buffer
+        ports = {"buffer": Out(buffer_signature(config))} if external_buffer else {}
         super().__init__({
+            **ports,
             "load": In(1),
             "abort": In(1),
             "i": In(stream.Signature(ImageByte())),
@@ -72,9 +86,9 @@ class WeightUnit(wiring.Component):
             "layer": In(8),
             "busy": Out(1),
             "error": Out(1),
-            "o": Out(stream.Signature(WeightOut(config))).array(config.decode_lanes),
+            "o": Out(stream.Signature(LaneWeight(config))).array(config.decode_lanes),
         })
-        self.loader = ImageLoader(config)
+        self.loader = ImageLoader(config, external_buffer=external_buffer)
 
     def elaborate(self, platform):
         cfg = self._config
@@ -95,9 +109,20 @@ class WeightUnit(wiring.Component):
             fetch.rd_data.eq(ld.rd_data),
         ]
         wiring.connect(m, wiring.flipped(self.i), ld.i)
+        if self._external_buffer:
+            wiring.connect(m, ld.buffer, wiring.flipped(self.buffer))
         for j in range(cfg.decode_lanes):
             wiring.connect(m, fetch.o[j], path.i[j])
-            wiring.connect(m, path.o[j], wiring.flipped(self.o[j]))
+            w, o, ch = path.o[j], self.o[j], fetch.ch[j]
+            m.d.comb += [
+                o.valid.eq(w.valid),
+                o.payload.weight.eq(w.payload.weight),
+                o.payload.first.eq(w.payload.first),
+                o.payload.last.eq(w.payload.last),
+                o.payload.channel.eq(ch.payload),
+                w.ready.eq(o.ready),
+                ch.ready.eq(w.valid & o.ready & w.payload.last),
+            ]
 
         state = Signal(_Q)
         m.d.comb += self.busy.eq(state != _Q.IDLE)

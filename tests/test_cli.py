@@ -11,7 +11,7 @@ from tests.imagegen import random_image
 from weights.image import write_image
 
 COMMANDS = [["train"], ["compress"], ["sensitivity"], ["inspect"], ["eval"], ["bench"],
-            ["bench", "golden"], ["bench", "tradeoff"]]
+            ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS)

@@ -129,3 +129,25 @@ def test_shipped_images_fit(preset):
         image = read_image_file(path)
         for layer in image.layers:
             c.check_layer(layer, image.bw)
+
+
+def test_image_words():
+    assert [get_preset(p).image_word_bytes for p in ("small", "icebreaker", "ulx3s-85f")] == [
+        4, 4, 16]
+    assert get_preset("ulx3s-85f").image_words * 16 == get_preset("ulx3s-85f").image_bytes
+    with pytest.raises(ValueError, match="max_layers must be a power of two"):
+        dataclasses.replace(DEFAULT, max_layers=12)
+
+
+def test_check_image():
+    from tests.imagegen import random_image
+
+    image = random_image(0)
+    small = get_preset("small")
+    small.check_image(image, 500)
+    with pytest.raises(ValueError, match="exceeds the build's image buffer"):
+        small.check_image(image, small.image_bytes + 1)
+    with pytest.raises(ValueError, match="layers exceed the build's 2"):
+        dataclasses.replace(small, max_layers=2).check_image(image, 500)
+    with pytest.raises(ValueError, match="layer 0: .*fan-in 18 exceeds"):
+        dataclasses.replace(small, max_fan_in=17, acc_width=32).check_image(image, 500)

@@ -6,13 +6,15 @@ import os
 
 import numpy as np
 import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
 from hw.image_loader import LoadError
 from hw.weight_unit import WeightUnit
 from tests.imagegen import random_image
-from tests.streams import stream_get, stream_put
+from tests.streams import stream_put
 from weights.image import read_image, write_image
 
 SMALL = get_preset("small")
@@ -25,10 +27,32 @@ def config(bw: int, **changes):
                                **changes)
 
 
-def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None):
+class _WithBuffer(Elaboratable):
+    """A WeightUnit whose image buffer is outside it, as a board provides it: a memory with
+    one address and a read enable that is low while writing."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.unit = WeightUnit(cfg, external_buffer=True)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = unit = self.unit
+        m.submodules.ram = ram = memory.Memory(
+            shape=8 * self.cfg.image_word_bytes, depth=self.cfg.image_words, init=[])
+        wr = ram.write_port(granularity=8)
+        rd = ram.read_port()
+        b = unit.buffer
+        m.d.comb += [wr.addr.eq(b.addr), wr.data.eq(b.wr_data), wr.en.eq(b.wr_en),
+                     rd.addr.eq(b.addr), rd.en.eq(b.rd_en), b.rd_data.eq(rd.data)]
+        return m
+
+
+def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False):
     """Load ``data`` and decode ``layers`` (default: all); check every lane's weights."""
     image = read_image(data)
-    dut = WeightUnit(cfg)
+    top = _WithBuffer(cfg) if external else WeightUnit(cfg)
+    dut = top.unit if external else top
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(seed) if stall else None
     layers = range(len(image.layers)) if layers is None else layers
@@ -58,9 +82,29 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None):
                 assert not ctx.get(dut.error), f"layer {n}"
                 await ctx.tick()
             assert not ctx.get(dut.error), f"layer {n}"
-            while any(len(got.get((n, j), ())) < 1 for j in range(lanes)):
+            while any((n, j) not in got for j in range(lanes)):
                 await ctx.tick()
         plan.append(None)
+
+    async def collect_layer(ctx, j):
+        """Lane j's weights of the current layer: until the unit is idle and the lane's
+        output empty (how many channels a lane gets depends on the stream sizes)."""
+        out = []
+        ticks = ctx.tick().sample(dut.o[j].valid, dut.o[j].payload, dut.busy).__aiter__()
+        ready = rng is None or rng.random() >= stall
+        ctx.set(dut.o[j].ready, ready)
+        started = False
+        while True:
+            _, _, valid, payload, busy = await ticks.__anext__()
+            if valid and ready:
+                out.append(payload)
+            started = started or busy
+            if started and not busy and not valid:
+                ctx.set(dut.o[j].ready, 0)
+                await ticks.aclose()
+                return out
+            ready = rng is None or rng.random() >= stall
+            ctx.set(dut.o[j].ready, ready)
 
     def lane(j):
         async def collect(ctx):
@@ -71,36 +115,41 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None):
                 n = plan[k]
                 if n is None:
                     return
-                layer = image.layers[n]
-                count = len(range(j, layer.out_c, lanes)) * layer.fan_in
-                got[(n, j)] = [await stream_get(ctx, dut.o[j], count, rng=rng, stall=stall,
-                                                timeout=20_000)]
+                got[(n, j)] = [await collect_layer(ctx, j)]
                 k += 1
         return collect
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(control)
     for j in range(lanes):
         sim.add_testbench(lane(j))
     sim.run()
     for n in layers:
-        expected = image.layers[n].weights()
+        layer = image.layers[n]
+        expected = layer.weights()
+        seen = []
         for j in range(lanes):
             (received,) = got[(n, j)]
-            chans = list(range(j, image.layers[n].out_c, lanes))
-            want = expected[chans].reshape(-1)
-            assert [w.weight for w in received] == want.tolist(), f"layer {n} lane {j}"
-            fan_in = image.layers[n].fan_in
-            assert [w.first for w in received] == [int(k % fan_in == 0)
-                                                   for k in range(len(want))]
-            assert [w.last for w in received] == [int(k % fan_in == fan_in - 1)
-                                                  for k in range(len(want))]
-
+            assert len(received) % layer.fan_in == 0
+            chans = [received[k].channel for k in range(0, len(received), layer.fan_in)]
+            assert chans == sorted(chans), f"layer {n} lane {j}: channels out of order"
+            seen.extend(chans)
+            for c, k in zip(chans, range(0, len(received), layer.fan_in), strict=True):
+                block = received[k:k + layer.fan_in]
+                assert [w.channel for w in block] == [c] * layer.fan_in
+                assert [w.weight for w in block] == expected[c].tolist(), f"layer {n} ch {c}"
+                assert [w.first for w in block] == [1] + [0] * (layer.fan_in - 1)
+                assert [w.last for w in block] == [0] * (layer.fan_in - 1) + [1]
+        assert sorted(seen) == list(range(layer.out_c)), f"layer {n}: channels"
 
 @pytest.mark.parametrize("bw,seed", [(8, 0), (16, 1)])
 def test_random_image(bw, seed):
     run_unit(config(bw), write_image(random_image(seed, bw)), seed=seed)
+
+
+def test_external_buffer():
+    run_unit(config(8), write_image(random_image(4, 8)), seed=4, layers=[1, 3], external=True)
 
 
 def test_one_lane_and_four_lanes():
