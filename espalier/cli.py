@@ -53,6 +53,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+def _checkpoint_path(args, option: str = "checkpoint") -> Path:
+    """The checkpoint the user named with ``--OPTION``, or the shipped one of ``--model``."""
+    given = getattr(args, option, None)
+    return Path(given) if given else CHECKPOINTS / f"{args.model}.pt"
+
+
 def _load_checkpoint(path: Path, model_name: str):
     from weights.train import load_checkpoint
 
@@ -83,7 +89,7 @@ def cmd_train(args) -> int:
     def progress(epoch, epochs, batch, batches, loss):
         _progress(f"epoch {epoch}/{epochs} batch {batch}/{batches} loss {loss:.4f}")
 
-    out = Path(args.out) if args.out else CHECKPOINTS / f"{args.model}.pt"
+    out = _checkpoint_path(args, "out")
     _mnist("train"), _mnist("test")  # a missing or corrupt data file is a one-line error
     model, info = train_model(args.model, seed=args.seed, epochs=args.epochs, progress=progress)
     save_checkpoint(model, info, out)  # atomic: written to a temporary file, then renamed
@@ -96,7 +102,7 @@ def cmd_train(args) -> int:
 def cmd_compress(args) -> int:
     from weights.pipeline import compress_shipped
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"{args.model}.pt"
+    checkpoint = _checkpoint_path(args)
     model, info = _load_checkpoint(checkpoint, args.model)
     train = _mnist("train")
     out = Path(args.out)
@@ -124,7 +130,7 @@ def cmd_sensitivity(args) -> int:
     from weights.datasets import to_float
     from weights.prune import sensitivity
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else CHECKPOINTS / f"{args.model}.pt"
+    checkpoint = _checkpoint_path(args)
     model, _ = _load_checkpoint(checkpoint, args.model)
     x, y = _mnist("train")
     x, y = to_float(x[-args.images:]), y[-args.images:]
@@ -270,7 +276,7 @@ def _read_bytes(path) -> bytes:
 def cmd_bench_tradeoff(args) -> int:
     from espalier.bench import bench_tradeoff
 
-    checkpoint = CHECKPOINTS / f"{args.model}.pt"
+    checkpoint = _checkpoint_path(args)
     _load_checkpoint(checkpoint, args.model)
     rep = bench_tradeoff(args.model, lambda: _load_checkpoint(checkpoint, args.model),
                          _mnist("train"), _mnist("test"), args.scales, progress=_progress)
