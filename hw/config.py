@@ -43,6 +43,11 @@ class AcceleratorConfig:
         ``image_bytes`` the compressed-image buffer; ``tile_depth`` decoded weights held per
         array column in the weight tile buffer; ``max_layers`` the layers an image may have
         (the depth of the loader's descriptor memory, ``max_layers · DESC_WORDS`` words).
+    Compute:
+        ``act_depth`` activations (``bw``-bit words) per bank of the ping-pong activation
+        buffer (a layer reads one bank and writes the other; the input goes to bank 0);
+        ``max_channels`` the most output channels a layer may have (the depth of the bias
+        memory).
     """
 
     rows: int
@@ -58,10 +63,12 @@ class AcceleratorConfig:
     max_code_len: int
     max_table_symbols: int
     max_layers: int = 16
+    act_depth: int = 4096
+    max_channels: int = 1024
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
-                     "max_table_symbols", "max_layers"):
+                     "max_table_symbols", "max_layers", "act_depth", "max_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -81,7 +88,8 @@ class AcceleratorConfig:
         if not 1 <= self.max_code_len <= MAX_CODE_LENGTH:
             raise ValueError(f"max_code_len must be 1..{MAX_CODE_LENGTH} (the image format's "
                              f"longest Huffman code), not {self.max_code_len}")
-        for name in ("image_bytes", "tile_depth", "max_table_symbols", "max_layers"):
+        for name in ("image_bytes", "tile_depth", "max_table_symbols", "max_layers",
+                     "act_depth"):
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two (it is a memory depth), "
@@ -147,6 +155,16 @@ class AcceleratorConfig:
     def image_words(self) -> int:
         """Depth of the image buffer in words."""
         return max(1, self.image_bytes // self.image_word_bytes)
+
+    @property
+    def act_addr_width(self) -> int:
+        """Address bits of one bank of the activation buffer."""
+        return max(1, (self.act_depth - 1).bit_length())
+
+    @property
+    def channel_width(self) -> int:
+        """Bits of an output-channel number 0..``max_channels - 1``."""
+        return max(1, (self.max_channels - 1).bit_length())
 
     @property
     def tile_addr_width(self) -> int:

@@ -11,7 +11,8 @@ loader computes the same split in hardware.
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
 
-__all__ = ["DecodeParams", "ImageByte", "SymbolEntry", "Token", "TokenKind", "WeightOut"]
+__all__ = ["DecodeParams", "ImageByte", "PostItem", "PostParams", "SymbolEntry", "Token",
+           "TokenKind", "WeightOut"]
 
 
 class TokenKind(enum.Enum, shape=2):
@@ -78,10 +79,53 @@ class DecodeParams(data.StructLayout):
 
 
 class WeightOut(data.StructLayout):
-    """A dense weight in fan-in order with its channel's boundaries."""
+    """A weight with its fan-in position ``k`` and its channel's boundaries.
+
+    Dense mode: every weight of the channel in fan-in order (``k`` = 0, 1, ..., N-1).
+    Sparse mode (``RunExpander.sparse``): only the weights a (run, index) pair gives, at
+    their positions ``k``; a channel that ends in zeros ends with a ``weight`` 0 entry
+    carrying ``last``.
+    """
 
     def __init__(self, config):
-        super().__init__({"weight": signed(config.bw), "first": 1, "last": 1})
+        super().__init__({"weight": signed(config.bw), "k": unsigned(config.fan_in_width),
+                          "first": 1, "last": 1})
+
+
+class PostItem(data.StructLayout):
+    """An exact accumulator on its way to post-processing and the activation buffer.
+
+    ``channel`` selects the bias; ``addr`` is the output's word in the output bank (after
+    pooling); ``first`` marks the first contribution to a pooling window (written as is;
+    later ones are max-ed in; without pooling every item has ``first``); ``drop`` marks an
+    output outside every whole pooling window (``golden.fixedpoint.maxpool`` drops partial
+    windows): it is post-processed but not written.
+    """
+
+    def __init__(self, config):
+        super().__init__({
+            "acc": signed(config.acc_width),
+            "channel": unsigned(config.channel_width),
+            "addr": unsigned(config.act_addr_width),
+            "first": 1,
+            "drop": 1,
+        })
+
+
+class PostParams(data.StructLayout):
+    """A layer's post-processing parameters (docs/numerics.md, steps 2-5).
+
+    ``bias_shift`` = ``acc_fl - b_fl`` (>= 0: ``golden.fixedpoint.align_bias``);
+    ``out_shift`` = ``acc_fl - out_fl`` (``golden.fixedpoint.requantize``; negative is a
+    left shift); ``relu`` applies ``golden.fixedpoint.relu``.
+    """
+
+    def __init__(self, config):
+        super().__init__({
+            "bias_shift": unsigned(9),
+            "out_shift": signed(10),
+            "relu": 1,
+        })
 
 
 class ImageByte(data.StructLayout):
