@@ -226,14 +226,14 @@ DEFAULT = AcceleratorConfig(
 PRESETS = {
     # Fast simulation. A 2x2 array and 2 lanes exercise every parallel path at the least
     # pysim cost; the decode limits stay at the format's maximum (16-bit codes, 8-bit index
-    # and run fields) so tests can reach every corner of the format; small tile buffers
-    # keep memories cheap to simulate, but the image buffer (64 KB) holds the shipped LeNet
-    # images, so the whole decompression path can be simulated on them. acc_width 26 is
+    # and run fields) so tests can reach every corner of the format; the image buffer
+    # (64 KB), the tile buffer (512 weights a column: LeNet-5 conv2's fan-in is 500) and the
+    # activation banks hold the shipped LeNets, so whole networks run on it. acc_width 26 is
     # exactly min_acc_width for bw 8 and a fan-in of 1024, so the tightest legal width is
     # what the tests see.
     "small": dataclasses.replace(
         DEFAULT, rows=2, cols=2, decode_lanes=2, acc_width=26, image_bytes=64 * 1024,
-        tile_depth=64, max_table_symbols=1024),
+        tile_depth=512, max_table_symbols=1024),
     # iCE40UP5K (iCEBreaker): 5,280 LUT4, 8 SB_MAC16, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit.
     # - 2x4 array: 8 PEs = the 8 SB_MAC16; a 4x4 array in LUTs already took 70 % of the
     #   LUTs, leaving too little for the decoder and control.

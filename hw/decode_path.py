@@ -18,25 +18,27 @@ __all__ = ["DecodePath"]
 
 
 class DecodePath(wiring.Component):
-    """Decodes all output channels of one layer into dense weights on parallel lanes.
+    """Decodes all output channels of one layer into weights on parallel lanes.
 
     Each lane (of ``n = config.decode_lanes``) decodes the channels whose streams its byte
     input carries, back to back, and emits their weights in fan-in order with
-    ``first``/``last`` per channel; which channels a lane gets is the feeder's choice
-    (``StreamFetch`` deals them by load; the tests also deal them in turn).
+    ``first``/``last`` per channel (dense mode), or only the pairs' weights and an end
+    marker (sparse mode, ``RunExpander``); which channels a lane gets is the feeder's
+    choice (``StreamFetch`` deals them by load; the tests also deal them in turn).
     Each lane is a ``HuffmanDecoder`` (``decoder_{j}``) feeding a ``RunExpander``
     (``expander_{j}``); every lane holds its own copy of the table and codebook, which
     ``StreamBroadcast`` blocks copy to all lanes.
 
     Ports:
-        ``start`` (in): one-cycle pulse; clears everything and begins a layer. ``params``
-            and ``channels`` must be steady from then on.
+        ``start`` (in): one-cycle pulse; clears everything and begins a layer. ``params``,
+            ``channels`` and ``sparse`` must be steady from then on.
         ``params`` (in, ``DecodeParams``); ``channels`` (in): the layer's ``out_c``.
+        ``sparse`` (in): every expander's output mode (``RunExpander``).
         ``table`` (in stream of u16): the Huffman table (counts, then symbols), given once
             and broadcast to every lane.
         ``codebook`` (in stream of signed ``bw``-bit): the ``K`` entries, broadcast.
         ``i[j]`` (in streams of bytes), ``o[j]`` (out streams of ``WeightOut``): lane ``j``.
-        ``done`` (out): the lanes together have emitted the last weight of ``channels``
+        ``done`` (out): the lanes together have emitted the last entry of ``channels``
             channels.
         ``error`` (out): a lane's decoder or expander stopped on an error (sticky until
             ``start``; the lanes' own ``error`` ports say which and why).
@@ -44,8 +46,10 @@ class DecodePath(wiring.Component):
     Latency: three clocks from a code's last bit to its first weight (decoder two,
     expander one). Throughput: one weight per clock per lane; a lane's decoder runs at up
     to a symbol per clock, so it keeps its expander busy whenever a channel's symbols
-    average at most one per weight. Back-pressure: per lane, as in its two blocks; the
-    broadcast table and codebook advance when every lane has taken the current word.
+    average at most one per weight. Sparse: up to one symbol per clock per lane (the
+    expander takes a token a clock, so the decoder sets the pace). Back-pressure: per lane,
+    as in its two blocks; the broadcast table and codebook advance when every lane has
+    taken the current word.
     """
 
     def __init__(self, config):
@@ -55,6 +59,7 @@ class DecodePath(wiring.Component):
             "start": In(1),
             "params": In(DecodeParams(config)),
             "channels": In(unsigned(16)),
+            "sparse": In(1),
             "table": In(stream.Signature(unsigned(config.symbol_width))),
             "codebook": In(stream.Signature(signed(config.bw))),
             "i": In(stream.Signature(unsigned(8))).array(lanes),
@@ -77,6 +82,7 @@ class DecodePath(wiring.Component):
                 exp.start.eq(self.start),
                 dec.params.eq(self.params),
                 exp.params.eq(self.params),
+                exp.sparse.eq(self.sparse),
             ]
             wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
             wiring.connect(m, dec.o, exp.i)
@@ -92,8 +98,8 @@ class DecodePath(wiring.Component):
             wiring.connect(m, tables.o[j], decoders[j].table)
             wiring.connect(m, codebooks.o[j], expanders[j].codebook)
 
-        # Done when the lanes together have emitted the last weight of every channel (the
-        # channels may be dealt to lanes in any order).
+        # Done when the lanes together have emitted the last entry of every channel (the
+        # channels may be dealt to lanes in any order; both modes mark one per channel).
         finished = Signal(17)
         lasts = Signal(range(lanes + 1))
         m.d.comb += lasts.eq(sum(o.valid & o.ready & o.payload.last for o in self.o))

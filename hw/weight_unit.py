@@ -8,7 +8,14 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.decode_path import DecodePath
-from hw.image_loader import DESC_WORDS, DescWord, ImageLoader, LoadError, buffer_signature
+from hw.image_loader import (
+    DESC_WORDS,
+    DescWord,
+    ImageLoader,
+    LoadError,
+    buffer_signature,
+    desc_word_width,
+)
 from hw.layouts import ImageByte, WeightOut
 from hw.stream_fetch import StreamFetch
 
@@ -16,7 +23,8 @@ __all__ = ["LaneWeight", "WeightUnit"]
 
 
 class LaneWeight(data.StructLayout):
-    """A lane's dense weight: ``WeightOut`` and the output ``channel`` it belongs to."""
+    """A lane's weight (dense) or sparse entry: ``WeightOut`` and the output ``channel`` it
+    belongs to."""
 
     def __init__(self, config):
         super().__init__({**dict(WeightOut(config).members), "channel": unsigned(16)})
@@ -42,21 +50,29 @@ _KEEP = (DescWord.FAN_IN, DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.MA
 
 
 class WeightUnit(wiring.Component):
-    """Loads a weight image and decodes any of its layers into dense weights.
+    """Loads a weight image and decodes any of its layers into dense or sparse weights.
 
     Ports:
         ``load`` (in), ``abort`` (in), ``i`` (in stream of ``ImageByte``): as the
             ``ImageLoader``'s ``start``, ``abort`` and ``i``.
         ``load_busy``, ``status`` (``LoadError``), ``loaded``, ``n_layers`` (out): the
             loader's.
+        ``aux_desc_addr`` (in), ``desc_data`` (out): the loader's descriptor memory, for
+            the sequencer, while the unit is idle (the word one clock after the address).
         ``decode`` (in): one-cycle pulse: decode layer ``layer`` (in) of the loaded image;
             ignored unless ``loaded`` and idle, or if ``layer >= n_layers``.
+        ``sparse`` (in): the decode mode (``RunExpander``): 0 gives every weight, 1 only
+            the (run, index) pairs' weights at their positions ``k`` and a weight-0 end
+            marker on channels whose last weight is zero. Must be steady from the
+            ``decode`` pulse until ``busy`` falls.
         ``buffer`` (only with ``external_buffer=True``): the loader's image-buffer port.
         ``busy`` (out): a layer is being decoded. ``error`` (out): the last layer's
             decoding stopped on an error (a stream the decoder refuses); sticky until the
             next ``decode``.
-        ``o[j]`` (out streams of ``LaneWeight``): lane ``j``'s weights, ``fan_in`` per
-            channel in fan-in order, with the output ``channel`` they belong to. The fetch
+        ``o[j]`` (out streams of ``LaneWeight``): lane ``j``'s weights with their
+            positions ``k`` (dense: ``fan_in`` per channel in fan-in order; sparse: in
+            increasing ``k``, ``last`` on each channel's final entry), with the output
+            ``channel`` they belong to. The fetch
             deals channels to lanes by load, so which lane gets which channel depends on
             the stream sizes (each channel goes to exactly one lane, and a lane's channels
             come in increasing order).
@@ -66,7 +82,9 @@ class WeightUnit(wiring.Component):
     slower while the decoders split the symbols) and the codebook read from the image
     buffer, then starts the ``StreamFetch``, which feeds each lane its channels' bytes
     (the read port is the sequencer's until then, the fetch's after). It is done when
-    every lane has emitted its last weight. Throughput: one weight per clock per lane.
+    every lane has emitted its last weight. Throughput: dense, one weight per clock per
+    lane; sparse, up to one Huffman symbol per clock per lane (as the decoders and the
+    fetch's bytes allow).
     """
 
     def __init__(self, config, *, external_buffer: bool = False):
@@ -82,8 +100,11 @@ class WeightUnit(wiring.Component):
             "status": Out(LoadError),
             "loaded": Out(1),
             "n_layers": Out(8),
+            "aux_desc_addr": In(range(config.max_layers * DESC_WORDS)),
+            "desc_data": Out(desc_word_width(config)),
             "decode": In(1),
             "layer": In(8),
+            "sparse": In(1),
             "busy": Out(1),
             "error": Out(1),
             "o": Out(stream.Signature(LaneWeight(config))).array(config.decode_lanes),
@@ -117,6 +138,7 @@ class WeightUnit(wiring.Component):
             m.d.comb += [
                 o.valid.eq(w.valid),
                 o.payload.weight.eq(w.payload.weight),
+                o.payload.k.eq(w.payload.k),
                 o.payload.first.eq(w.payload.first),
                 o.payload.last.eq(w.payload.last),
                 o.payload.channel.eq(ch.payload),
@@ -129,13 +151,18 @@ class WeightUnit(wiring.Component):
         layer = Signal(8)
         keep = {w: Signal(ld.desc_data.shape(), name=f"d_{w.name.lower()}") for w in _KEEP}
         d_k = Signal(range(DESC_WORDS + 1))
-        m.d.comb += ld.desc_addr.eq(Cat(d_k[:4], layer))
+        # While idle the descriptor memory is the sequencer's (``aux_desc_addr``).
+        m.d.comb += [
+            ld.desc_addr.eq(Mux(state == _Q.IDLE, self.aux_desc_addr, Cat(d_k[:4], layer))),
+            self.desc_data.eq(ld.desc_data),
+        ]
         m.d.comb += [
             path.params.fan_in.eq(keep[DescWord.FAN_IN]),
             path.params.codebook_size.eq(keep[DescWord.CODEBOOK_SIZE]),
             path.params.run_bits.eq(keep[DescWord.RUN_BITS]),
             path.params.max_len.eq(keep[DescWord.MAX_LEN]),
             path.channels.eq(keep[DescWord.OUT_C]),
+            path.sparse.eq(self.sparse),
             fetch.out_c.eq(keep[DescWord.OUT_C]),
             fetch.sizes_addr.eq(keep[DescWord.SIZES_ADDR]),
             fetch.streams_addr.eq(keep[DescWord.STREAMS_ADDR]),

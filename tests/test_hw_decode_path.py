@@ -1,4 +1,5 @@
-"""DecodePath against golden.decode.decode_channel for every channel of a layer."""
+"""DecodePath against golden.decode.decode_channel for every channel of a layer (dense mode)
+and against the layer's weights, non-zero by non-zero (sparse mode)."""
 
 import dataclasses
 
@@ -8,7 +9,9 @@ from amaranth.sim import Simulator
 
 from golden.decode import decode_channel
 from hw.decode_path import DecodePath
+from tests.imagegen import random_image
 from tests.streams import stream_get, stream_put
+from tests.test_hw_expand import sparse_reference
 from tests.test_hw_huffman import (
     IMAGES,
     SMALL,
@@ -21,33 +24,69 @@ from tests.test_hw_huffman import (
 from weights.image import read_image_file
 
 
-def lane_inputs(case, lanes):
-    """Lane j's bytes (streams j, j+lanes, ...) and expected weights with first/last."""
+def lane_inputs(case, lanes, *, sparse=False):
+    """Lane j's bytes (streams j, j+lanes, ...) and expected entries (dense: every weight
+    with k, first and last; sparse: ``sparse_reference``)."""
     data, weights = [], []
     for j in range(lanes):
         chans = range(j, len(case.streams), lanes)
         data.append(b"".join(case.streams[o] for o in chans))
+        if sparse:
+            weights.append(sparse_reference([case.symbols()[o] for o in chans], case.alpha,
+                                            case.fan_in, case.codebook))
+            continue
         expected = []
         for o in chans:
             w = decode_channel(case.streams[o], case.table, case.alpha, case.fan_in,
                                case.codebook)
-            expected.extend({"weight": int(v), "first": int(k == 0),
+            expected.extend({"weight": int(v), "k": k, "first": int(k == 0),
                              "last": int(k == case.fan_in - 1)} for k, v in enumerate(w))
         weights.append(expected)
     return data, weights
 
 
-def run_path(cfg, case, *, seed=0, stall=STALL, cycles=None):
+def split_channels(entries) -> list[list]:
+    """A lane's entries cut into channels at each ``last``."""
+    chans, cur = [], []
+    for e in entries:
+        cur.append(e)
+        if e["last"]:
+            chans.append(cur)
+            cur = []
+    assert not cur, "entries after the last channel's end"
+    return chans
+
+
+def check_sparse_channel(entries, weights, what=""):
+    """One channel's sparse entries against its dense weights (``Layer.weights()`` row):
+    every non-zero weight at its position, positions increasing, ``first`` on the first
+    entry only, ``last`` on the last only, and the last at ``k = N - 1``. (Zero entries are
+    allowed: a codebook entry 0, or the end marker.)"""
+    n = len(weights)
+    ks = [e["k"] for e in entries]
+    assert entries, f"{what}: no entries"
+    assert ks == sorted(set(ks)) and ks[-1] == n - 1, f"{what}: positions {ks}"
+    dense = np.zeros(n, dtype=np.int64)
+    dense[ks] = [e["weight"] for e in entries]
+    assert dense.tolist() == list(weights), f"{what}: weights"
+    assert [e["first"] for e in entries] == [1] + [0] * (len(entries) - 1), what
+    assert [e["last"] for e in entries] == [0] * (len(entries) - 1) + [1], what
+
+
+def run_path(cfg, case, *, seed=0, stall=STALL, cycles=None, sparse=False):
+    """Decode ``case`` with lanes dealt channels in turn; check every lane's entries;
+    return them (lists of dicts)."""
     dut = DecodePath(cfg)
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(seed) if stall else None
-    data, expected = lane_inputs(case, lanes)
+    data, expected = lane_inputs(case, lanes, sparse=sparse)
     got = [None] * lanes
     result = {}
 
     async def control(ctx):
         ctx.set(dut.params, case.params)
         ctx.set(dut.channels, len(case.streams))
+        ctx.set(dut.sparse, sparse)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -93,9 +132,13 @@ def run_path(cfg, case, *, seed=0, stall=STALL, cycles=None):
     sim.add_testbench(finish)
     sim.run()
     assert not result["error"]
+    lanes_got = []
     for j in range(lanes):
-        received = [{"weight": w.weight, "first": w.first, "last": w.last} for w in got[j]]
+        received = [{"weight": w.weight, "k": w.k, "first": w.first, "last": w.last}
+                    for w in got[j]]
         assert received == expected[j], f"lane {j}"
+        lanes_got.append(received)
+    return lanes_got
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -123,6 +166,22 @@ def test_real_image_layer():
     image = read_image_file(IMAGES[0])
     layer = min(image.layers, key=lambda la: la.fan_in * la.out_c)
     run_path(small_config(image.bw), case_from_layer(layer), stall=0.1)
+
+
+@pytest.mark.parametrize("seed,layer", [(0, 2), (1, 3), (2, 1)])
+def test_sparse_random_image_layer(seed, layer):
+    """Sparse mode on a layer of a random image: every lane's entries, channel by channel,
+    against ``Layer.weights()``."""
+    image = random_image(seed)
+    la = image.layers[layer]
+    lanes = SMALL.decode_lanes
+    got = run_path(SMALL, case_from_layer(la), seed=seed, sparse=True)
+    weights = la.weights()
+    for j in range(lanes):
+        chans = split_channels(got[j])
+        assert len(chans) == len(range(j, la.out_c, lanes))
+        for c, entries in zip(range(j, la.out_c, lanes), chans, strict=True):
+            check_sparse_channel(entries, weights[c], f"lane {j} channel {c}")
 
 
 def test_throughput_one_weight_per_clock_per_lane():

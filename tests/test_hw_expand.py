@@ -1,10 +1,13 @@
-"""RunExpander against golden codebook_lookup(expand_runs(symbols)), weight by weight."""
+"""RunExpander against golden codebook_lookup(expand_runs(symbols)), weight by weight (dense
+mode) and entry by entry (sparse mode)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from golden.decode import codebook_lookup, expand_runs
+from golden.decode import Alphabet, codebook_lookup, expand_runs
 from hw.layouts import TokenKind
 from hw.run_expand import ExpandError, RunExpander
 from tests.streams import stream_get, stream_put
@@ -16,22 +19,43 @@ from tests.test_hw_huffman import (
     imagegen_case,
     small_config,
     synthetic_case,
+    tokens_of,
 )
 from weights.image import read_image_file
 
 
 def expected_weights(case) -> list[dict]:
-    """Golden expansion and codebook stages, channel after channel, with first/last."""
+    """Golden expansion and codebook stages, channel after channel, with k and first/last."""
+    return dense_reference(case.symbols(), case.alpha, case.fan_in, case.codebook)
+
+
+def dense_reference(channels, alpha, fan_in, codebook) -> list[dict]:
     out = []
-    for syms in case.symbols():
-        w = codebook_lookup(expand_runs(syms, case.alpha, case.fan_in), case.codebook)
-        out.extend({"weight": int(v), "first": int(j == 0), "last": int(j == case.fan_in - 1)}
+    for syms in channels:
+        w = codebook_lookup(expand_runs(syms, alpha, fan_in), codebook)
+        out.extend({"weight": int(v), "k": j, "first": int(j == 0), "last": int(j == fan_in - 1)}
                    for j, v in enumerate(w))
     return out
 
 
+def sparse_reference(channels, alpha, fan_in, codebook) -> list[dict]:
+    """The sparse entries: a (position, weight) for every position a pair writes (codebook
+    entries 0 included), then a weight-0 end marker at N-1 if the channel's last weight is
+    not a pair's."""
+    out = []
+    for syms in channels:
+        idx = expand_runs(syms, alpha, fan_in)
+        w = codebook_lookup(idx, codebook)
+        entries = [(int(k), int(w[k])) for k in np.flatnonzero(idx >= 0)]
+        if idx[fan_in - 1] < 0:
+            entries.append((fan_in - 1, 0))
+        out.extend({"weight": v, "k": k, "first": int(n == 0), "last": int(n == len(entries) - 1)}
+                   for n, (k, v) in enumerate(entries))
+    return out
+
+
 def simulate(cfg, params, codebook, tokens, n_out, *, seed=0, stall=STALL, cycles=None,
-             settle=4):
+             settle=4, sparse=False):
     """Run tokens through a RunExpander: (received weights as dicts, final error)."""
     dut = RunExpander(cfg)
     rng = np.random.default_rng(seed) if stall else None
@@ -40,6 +64,7 @@ def simulate(cfg, params, codebook, tokens, n_out, *, seed=0, stall=STALL, cycle
 
     async def control(ctx):
         ctx.set(dut.params, params)
+        ctx.set(dut.sparse, sparse)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -61,14 +86,15 @@ def simulate(cfg, params, codebook, tokens, n_out, *, seed=0, stall=STALL, cycle
     sim.add_testbench(feed, background=True)
     sim.add_testbench(collect)
     sim.run()
-    weights = [{"weight": w.weight, "first": w.first, "last": w.last} for w in got]
+    weights = [{"weight": w.weight, "k": w.k, "first": w.first, "last": w.last} for w in got]
     return weights, result
 
 
-def check_case(case, cfg=SMALL, *, seed=0, stall=STALL):
-    expected = expected_weights(case)
+def check_case(case, cfg=SMALL, *, seed=0, stall=STALL, sparse=False):
+    reference = sparse_reference if sparse else dense_reference
+    expected = reference(case.symbols(), case.alpha, case.fan_in, case.codebook)
     got, result = simulate(cfg, case.params, case.codebook, case.tokens(), len(expected),
-                           seed=seed, stall=stall)
+                           seed=seed, stall=stall, sparse=sparse)
     assert result["error"] == ExpandError.NONE
     for n, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g == e, f"weight {n}"
@@ -81,25 +107,28 @@ def check_case(case, cfg=SMALL, *, seed=0, stall=STALL):
     (8, 1, 1, 0.2),
     (16, 4, 3, 0.15),
 ])
-def test_imagegen_layers(seed, bw, index_bits, run_bits, density):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_imagegen_layers(seed, bw, index_bits, run_bits, density, sparse):
     case = imagegen_case(seed, bw=bw, fan_in=24, out_c=3, index_bits=index_bits,
                          run_bits=run_bits, density=density)
-    check_case(case, small_config(bw), seed=seed)
+    check_case(case, small_config(bw), seed=seed, sparse=sparse)
 
 
 @pytest.mark.parametrize("density,run_bits", [(1.0, 0), (0.0, 0), (0.0, 2), (0.5, 1)])
-def test_codebook_of_one(density, run_bits):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_codebook_of_one(density, run_bits, sparse):
     """K = 1: dense channels, empty ones (EOS alone), and a mix."""
     case = synthetic_case(3, fan_in=11, out_c=4, k=1, run_bits=run_bits, density=density,
                           bw=16)
-    check_case(case, small_config(16), seed=1)
+    check_case(case, small_config(16), seed=1, sparse=sparse)
 
 
-def test_long_zero_runs():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_long_zero_runs(sparse):
     """run_bits 8: ZRUN fillers of 256 zeros and runs up to 255."""
     case = synthetic_case(4, fan_in=600, out_c=2, k=2, run_bits=8, density=0.01)
     assert any(t["kind"] == TokenKind.ZRUN for t in case.tokens())
-    check_case(case, seed=2, stall=0.1)
+    check_case(case, seed=2, stall=0.1, sparse=sparse)
 
 
 def test_full_codebook():
@@ -109,10 +138,11 @@ def test_full_codebook():
 
 
 @pytest.mark.skipif(not IMAGES, reason="no weights/images/lenet300*.img yet")
-def test_real_image_layer():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_real_image_layer(sparse):
     image = read_image_file(IMAGES[0])
     layer = min(image.layers, key=lambda la: la.fan_in * la.out_c)
-    check_case(case_from_layer(layer), small_config(image.bw), stall=0.1)
+    check_case(case_from_layer(layer), small_config(image.bw), stall=0.1, sparse=sparse)
 
 
 def test_throughput_one_weight_per_clock():
@@ -123,6 +153,70 @@ def test_throughput_one_weight_per_clock():
                            stall=0.0, cycles=cycles)
     assert got == expected
     assert cycles[-1] - cycles[0] + 1 == len(expected)
+
+
+# -- sparse mode ----------------------------------------------------------------------------
+
+def check_channels(channels, *, fan_in, codebook, run_bits, seed, stall=STALL):
+    """Hand-made channel symbols through both modes."""
+    alpha = Alphabet(len(codebook), run_bits)
+    params = {"fan_in": fan_in, "codebook_size": len(codebook), "run_bits": run_bits,
+              "max_len": 1}
+    tokens = tokens_of(channels, len(codebook), run_bits)
+    for sparse, reference in ((False, dense_reference), (True, sparse_reference)):
+        expected = reference(channels, alpha, fan_in, np.asarray(codebook))
+        got, result = simulate(SMALL, params, codebook, tokens, len(expected), seed=seed,
+                               stall=stall, sparse=sparse)
+        assert result["error"] == ExpandError.NONE
+        assert got == expected, "sparse" if sparse else "dense"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_channel_ends(seed):
+    """Channels that end with EOS, with a ZRUN that reaches N, with a pair (also at N-1
+    after a run), a channel of only EOS, of only ZRUNs, a pair whose codebook entry is 0,
+    and fan-in 1."""
+    alpha = Alphabet(3, 1)  # K = 3, R + 1 = 2 zeros per ZRUN
+    z, e, pair = alpha.zrun, alpha.eos, alpha.pair
+    codebook = [5, 0, -128]
+    channels = [
+        [pair(1, 0), e],  # k 1, then EOS
+        [pair(1, 2), z, z, z],  # k 1, then ZRUNs to 7
+        [z, pair(1, 1), z, pair(0, 0), pair(0, 2)],  # ends with a pair at 7
+        [e],  # all zero: only the end marker
+        [z, z, z, z],  # all zero by ZRUNs
+        [pair(0, 1), pair(0, 1), pair(1, 0), z, pair(1, 1)],  # codebook 0 entries, last at 7
+        [pair(0, 0)] * 8,  # dense
+    ]
+    check_channels(channels, fan_in=8, codebook=codebook, run_bits=1, seed=seed)
+    one = Alphabet(2, 0)
+    check_channels([[one.pair(0, 1)], [one.eos], [one.zrun], [one.pair(0, 0)]], fan_in=1,
+                   codebook=[0, -7], run_bits=0, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_sparse_zero_codebook_entries(seed):
+    """A random layer whose codebook holds zeros: those pairs still give entries."""
+    case = synthetic_case(seed, fan_in=30, out_c=5, k=4, run_bits=2, density=0.3)
+    case = dataclasses.replace(case, codebook=np.array([0, 3, 0, -1]))
+    check_case(case, seed=seed, sparse=True)
+
+
+def test_sparse_one_token_per_clock():
+    """Unstalled, the expander takes a token a clock, including the ones that give nothing:
+    from its first entry to its last, the layer takes as many clocks as tokens remain."""
+    case = synthetic_case(11, fan_in=200, out_c=4, k=3, run_bits=1, density=0.15)
+    tokens = case.tokens()
+    assert sum(t["kind"] != TokenKind.PAIR for t in tokens) > len(tokens) // 4
+    expected = sparse_reference(case.symbols(), case.alpha, case.fan_in, case.codebook)
+    cycles = []
+    got, result = simulate(SMALL, case.params, case.codebook, tokens, len(expected),
+                           stall=0.0, cycles=cycles, sparse=True)
+    assert got == expected
+    first_emitting = next(n for n, t in enumerate(tokens)
+                          if t["kind"] == TokenKind.PAIR or t["last"])
+    assert cycles[-1] - cycles[0] + 1 == len(tokens) - first_emitting
+    assert len(expected) < len(tokens) < case.fan_in * 4  # fewer clocks than dense
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -144,13 +238,18 @@ PAIR, ZRUN, EOS = TokenKind.PAIR, TokenKind.ZRUN, TokenKind.EOS
     # marked last two weights early
     ([token(PAIR, 1, first=1, last=1)], 0, ExpandError.FRAMING),
 ])
-def test_errors(tokens, n_ok, error):
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_errors(tokens, n_ok, error, sparse):
     params = {"fan_in": 4, "codebook_size": 1, "run_bits": 2, "max_len": 1}
-    got, result = simulate(SMALL, params, [5], tokens, n_ok, stall=0.0, settle=8)
+    # The last token is the bad one; sparse, the entries before it are the pairs' only.
+    n = sum(t["kind"] == PAIR for t in tokens[:-1]) if sparse else n_ok
+    got, result = simulate(SMALL, params, [5], tokens, n, stall=0.0, settle=8, sparse=sparse)
     assert result["error"] == error and not result["valid"]
 
 
-def test_error_bad_params():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_error_bad_params(sparse):
     params = {"fan_in": 0, "codebook_size": 1, "run_bits": 0, "max_len": 1}
-    _, result = simulate(SMALL, params, [5], [token(EOS, first=1, last=1)], 0, stall=0.0)
+    _, result = simulate(SMALL, params, [5], [token(EOS, first=1, last=1)], 0, stall=0.0,
+                         sparse=sparse)
     assert result["error"] == ExpandError.PARAMS

@@ -1,4 +1,5 @@
-"""WeightUnit (loader + stream fetch + decode lanes) against Layer.weights() for every layer."""
+"""WeightUnit (loader + stream fetch + decode lanes) against Layer.weights() for every layer,
+dense and sparse."""
 
 import dataclasses
 import glob
@@ -15,6 +16,7 @@ from hw.image_loader import LoadError
 from hw.weight_unit import WeightUnit
 from tests.imagegen import random_image
 from tests.streams import stream_put
+from tests.test_hw_decode_path import check_sparse_channel, split_channels
 from weights.image import read_image, write_image
 
 SMALL = get_preset("small")
@@ -48,8 +50,10 @@ class _WithBuffer(Elaboratable):
         return m
 
 
-def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False):
-    """Load ``data`` and decode ``layers`` (default: all); check every lane's weights."""
+def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False,
+             sparse=False):
+    """Load ``data`` and decode ``layers`` (default: all); check every lane's weights
+    (sparse: every lane's entries, channel by channel)."""
     image = read_image(data)
     top = _WithBuffer(cfg) if external else WeightUnit(cfg)
     dut = top.unit if external else top
@@ -71,6 +75,7 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
             await ctx.tick()
         assert ctx.get(dut.status) == LoadError.NONE
         assert ctx.get(dut.loaded)
+        ctx.set(dut.sparse, sparse)
         for n in layers:
             ctx.set(dut.layer, n)
             ctx.set(dut.decode, 1)
@@ -131,6 +136,9 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
         seen = []
         for j in range(lanes):
             (received,) = got[(n, j)]
+            if sparse:
+                seen.extend(check_sparse_lane(received, expected, f"layer {n} lane {j}"))
+                continue
             assert len(received) % layer.fan_in == 0
             chans = [received[k].channel for k in range(0, len(received), layer.fan_in)]
             assert chans == sorted(chans), f"layer {n} lane {j}: channels out of order"
@@ -139,13 +147,36 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
                 block = received[k:k + layer.fan_in]
                 assert [w.channel for w in block] == [c] * layer.fan_in
                 assert [w.weight for w in block] == expected[c].tolist(), f"layer {n} ch {c}"
+                assert [w.k for w in block] == list(range(layer.fan_in))
                 assert [w.first for w in block] == [1] + [0] * (layer.fan_in - 1)
                 assert [w.last for w in block] == [0] * (layer.fan_in - 1) + [1]
         assert sorted(seen) == list(range(layer.out_c)), f"layer {n}: channels"
 
+
+def check_sparse_lane(received, weights, what) -> list[int]:
+    """A lane's sparse entries (``LaneWeight`` constants) against ``Layer.weights()``; the
+    lane's channels, which must increase."""
+    entries = [{"weight": w.weight, "k": w.k, "first": w.first, "last": w.last,
+                "channel": w.channel} for w in received]
+    chans = []
+    for block in split_channels(entries):
+        c = block[0]["channel"]
+        assert [e["channel"] for e in block] == [c] * len(block), what
+        check_sparse_channel(block, weights[c], f"{what} channel {c}")
+        chans.append(c)
+    assert chans == sorted(chans), f"{what}: channels out of order"
+    return chans
+
+
 @pytest.mark.parametrize("bw,seed", [(8, 0), (16, 1)])
 def test_random_image(bw, seed):
     run_unit(config(bw), write_image(random_image(seed, bw)), seed=seed)
+
+
+@pytest.mark.parametrize("bw,seed", [(8, 5), (16, 6)])
+def test_sparse_random_image(bw, seed):
+    """Sparse mode on every layer (conv layers decode the same way)."""
+    run_unit(config(bw), write_image(random_image(seed, bw)), seed=seed, sparse=True)
 
 
 def test_external_buffer():

@@ -1,0 +1,277 @@
+"""Convolution address generation: im2col on the fly, feeding the systolic array.
+
+Ref: golden.model.im2col and conv_accumulate (the (c, ky, kx) fan-in order and the
+zero padding); docs/architecture.md ("Convolution: tiles, groups and the walker").
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.pe_array import ActivationVector, WeightVector
+
+__all__ = ["ConvFeed", "ConvParams"]
+
+
+def offset_width(config) -> int:
+    """Bits of a signed activation offset: an address of the bank, or one up to 255 rows of
+    padding before it."""
+    return config.act_addr_width + 10
+
+
+class ConvParams(data.StructLayout):
+    """A convolution layer's geometry as the feed walks it (the sequencer derives it from
+    the layer table entry; products are precomputed so the feed only adds).
+
+    ``in_h``, ``in_w``: the input map; ``kh``, ``kw``, ``stride``, ``padding``; ``fan_in`` =
+    ``in_c·kh·kw``; ``out_w`` and ``positions`` = ``out_h·out_w`` (before pooling);
+    ``tiles`` = ``ceil(out_c / cols)``; ``s_in_w`` = ``stride·in_w``; ``ky_step`` =
+    ``in_w - kw + 1`` and ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw + 1``: the address
+    steps of the fan-in counters when ``kx`` and then ``ky`` wrap.
+    """
+
+    def __init__(self, config):
+        w = offset_width(config)
+        aw = config.act_addr_width
+        super().__init__({
+            "in_h": unsigned(aw + 1),
+            "in_w": unsigned(aw + 1),
+            "kh": unsigned(8),
+            "kw": unsigned(8),
+            "stride": unsigned(8),
+            "padding": unsigned(8),
+            "fan_in": unsigned(config.fan_in_width),
+            "out_w": unsigned(16),
+            "positions": unsigned(w),
+            "tiles": unsigned(config.channel_width + 1),
+            "s_in_w": signed(w),
+            "ky_step": signed(w),
+            "ci_step": signed(w),
+        })
+
+
+class _Pos(data.StructLayout):
+    """An output position as the feed needs it: the top-left input coordinate of its window
+    (``iy0``, ``ix0``, may be negative in the padding), the window's input offset ``off`` =
+    ``iy0·in_w + ix0``, and ``live`` (the position exists: ``m < positions``)."""
+
+    def __init__(self, config):
+        w = offset_width(config)
+        super().__init__({"iy0": signed(w), "ix0": signed(w), "off": signed(w), "live": 1})
+
+
+class _S(enum.Enum, shape=3):
+    IDLE = 0
+    TILE = 1  # wait for the tile's weights, restart the walker
+    FILL = 2  # the walker fills the first group's positions
+    RUN = 3  # one fan-in index per clock
+    NEXT = 4  # a group is issued; wait for the next group's positions
+
+
+class ConvFeed(wiring.Component):
+    """Walks a convolution layer tile by tile, group by group, fan-in index by index, and
+    sends the array one ``ActivationVector`` and one ``WeightVector`` per step.
+
+    Order: for each tile of ``cols`` output channels (weights from the ``TileBuffer``
+    head), for each group of ``rows`` output positions in raster order (position ``m`` =
+    ``oy·out_w + ox``; row ``r`` of the group holds ``m = g·rows + r``), for each fan-in
+    index ``k = (c·kh + ky)·kw + kx``: row ``r`` gets ``x[c, iy0 + ky, ix0 + kx]`` (0 in the
+    padding), column ``c`` gets ``w[c, k]``; ``first``/``last`` mark ``k = 0`` and
+    ``N - 1``; ``mask`` the live rows of a final partial group.
+
+    A walker computes the next group's positions one per clock while the current group
+    runs (an output position steps by ``stride`` columns, or wraps to the next line), so a
+    group follows the previous one without a gap whenever ``N >= rows``.
+
+    Ports:
+        ``start`` (in): one-cycle pulse; ``params`` (in, ``ConvParams``) steady from then.
+        ``x_addr[r]``, ``x_en`` (out), ``x_data[r]`` (in): row ``r``'s read port on the
+            input bank (synchronous; data the clock after ``x_en``, held while it is low).
+        ``tile_head_ready`` (in), ``tile_release`` (out), ``tile_addr``, ``tile_en`` (out),
+            ``tile_data`` (in, ``WeightVector``): the ``TileBuffer``'s reader ports.
+        ``i`` (out, ``ActivationVector``) and ``w`` (out, ``WeightVector``): to the
+            ``PEArray``; both carry the same step and are valid together.
+        ``busy`` (out): a layer is being fed.
+
+    Latency: a step's vectors are valid one clock after its addresses. Throughput: one step
+    per clock; ``rows`` clocks to restart the walker at each tile. Back-pressure: while the
+    array does not take a step, the reads are not re-issued and every counter holds.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        rows = config.rows
+        super().__init__({
+            "start": In(1),
+            "params": In(ConvParams(config)),
+            "x_addr": Out(unsigned(config.act_addr_width)).array(rows),
+            "x_en": Out(1),
+            "x_data": In(signed(config.bw)).array(rows),
+            "tile_head_ready": In(1),
+            "tile_release": Out(1),
+            "tile_addr": Out(unsigned(config.tile_addr_width)),
+            "tile_en": Out(1),
+            "tile_data": In(WeightVector(config)),
+            "i": Out(stream.Signature(ActivationVector(config))),
+            "w": Out(stream.Signature(WeightVector(config))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        rows = cfg.rows
+        p = self.params
+        w = offset_width(cfg)
+        m = Module()
+
+        state = Signal(_S)
+        m.d.comb += self.busy.eq(state != _S.IDLE)
+        tile = Signal.like(p.tiles)
+
+        # -- the walker: output positions in raster order, one per clock --------------------
+        wk_m = Signal(unsigned(w))
+        wk_ox = Signal(16)
+        wk_iy0 = Signal(signed(w))
+        wk_ix0 = Signal(signed(w))
+        wk_line = Signal(signed(w))  # iy0·in_w - padding: the offset of ox = 0
+        wk_off = Signal(signed(w))
+        wk_restart = Signal()
+        cur = [Signal(_Pos(cfg), name=f"cur{r}") for r in range(rows)]
+        nxt = [Signal(_Pos(cfg), name=f"nxt{r}") for r in range(rows)]
+        fill = Signal(range(rows + 1))
+        with m.If(wk_restart):
+            pad = p.padding
+            m.d.sync += [
+                wk_m.eq(0), wk_ox.eq(0),
+                wk_iy0.eq(-pad), wk_ix0.eq(-pad),
+                wk_line.eq(-(pad * p.in_w) - pad), wk_off.eq(-(pad * p.in_w) - pad),
+                fill.eq(0),
+            ]
+        with m.Elif(fill != rows):
+            for r in range(rows):
+                with m.If(fill == r):
+                    m.d.sync += [nxt[r].iy0.eq(wk_iy0), nxt[r].ix0.eq(wk_ix0),
+                                 nxt[r].off.eq(wk_off), nxt[r].live.eq(wk_m < p.positions)]
+            m.d.sync += [fill.eq(fill + 1), wk_m.eq(wk_m + 1)]
+            with m.If(wk_ox + 1 == p.out_w):
+                m.d.sync += [wk_ox.eq(0), wk_iy0.eq(wk_iy0 + p.stride), wk_ix0.eq(-p.padding),
+                             wk_line.eq(wk_line + p.s_in_w), wk_off.eq(wk_line + p.s_in_w)]
+            with m.Else():
+                m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ix0.eq(wk_ix0 + p.stride),
+                             wk_off.eq(wk_off + p.stride)]
+
+        # -- the fan-in counters ------------------------------------------------------------
+        k = Signal(unsigned(cfg.fan_in_width))
+        kx = Signal(8)
+        ky = Signal(8)
+        k_off = Signal(signed(w))  # c·in_h·in_w + ky·in_w + kx
+
+        # -- stage B: the step whose reads were issued, waiting for the array ---------------
+        b_valid = Signal()
+        b_inb = Signal(rows)
+        b_first = Signal()
+        b_last = Signal()
+        b_mask = Signal(rows)
+        taken = Signal()
+        adv = Signal()
+        m.d.comb += [
+            taken.eq(self.i.valid & self.i.ready),
+            adv.eq(~b_valid | taken),
+            self.i.valid.eq(b_valid),
+            self.w.valid.eq(b_valid),
+            self.i.payload.first.eq(b_first),
+            self.i.payload.last.eq(b_last),
+            self.i.payload.mask.eq(b_mask),
+            self.w.payload.eq(self.tile_data),
+        ]
+        for r in range(rows):
+            m.d.comb += self.i.payload.x[r].eq(Mux(b_inb[r], self.x_data[r], 0))
+
+        issue = Signal()
+        m.d.comb += [
+            issue.eq((state == _S.RUN) & adv),
+            self.x_en.eq(issue),
+            self.tile_en.eq(issue),
+            self.tile_addr.eq(k),
+        ]
+        inb = Signal(rows)
+        for r in range(rows):
+            y = Signal(signed(w), name=f"y{r}")
+            x = Signal(signed(w), name=f"x{r}")
+            addr = Signal(signed(w), name=f"addr{r}")
+            m.d.comb += [
+                y.eq(cur[r].iy0 + ky),
+                x.eq(cur[r].ix0 + kx),
+                addr.eq(cur[r].off + k_off),
+                inb[r].eq((y >= 0) & (y < p.in_h) & (x >= 0) & (x < p.in_w)),
+                self.x_addr[r].eq(addr[:cfg.act_addr_width]),
+            ]
+        with m.If(issue):
+            m.d.sync += [
+                b_valid.eq(1),
+                b_inb.eq(inb),
+                b_first.eq(k == 0),
+                b_last.eq(k == p.fan_in - 1),
+                b_mask.eq(Cat(*(c.live for c in cur))),
+            ]
+        with m.Elif(taken):
+            m.d.sync += b_valid.eq(0)
+
+        group_end = Signal()
+        m.d.comb += group_end.eq(issue & (k == p.fan_in - 1))
+        with m.If(issue):
+            with m.If(group_end):
+                m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
+            with m.Else():
+                m.d.sync += k.eq(k + 1)
+                with m.If(kx + 1 == p.kw):
+                    m.d.sync += kx.eq(0)
+                    with m.If(ky + 1 == p.kh):
+                        m.d.sync += [ky.eq(0), k_off.eq(k_off + p.ci_step)]
+                    with m.Else():
+                        m.d.sync += [ky.eq(ky + 1), k_off.eq(k_off + p.ky_step)]
+                with m.Else():
+                    m.d.sync += [kx.eq(kx + 1), k_off.eq(k_off + 1)]
+
+        # -- the tile and group sequence ----------------------------------------------------
+        def take_next_group():
+            for r in range(rows):
+                m.d.sync += cur[r].eq(nxt[r])
+            m.d.sync += fill.eq(0)  # the walker goes on from where it stopped
+
+        with m.Switch(state):
+            with m.Case(_S.IDLE):
+                with m.If(self.start):
+                    m.d.sync += [tile.eq(0), k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0),
+                                 state.eq(_S.TILE)]
+                    with m.If(p.tiles == 0):
+                        m.d.sync += state.eq(_S.IDLE)
+            with m.Case(_S.TILE):
+                with m.If(self.tile_head_ready):
+                    m.d.comb += wk_restart.eq(1)
+                    m.d.sync += state.eq(_S.FILL)
+            with m.Case(_S.FILL):
+                with m.If(fill == rows):
+                    take_next_group()
+                    m.d.sync += state.eq(_S.RUN)
+            with m.Case(_S.RUN, _S.NEXT):
+                # The next group starts in the clock after the last step of this one when
+                # the walker is ready (no gap); otherwise NEXT waits for it.
+                with m.If((state == _S.RUN) & ~group_end):
+                    pass
+                with m.Elif(fill != rows):
+                    m.d.sync += state.eq(_S.NEXT)
+                with m.Else():
+                    with m.If(nxt[0].live):
+                        take_next_group()
+                        m.d.sync += state.eq(_S.RUN)
+                    with m.Else():
+                        # The tile's last step is issued (its weights are latched in the
+                        # read port), so its bank may take the tile after next.
+                        m.d.comb += self.tile_release.eq(1)
+                        m.d.sync += tile.eq(tile + 1)
+                        with m.If(tile + 1 == p.tiles):
+                            m.d.sync += state.eq(_S.IDLE)
+                        with m.Else():
+                            m.d.sync += state.eq(_S.TILE)
+        return m

@@ -1,0 +1,136 @@
+"""The software face of the sequencer: what it derives from each layer, the checks it makes,
+and the cycles each layer takes.
+
+``layer_params`` computes, from a ``weights.image.Layer``, the parameter values
+``hw.sequencer.Sequencer`` drives into the conv feed, the drain and the post-processing
+block (the tests compare the two); ``compute_problems`` lists what makes a layer refuse to
+run on a build (``RunError.TOO_BIG`` / ``UNSUPPORTED``), so software refuses the same
+images the hardware does; ``predict_cycles`` is the cycle model of docs/architecture.md.
+"""
+
+__all__ = ["compute_problems", "layer_params", "predict_cycles", "setup_cycles"]
+
+_KIND_CONV = 1
+
+
+def _fls(image):
+    """Each layer's input fractional length."""
+    fl, out = image.input_fl, []
+    for layer in image.layers:
+        out.append(fl)
+        fl = layer.out_fl
+    return out
+
+
+def layer_params(config, image, index: int) -> dict:
+    """The sequencer's derived parameters for layer ``index``: ``conv`` (``ConvParams``
+    values), ``drain`` (``DrainParams``), ``post`` (``PostParams``) and ``biases``."""
+    layer = image.layers[index]
+    in_fl = _fls(image)[index]
+    c, h, w = layer.in_shape
+    kh, kw = layer.kernel
+    _, oh, ow = layer.out_shape
+    p = layer.pool or 1
+    ph, pw = oh // p, ow // p
+    acc_fl = in_fl + layer.w_fl
+    return {
+        "conv": {
+            "in_h": h, "in_w": w, "kh": kh, "kw": kw, "stride": layer.stride,
+            "padding": layer.padding, "fan_in": layer.fan_in, "out_w": ow,
+            "positions": oh * ow, "tiles": -(-layer.out_c // config.cols),
+            "s_in_w": layer.stride * w, "ky_step": w - kw + 1,
+            "ci_step": h * w - (kh - 1) * w - kw + 1,
+        },
+        "drain": {"out_c": layer.out_c, "out_w": ow, "positions": oh * ow, "pool": p,
+                  "pooled_h": ph, "pooled_w": pw, "pooled_hw": ph * pw},
+        "post": {"bias_shift": acc_fl - layer.b_fl, "out_shift": acc_fl - layer.out_fl,
+                 "relu": int(layer.activation == 1)},
+        "biases": [int(b) for b in layer.bias],
+    }
+
+
+def compute_problems(config, image, index: int) -> list[str]:
+    """Why layer ``index`` cannot run on this build's compute path (empty if it can)."""
+    layer = image.layers[index]
+    in_fl = _fls(image)[index]
+    problems = []
+    c, h, w = layer.in_shape
+    pc, ph, pw = layer.pooled_shape
+    if c * h * w > config.act_depth:
+        problems.append(f"its input of {c * h * w} values exceeds an activation bank of "
+                        f"{config.act_depth}")
+    if pc * ph * pw > config.act_depth:
+        problems.append(f"its output of {pc * ph * pw} values exceeds an activation bank of "
+                        f"{config.act_depth}")
+    if layer.out_c > config.max_channels:
+        problems.append(f"{layer.out_c} output channels exceed the build's "
+                        f"{config.max_channels}")
+    if int(layer.kind) == _KIND_CONV and layer.fan_in > config.tile_depth:
+        problems.append(f"a convolution fan-in of {layer.fan_in} exceeds the weight tile "
+                        f"buffer's {config.tile_depth}")
+    if layer.pool and layer.pool != layer.pool_stride:
+        problems.append(f"max-pool window {layer.pool} with stride {layer.pool_stride}: the "
+                        f"hardware pools with stride equal to the window")
+    shift = in_fl + layer.w_fl - layer.b_fl
+    if layer.bias_bits + shift > config.acc_width:
+        problems.append(f"{layer.bias_bits}-bit biases shifted left by {shift} do not fit the "
+                        f"{config.acc_width}-bit accumulator")
+    return problems
+
+
+def _mul_cycles(b: int) -> int:
+    return 2 + max(0, int(b) & 0xFFFF).bit_length()
+
+
+def setup_cycles(config, image, index: int, *, first: bool) -> int:
+    """Clocks the sequencer spends on layer ``index`` before its weights are decoded: the
+    input's fractional length (``first`` layer of a run), the entry, the descriptor word,
+    the products and quotients, the checks, the biases, the start."""
+    layer = image.layers[index]
+    c, h, w = layer.in_shape
+    kh, kw = layer.kernel
+    _, oh, ow = layer.out_shape
+    p = layer.pool or 1
+    ph, pw = oh // p, ow // p
+    n = 2 if first else 0
+    n += 29 + 2
+    muls = [kw, c, w, ow, layer.stride, kh - 1, c, pw, layer.out_c]
+    n += sum(_mul_cycles(b) for b in muls) + 2 * 18 + 1  # + the step that ends DERIVE
+    n += 1  # CHECK
+    bits, bb = 0, layer.bias_bits
+    for _ in range(layer.out_c):
+        while bits < bb:
+            n += 2  # B_FETCH, B_WAIT
+            bits += 8
+        n += 2  # B_FETCH, B_EMIT
+        bits -= bb
+    n += 1 + 1  # the B_FETCH that ends the biases, START
+    return n
+
+
+def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
+    """The cycle model: clocks of one layer, from the run (or the previous layer's end) to
+    its last output written. docs/architecture.md derives each term."""
+    layer = image.layers[index]
+    n = setup_cycles(config, image, index, first=first)
+    # The weight unit: descriptor, table (3 clocks a word) and codebook (3 a word).
+    n += 16 + 1 + 3 * (layer.table.max_len + len(layer.table.symbols))
+    n += 3 * len(layer.codebook)
+    lanes = config.decode_lanes
+    if int(layer.kind) == _KIND_CONV:
+        n_in = layer.fan_in
+        _, oh, ow = layer.out_shape
+        positions = oh * ow
+        groups = -(-positions // config.rows)
+        tiles = -(-layer.out_c // config.cols)
+        # The first tile's weights: its channels, dealt to the lanes.
+        n += -(-min(config.cols, layer.out_c) // lanes) * n_in
+        for t in range(tiles):
+            live = min(config.cols, layer.out_c - t * config.cols)
+            per_group = max(n_in, config.rows, config.rows * live)
+            n += config.rows + 2 + groups * per_group
+        n += config.cols + config.rows + 8  # the array, the drain and post-processing
+    else:
+        symbols = layer.symbol_count()
+        n += -(-symbols // lanes) + 12
+    return n + 1  # NEXT

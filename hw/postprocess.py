@@ -1,0 +1,187 @@
+"""Post-processing: bias, requantize, ReLU and max-pool of exact accumulators into the
+activation buffer, one accumulator per clock.
+
+Ref: docs/numerics.md, "Steps of one layer", steps 2-6; mirrors ``golden.model.postprocess``
+bit for bit (``requantize(acc + align_bias(...))``, then ``relu``, then ``maxpool`` with the
+pooling window equal to its stride).
+"""
+
+from itertools import pairwise
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.fixedpoint import int_range
+from hw.layouts import PostItem, PostParams
+
+__all__ = ["PostProcess"]
+
+
+class PostProcess(wiring.Component):
+    """Adds the bias, requantizes, applies ReLU and max-pools accumulators into an output bank.
+
+    Ports:
+        ``params`` (in, ``PostParams``): ``bias_shift`` = ``acc_fl - b_fl``, ``out_shift`` =
+            ``acc_fl - out_fl`` (negative: a saturating left shift) and ``relu``. Steady
+            from the clock the layer's first item is accepted until ``idle``.
+        ``bias_wr_addr``, ``bias_wr_data``, ``bias_wr_en`` (in): the write port of the bias
+            memory (``max_channels`` raw biases, signed ``acc_width`` bits), written before
+            a layer while no item is in the pipeline.
+        ``i`` (in stream of ``PostItem``): accumulators with their bias ``channel``, output
+            word ``addr``, ``first`` (the first contribution to its pooling window: written
+            as is; later ones are max-ed in) and ``drop`` (outside every whole window: not
+            written).
+        ``wr_addr``, ``wr_data``, ``wr_en`` (out): the output bank's write port.
+        ``rd_addr``, ``rd_en`` (out), ``rd_data`` (in): a read port on the output bank for
+            the pooling maximum. Synchronous (``rd_data`` is the word at the ``rd_addr`` of
+            the previous clock with ``rd_en`` high, held while ``rd_en`` is low) and not
+            transparent: the block forwards its own last write itself, so any address
+            sequence is correct, the same address on consecutive items included.
+        ``idle`` (out): no accepted item is in the pipeline, and every write has landed.
+
+    Precondition (the sequencer checks it): every bias shifted left by ``bias_shift`` fits
+    in ``acc_width`` signed bits, so the aligned bias is exact. A nonzero bias then has
+    ``bias_shift <= acc_width - 1``, and a larger ``bias_shift`` (all biases 0) is used
+    modulo ``2^ceil(log2(acc_width))``, which still gives 0.
+
+    Stages: ``a_`` bias read; ``b_`` bias aligned; ``c_`` sum; ``d_`` rounded shift;
+    ``e_`` saturated and ReLU-ed, maximum with the old word and write.
+    Latency: an item accepted in clock 0 is written (``wr_en``) in clock 5; ``idle`` rises
+    in clock 6 after the last item, when the bank holds it.
+    Throughput: one item per clock. Back-pressure: none; the pipeline advances every clock
+    and writes never stall, so ``i.ready`` is always 1.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "params": In(PostParams(config)),
+            "bias_wr_addr": In(unsigned(config.channel_width)),
+            "bias_wr_data": In(signed(config.acc_width)),
+            "bias_wr_en": In(1),
+            "i": In(stream.Signature(PostItem(config))),
+            "wr_addr": Out(unsigned(config.act_addr_width)),
+            "wr_data": Out(signed(config.bw)),
+            "wr_en": Out(1),
+            "rd_addr": Out(unsigned(config.act_addr_width)),
+            "rd_en": Out(1),
+            "rd_data": In(signed(config.bw)),
+            "idle": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        p = self.params
+        acc_w = cfg.acc_width
+        sum_w = acc_w + 1  # acc + aligned bias, exact
+        lo, hi = int_range(cfg.bw)
+
+        m.submodules.bias = bias = memory.Memory(shape=signed(acc_w), depth=cfg.max_channels,
+                                                 init=[])
+        bias_wr = bias.write_port()
+        bias_rd = bias.read_port()
+        m.d.comb += [
+            bias_wr.addr.eq(self.bias_wr_addr),
+            bias_wr.data.eq(self.bias_wr_data),
+            bias_wr.en.eq(self.bias_wr_en),
+            bias_rd.addr.eq(self.i.payload.channel),
+            self.i.ready.eq(1),
+        ]
+
+        # Every stage carries the item's valid bit and its write fields along.
+        stages = "abcde"
+        valid = {s: Signal(name=f"{s}_valid") for s in stages}
+        addr = {s: Signal(cfg.act_addr_width, name=f"{s}_addr") for s in stages}
+        first = {s: Signal(name=f"{s}_first") for s in stages}
+        drop = {s: Signal(name=f"{s}_drop") for s in stages}
+        m.d.sync += [
+            valid["a"].eq(self.i.valid),
+            addr["a"].eq(self.i.payload.addr),
+            first["a"].eq(self.i.payload.first),
+            drop["a"].eq(self.i.payload.drop),
+        ]
+        for prev, cur in pairwise(stages):
+            m.d.sync += [valid[cur].eq(valid[prev]), addr[cur].eq(addr[prev]),
+                         first[cur].eq(first[prev]), drop[cur].eq(drop[prev])]
+        m.d.comb += self.idle.eq(~Cat(*valid.values()).any())
+
+        # -- a: the bias word is being read ------------------------------------------------
+        a_acc = Signal(signed(acc_w))
+        m.d.sync += a_acc.eq(self.i.payload.acc)
+
+        # The shift amounts, clamped to what the widths need, are registered once (the
+        # parameters are steady for a layer), so no comparison sits in front of a shifter.
+        # An item accepted in clock 0 meets them from clock 1 on.
+        #
+        # Requantization is one arithmetic right shift of the sum pre-scaled by 2^pre: a
+        # left shift by L <= pre is a right shift by pre - L that drops no bits. A larger L
+        # is clamped to pre: any nonzero sum shifted left by bw - 1 or more is at or past an
+        # end of the bw-bit range (-1 << (bw-1) is its low end), so saturation gives the
+        # same. A right shift past sum_w is clamped to sum_w, where every sum rounds to 0.
+        pre = cfg.bw - 1
+        s = p.out_shift
+        l_bias_sh = Signal(range(acc_w))
+        l_shift = Signal(range(sum_w + pre + 1))
+        m.d.sync += [
+            l_bias_sh.eq(p.bias_shift),
+            l_shift.eq(Mux(s <= -pre, 0, Mux(s >= sum_w, sum_w + pre, s + pre))),
+        ]
+
+        # -- b: golden.fixedpoint.align_bias: b << (acc_fl - b_fl), exact ------------------
+        # The precondition makes the truncation to acc_width bits exact and lets the shift
+        # amount be taken modulo the width of l_bias_sh (see the class docstring).
+        b_acc = Signal(signed(acc_w))
+        b_bias = Signal(signed(acc_w))
+        m.d.sync += [
+            b_acc.eq(a_acc),
+            b_bias.eq((bias_rd.data << l_bias_sh)[:acc_w].as_signed()),
+        ]
+
+        # -- c: acc + aligned bias, exact in acc_width + 1 bits ---------------------------
+        c_sum = Signal(signed(sum_w))
+        m.d.sync += c_sum.eq(b_acc + b_bias)
+
+        # -- d: golden.fixedpoint.round_shift: round half up (requantize before saturate) --
+        # (x + 2^(s-1)) >> s == ((2x >> s) + 1) >> 1 with arithmetic shifts; that is x for
+        # s == 0 and the exact x << -s for s < 0 (2x << -s is even).
+        scaled = Cat(Const(0, pre + 1), c_sum).as_signed()  # 2x · 2^pre
+        halves = Signal(signed(len(scaled)))
+        m.d.comb += halves.eq(scaled >> l_shift)
+        d_r = Signal(signed(len(scaled)))
+        m.d.sync += d_r.eq((halves + 1) >> 1)
+
+        # The pooling maximum's old word: read now, there in stage e.
+        m.d.comb += [
+            self.rd_addr.eq(addr["d"]),
+            self.rd_en.eq(valid["d"] & ~first["d"] & ~drop["d"]),
+        ]
+
+        # -- e: golden.fixedpoint.saturate to bw bits, then golden.fixedpoint.relu ---------
+        # d_r fits bw bits when its bits from bw - 1 up are all equal to its sign.
+        d_top = d_r[cfg.bw - 1:]
+        d_neg = d_r[-1]
+        e_y = Signal(signed(cfg.bw))
+        m.d.sync += e_y.eq(Mux(p.relu & d_neg, 0,
+                               Mux(d_top.all() | ~d_top.any(), d_r[:cfg.bw].as_signed(),
+                                   Mux(d_neg, lo, hi))))
+
+        # golden.fixedpoint.maxpool: the window's first output is written as is, later ones
+        # keep the larger. The bank is not transparent, so the previous item's write (to
+        # the same word, e.g. the next output of one window) is forwarded.
+        e_fwd = Signal()
+        e_fwd_data = Signal(signed(cfg.bw))
+        m.d.sync += [
+            e_fwd.eq(self.wr_en & (addr["e"] == addr["d"])),
+            e_fwd_data.eq(self.wr_data),
+        ]
+        e_old = Signal(signed(cfg.bw))
+        m.d.comb += [
+            e_old.eq(Mux(e_fwd, e_fwd_data, self.rd_data)),
+            self.wr_addr.eq(addr["e"]),
+            self.wr_data.eq(Mux(first["e"] | (e_y > e_old), e_y, e_old)),
+            self.wr_en.eq(valid["e"] & ~drop["e"]),
+        ]
+
+        return m

@@ -1,0 +1,143 @@
+"""The decoded-weight tile buffer: double-buffered, so decoding the next tile of output
+channels overlaps computing with the current one.
+
+Ref: docs/architecture.md ("Convolution: tiles"); the tile of output channels is the
+systolic array's ``cols`` columns (docs/pe-array.md).
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.pe_array import WeightVector
+from hw.weight_unit import LaneWeight
+
+__all__ = ["TileBuffer"]
+
+
+def tile_and_column(channel, cols: int):
+    """``(channel // cols, channel % cols)`` for a constant ``cols``; shifts when it is a power
+    of two (every preset), a constant divider otherwise."""
+    if cols & (cols - 1) == 0:
+        s = (cols - 1).bit_length()
+        return channel >> s, channel[:s] if s else 0
+    return channel // cols, channel % cols
+
+
+class TileBuffer(wiring.Component):
+    """Holds the dense weights of two tiles of ``cols`` output channels.
+
+    Tile ``t`` is channels ``t·cols .. t·cols + cols - 1`` (the last tile may be partial);
+    channel ``ch`` goes to column ``ch mod cols`` of bank ``t mod 2``, at address ``k`` (its
+    fan-in position). Each (bank, column) is its own ``tile_depth``-word memory, so any lanes
+    may write in the same clock (two lanes never hold the same (bank, column): tiles ``t``
+    and ``t + 2`` never fill at once).
+
+    Ports:
+        ``start`` (in): one-cycle pulse: a new layer, tile 0 at the head, both banks empty.
+            ``out_c`` (in) must be steady from then on.
+        ``i[j]`` (in streams of ``LaneWeight``): lane ``j``'s dense weights (``k``,
+            ``channel``, ``last``). A weight of tile ``t`` is accepted while ``t`` is the
+            head tile or the one after it; a lane that reaches tile ``head + 2`` waits until
+            the head is released (its earlier channels are all in, since a lane's channels
+            come in increasing order, so this cannot deadlock).
+        ``head`` (out): the tile the reader works on; ``head_ready`` (out): all its
+            channels are complete.
+        ``rd_addr``, ``rd_en`` (in), ``rd_data`` (out, ``WeightVector``): the head tile's
+            weights at fan-in position ``rd_addr``, one clock after ``rd_en``; held while
+            ``rd_en`` is low. Columns past ``out_c`` read stale words (the array's results
+            for them are discarded).
+        ``release`` (in): one-cycle pulse: the head tile is consumed; its bank is emptied and
+            the head moves on.
+
+    Throughput: one weight per clock per lane; one weight vector read per clock.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({
+            "start": In(1),
+            "out_c": In(unsigned(config.channel_width + 1)),
+            "i": In(stream.Signature(LaneWeight(config))).array(config.decode_lanes),
+            "head": Out(unsigned(config.channel_width + 1)),
+            "head_ready": Out(1),
+            "rd_addr": In(unsigned(config.tile_addr_width)),
+            "rd_en": In(1),
+            "rd_data": Out(WeightVector(config)),
+            "release": In(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        cols, lanes = cfg.cols, cfg.decode_lanes
+        m = Module()
+
+        mems = [[memory.Memory(shape=cfg.bw, depth=cfg.tile_depth, init=[])
+                 for _ in range(cols)] for _ in range(2)]
+        for b in range(2):
+            for c in range(cols):
+                m.submodules[f"bank{b}_col{c}"] = mems[b][c]
+        wrs = [[mems[b][c].write_port() for c in range(cols)] for b in range(2)]
+        rds = [[mems[b][c].read_port() for c in range(cols)] for b in range(2)]
+
+        head = self.head
+        hb = Signal()  # the head tile's bank
+        m.d.comb += hb.eq(head[0])
+
+        # Channels still missing in each bank; a bank's count is set when its tile becomes
+        # the head or the one after it.
+        missing = [Signal(range(cols + 1), name=f"missing{b}") for b in range(2)]
+
+        def tile_channels(t):
+            """Channels of tile ``t``: ``min(cols, out_c - t·cols)``."""
+            left = Signal(signed(cfg.channel_width + 2 + cols.bit_length()), name="left")
+            m.d.comb += left.eq(self.out_c - t * cols)
+            return Mux(left >= cols, cols, Mux(left < 0, 0, left))
+
+        lasts = [Signal(range(lanes + 1), name=f"lasts{b}") for b in range(2)]
+        for b in range(2):
+            terms = []
+            for j in range(lanes):
+                p = self.i[j].payload
+                t, _ = tile_and_column(p.channel, cols)
+                terms.append(self.i[j].valid & self.i[j].ready & p.last & (t[0] == b))
+            m.d.comb += lasts[b].eq(sum(terms))
+
+        for j in range(lanes):
+            lane = self.i[j]
+            p = lane.payload
+            t, c = tile_and_column(p.channel, cols)
+            ok = Signal(name=f"ok{j}")
+            m.d.comb += [ok.eq(t < head + 2), lane.ready.eq(ok)]
+            for b in range(2):
+                for cc in range(cols):
+                    hit = lane.valid & ok & (t[0] == b) & (c == cc)
+                    with m.If(hit):
+                        m.d.comb += [wrs[b][cc].addr.eq(p.k), wrs[b][cc].data.eq(p.weight),
+                                     wrs[b][cc].en.eq(1)]
+
+        for c in range(cols):
+            for b in range(2):
+                m.d.comb += [rds[b][c].addr.eq(self.rd_addr), rds[b][c].en.eq(self.rd_en)]
+        # The bank is chosen when the word is read, so the output holds with rd_en low.
+        r_bank = Signal()
+        with m.If(self.rd_en):
+            m.d.sync += r_bank.eq(hb)
+        for c in range(cols):
+            m.d.comb += self.rd_data.w[c].eq(Mux(r_bank, rds[1][c].data, rds[0][c].data))
+
+        m.d.comb += self.head_ready.eq(Mux(hb, missing[1], missing[0]) == 0)
+
+        with m.If(self.start):
+            m.d.sync += [head.eq(0), missing[0].eq(tile_channels(0)),
+                         missing[1].eq(tile_channels(1))]
+        with m.Else():
+            for b in range(2):
+                with m.If(self.release & (hb == b)):
+                    # The freed bank takes tile head + 2; its count starts at that tile's.
+                    m.d.sync += missing[b].eq(tile_channels(head + 2) - lasts[b])
+                with m.Else():
+                    m.d.sync += missing[b].eq(missing[b] - lasts[b])
+            with m.If(self.release):
+                m.d.sync += head.eq(head + 1)
+        return m

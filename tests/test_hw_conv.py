@@ -1,0 +1,230 @@
+# amaranth: UnusedElaboratable=no
+"""The convolution path (TileBuffer -> ConvFeed -> PEArray -> ConvDrain) against
+golden.model.conv_accumulate, item by item, with random stalls on the weight lanes and the
+output."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from golden.fixedpoint import int_range
+from golden.model import conv_accumulate
+from hw.config import get_preset
+from hw.conv_drain import ConvDrain
+from hw.conv_feed import ConvFeed
+from hw.layouts import PostItem
+from hw.pe_array import PEArray
+from hw.tile_buffer import TileBuffer
+from hw.weight_unit import LaneWeight
+from tests.streams import stream_get, stream_put
+
+
+def conv_params(cfg, in_shape, out_c, kernel, stride, padding, pool):
+    """The ConvParams and DrainParams the sequencer derives from a layer entry."""
+    c, h, w = in_shape
+    kh, kw = kernel
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    p = pool or 1
+    ph, pw = oh // p, ow // p
+    feed = {
+        "in_h": h, "in_w": w, "kh": kh, "kw": kw, "stride": stride, "padding": padding,
+        "fan_in": c * kh * kw, "out_w": ow, "positions": oh * ow,
+        "tiles": -(-out_c // cfg.cols), "s_in_w": stride * w, "ky_step": w - kw + 1,
+        "ci_step": h * w - (kh - 1) * w - kw + 1,
+    }
+    drain = {"out_c": out_c, "out_w": ow, "positions": oh * ow, "pool": p,
+             "pooled_h": ph, "pooled_w": pw, "pooled_hw": ph * pw}
+    return feed, drain, (oh, ow, ph, pw)
+
+
+class ConvHarness(wiring.Component):
+    """The conv blocks wired as the accelerator wires them, with the input map in a
+    memory (one read port per array row)."""
+
+    def __init__(self, cfg, x_flat):
+        self._cfg = cfg
+        self._x = [int(v) for v in x_flat]
+        self.feed = ConvFeed(cfg)
+        self.drain = ConvDrain(cfg)
+        self.tiles = TileBuffer(cfg)
+        super().__init__({
+            "w": In(stream.Signature(LaneWeight(cfg))).array(cfg.decode_lanes),
+            "o": Out(stream.Signature(PostItem(cfg))),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._cfg
+        m = Module()
+        m.submodules.feed = feed = self.feed
+        m.submodules.drain = drain = self.drain
+        m.submodules.tiles = tiles = self.tiles
+        m.submodules.array = array = PEArray(cfg)
+        m.submodules.act = act = memory.Memory(shape=signed(cfg.bw), depth=cfg.act_depth,
+                                               init=self._x)
+        for r in range(cfg.rows):
+            rd = act.read_port()
+            m.d.comb += [rd.addr.eq(feed.x_addr[r]), rd.en.eq(feed.x_en),
+                         feed.x_data[r].eq(rd.data)]
+        for j in range(cfg.decode_lanes):
+            wiring.connect(m, wiring.flipped(self.w[j]), tiles.i[j])
+        m.d.comb += [
+            tiles.rd_addr.eq(feed.tile_addr), tiles.rd_en.eq(feed.tile_en),
+            feed.tile_data.eq(tiles.rd_data), feed.tile_head_ready.eq(tiles.head_ready),
+            tiles.release.eq(feed.tile_release),
+        ]
+        wiring.connect(m, feed.i, array.i)
+        wiring.connect(m, feed.w, array.w)
+        wiring.connect(m, array.o, drain.i)
+        wiring.connect(m, drain.o, wiring.flipped(self.o))
+        return m
+
+
+def lane_payloads(cfg, w):
+    """Dense weights dealt to lanes: channel ``o`` to lane ``o mod lanes``."""
+    lanes = [[] for _ in range(cfg.decode_lanes)]
+    n = w.shape[1]
+    for o, row in enumerate(w):
+        for k, v in enumerate(row):
+            lanes[o % cfg.decode_lanes].append(
+                {"weight": int(v), "k": k, "first": int(k == 0), "last": int(k == n - 1),
+                 "channel": o})
+    return lanes
+
+
+def expected_items(cfg, acc, pool):
+    """(channel, addr, acc, first, drop) in the order the drain emits them."""
+    out_c, oh, ow = acc.shape
+    p = pool or 1
+    ph, pw = oh // p, ow // p
+    items = []
+    for t in range(0, out_c, cfg.cols):
+        for oy in range(oh):
+            for ox in range(ow):
+                for ch in range(t, min(t + cfg.cols, out_c)):
+                    items.append((ch, ch * ph * pw + (oy // p) * pw + ox // p,
+                                  int(acc[ch, oy, ox]), int(oy % p == 0 and ox % p == 0),
+                                  int(oy >= ph * p or ox >= pw * p)))
+    return items
+
+
+def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
+    """Simulate one conv layer; returns (items, cycles)."""
+    feed_p, drain_p, _ = conv_params(cfg, x.shape, w.shape[0], kernel, stride, padding, pool)
+    dut = ConvHarness(cfg, x.reshape(-1))
+    rng = np.random.default_rng(seed) if stall else None
+    lanes = lane_payloads(cfg, w)
+    got = []
+    n_items = len(expected_items(cfg, np.zeros((w.shape[0], *conv_out(x, kernel, stride,
+                                                                       padding))), pool))
+    cycles = []
+
+    async def control(ctx):
+        ctx.set(dut.feed.params, feed_p)
+        ctx.set(dut.drain.params, drain_p)
+        ctx.set(dut.tiles.out_c, w.shape[0])
+        ctx.set(dut.feed.start, 1)
+        ctx.set(dut.drain.start, 1)
+        ctx.set(dut.tiles.start, 1)
+        await ctx.tick()
+        ctx.set(dut.feed.start, 0)
+        ctx.set(dut.drain.start, 0)
+        ctx.set(dut.tiles.start, 0)
+
+    def feeder(j):
+        async def bench(ctx):
+            await ctx.tick()
+            await stream_put(ctx, dut.w[j], lanes[j], rng=rng, stall=stall, timeout=100_000)
+        return bench
+
+    async def collect(ctx):
+        await ctx.tick()
+        n = 0
+        async for _ in ctx.tick():
+            n += 1
+            if ctx.get(dut.drain.done):
+                break
+        cycles.append(n)
+
+    async def sink(ctx):
+        await ctx.tick()
+        items = await stream_get(ctx, dut.o, n_items, rng=rng, stall=stall / 3,
+                                 timeout=100_000)
+        got.extend((int(i.channel), int(i.addr), int(i.acc), int(i.first), int(i.drop))
+                   for i in items)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control)
+    for j in range(cfg.decode_lanes):
+        sim.add_testbench(feeder(j), background=True)
+    sim.add_testbench(sink)
+    sim.add_testbench(collect)
+    sim.run()
+    return got, cycles[0]
+
+
+def conv_out(x, kernel, stride, padding):
+    _, h, w = x.shape
+    return ((h + 2 * padding - kernel[0]) // stride + 1,
+            (w + 2 * padding - kernel[1]) // stride + 1)
+
+
+def make_cfg(rows, cols, lanes, bw=8):
+    small = get_preset("small")
+    return dataclasses.replace(small, rows=rows, cols=cols, decode_lanes=lanes, bw=bw,
+                               acc_width=max(small.acc_width, 2 * bw + 10), act_depth=1024)
+
+
+CASES = [
+    # (rows, cols, lanes), in_shape, out_c, kernel, stride, padding, pool
+    ((2, 2, 2), (2, 6, 6), 3, (3, 3), 1, 0, 2),
+    ((2, 2, 1), (1, 7, 5), 2, (3, 2), 2, 1, 0),
+    ((4, 4, 2), (3, 5, 5), 5, (3, 3), 1, 1, 2),
+    ((2, 3, 3), (2, 6, 7), 7, (2, 2), 1, 0, 3),
+    ((3, 2, 2), (1, 4, 4), 2, (1, 1), 1, 0, 0),
+    ((2, 2, 2), (4, 3, 3), 3, (3, 3), 1, 0, 0),  # one output position: a partial group
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+def test_conv_path_matches_golden(case):
+    (rows, cols, lanes), in_shape, out_c, kernel, stride, padding, pool = case
+    cfg = make_cfg(rows, cols, lanes)
+    rng = np.random.default_rng(rows * 100 + cols * 10 + out_c)
+    lo, hi = int_range(cfg.bw)
+    x = rng.integers(lo, hi + 1, size=in_shape)
+    n = in_shape[0] * kernel[0] * kernel[1]
+    w = rng.integers(lo, hi + 1, size=(out_c, n)) * (rng.random((out_c, n)) < 0.7)
+    acc = conv_accumulate(x[None], w, kernel, stride, padding, cfg.bw)[0]
+    got, _ = run_conv(cfg, x, w, kernel, stride, padding, pool, seed=1)
+    assert got == expected_items(cfg, acc, pool)
+
+
+def test_conv_path_extremes_bw16():
+    cfg = make_cfg(2, 2, 2, bw=16)
+    lo, hi = int_range(16)
+    x = np.full((2, 4, 4), lo)
+    w = np.full((3, 2 * 9), lo)
+    w[1] = hi
+    acc = conv_accumulate(x[None], w, (3, 3), 1, 1, 16)[0]
+    got, _ = run_conv(cfg, x, w, (3, 3), 1, 1, 2, seed=3)
+    assert got == expected_items(cfg, acc, 2)
+
+
+def test_conv_path_keeps_the_array_busy():
+    """Without stalls, a layer with N >= rows takes about tiles x groups x N clocks."""
+    cfg = make_cfg(2, 2, 2)
+    rng = np.random.default_rng(5)
+    x = rng.integers(-128, 128, size=(2, 8, 8))
+    w = rng.integers(-128, 128, size=(4, 18))
+    got, cycles = run_conv(cfg, x, w, (3, 3), 1, 0, 0, stall=0)
+    acc = conv_accumulate(x[None], w, (3, 3), 1, 0, 8)[0]
+    assert got == expected_items(cfg, acc, 0)
+    ideal = 2 * (36 // 2) * 18  # tiles x groups x N
+    assert cycles < ideal * 1.1, (cycles, ideal)

@@ -1,0 +1,168 @@
+# amaranth: UnusedElaboratable=no
+"""The Sequencer against hw.layer_plan: the parameters and biases it derives for every
+layer of real and random images, its setup cycles, and its refusals."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib import memory, wiring
+from amaranth.sim import Simulator
+
+from hw.config import get_preset
+from hw.image_loader import descriptor_words, image_words
+from hw.layer_plan import compute_problems, layer_params, setup_cycles
+from hw.sequencer import RunError, Sequencer
+from tests.imagegen import random_image
+from weights.image import read_image, write_image
+
+IMAGES = Path(__file__).resolve().parent.parent / "weights" / "images"
+
+
+class Harness(wiring.Component):
+    """A Sequencer with the image buffer and the descriptor memory filled in advance."""
+
+    def __init__(self, cfg, data):
+        self.cfg = cfg
+        self.seq = Sequencer(cfg)
+        image = read_image(data)
+        self._words = image_words(data, cfg.image_word_bytes)
+        self._desc = [w for layer in descriptor_words(image) for w in layer]
+        super().__init__({})
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        m.submodules.seq = seq = self.seq
+        m.submodules.img = img = memory.Memory(
+            shape=8 * cfg.image_word_bytes, depth=cfg.image_words, init=self._words)
+        m.submodules.desc = desc = memory.Memory(
+            shape=seq.desc_data.shape(), depth=cfg.max_layers * 16, init=self._desc)
+        rd = img.read_port()
+        drd = desc.read_port()
+        m.d.comb += [rd.addr.eq(seq.img_addr), rd.en.eq(seq.img_en),
+                     seq.img_data.eq(rd.data), drd.addr.eq(seq.desc_addr),
+                     seq.desc_data.eq(drd.data)]
+        return m
+
+
+def sequence(cfg, data, first, count, *, loaded=True):
+    """Run the sequencer with instant blocks; returns (status, per-layer captures)."""
+    image = read_image(data)
+    dut = Harness(cfg, data)
+    seq = dut.seq
+    got = {"layers": [], "status": None}
+
+    async def bench(ctx):
+        ctx.set(seq.loaded, loaded)
+        ctx.set(seq.n_layers, len(image.layers))
+        ctx.set(seq.post_idle, 1)
+        ctx.set(seq.fc_idle, 1)
+        ctx.set(seq.conv_done, 1)
+        ctx.set(seq.first, first)
+        ctx.set(seq.count, count)
+        ctx.set(seq.run, 1)
+        await ctx.tick()
+        ctx.set(seq.run, 0)
+        clocks = 1
+        biases = {}
+        since = 1
+        while ctx.get(seq.busy):
+            if ctx.get(seq.bias_wr_en):
+                biases[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
+            if ctx.get(seq.decode):
+                got["layers"].append({
+                    "layer": ctx.get(seq.decode_layer),
+                    "conv": ctx.get(seq.conv), "sparse": ctx.get(seq.sparse),
+                    "conv_start": ctx.get(seq.conv_start), "fc_start": ctx.get(seq.fc_start),
+                    "params": {
+                        "conv": {k: ctx.get(getattr(seq.conv_params, k))
+                                 for k in layer_params(cfg, image, 0)["conv"]},
+                        "drain": {k: ctx.get(getattr(seq.drain_params, k))
+                                  for k in layer_params(cfg, image, 0)["drain"]},
+                        "post": {k: ctx.get(getattr(seq.post_params, k))
+                                 for k in layer_params(cfg, image, 0)["post"]},
+                        "biases": [biases[o] for o in range(len(biases))],
+                    },
+                    "setup": since,
+                })
+                biases = {}
+                # The weight unit is busy for a few clocks.
+                ctx.set(seq.decode_busy, 1)
+                await ctx.tick().repeat(3)
+                clocks += 3
+                ctx.set(seq.decode_busy, 0)
+                since = 0
+            await ctx.tick()
+            clocks += 1
+            since += 1
+            assert clocks < 200_000
+        got["status"] = ctx.get(seq.status)
+        got["cycles"] = ctx.get(seq.cycles)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+def check_layers(cfg, data, first, count):
+    image = read_image(data)
+    got = sequence(cfg, data, first, count)
+    assert got["status"] == RunError.NONE
+    assert [g["layer"] for g in got["layers"]] == list(range(first, first + count))
+    for g in got["layers"]:
+        n = g["layer"]
+        want = layer_params(cfg, image, n)
+        conv = int(image.layers[n].kind) == 1
+        assert (g["conv"], g["sparse"], g["conv_start"], g["fc_start"]) == (
+            conv, not conv, conv, not conv)
+        if conv:
+            assert g["params"]["conv"] == want["conv"]
+            assert g["params"]["drain"] == want["drain"]
+        assert g["params"]["post"] == want["post"]
+        assert g["params"]["biases"] == want["biases"]
+        # From the run pulse (or from the clock the previous layer's blocks fell idle, which
+        # the model counts with that layer) to the decode pulse.
+        extra = 0 if n == first else 1
+        assert g["setup"] == setup_cycles(cfg, image, n, first=(n == first)) + extra, n
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+def test_shipped_images(name):
+    cfg = get_preset("small")
+    data = (IMAGES / f"{name}.img").read_bytes()
+    n = len(read_image(data).layers)
+    check_layers(cfg, data, 0, n)
+    check_layers(cfg, data, 1, n - 1)  # in_fl from the previous layer's entry
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_images(seed):
+    cfg = dataclasses.replace(get_preset("small"), act_depth=1 << 16)
+    image = random_image(seed)
+    data = write_image(image)
+    n = len(image.layers)
+    runnable = [i for i in range(n) if not compute_problems(cfg, image, i)]
+    if len(runnable) == n:
+        check_layers(cfg, data, 0, n)
+    else:
+        for i in runnable:
+            check_layers(cfg, data, i, 1)
+
+
+def test_refusals():
+    cfg = get_preset("small")
+    data = (IMAGES / "lenet5.img").read_bytes()
+    assert sequence(cfg, data, 0, 1, loaded=False)["status"] == RunError.NOT_LOADED
+    assert sequence(cfg, data, 0, 0)["status"] == RunError.RANGE
+    assert sequence(cfg, data, 3, 2)["status"] == RunError.RANGE
+    small = dataclasses.replace(cfg, act_depth=1024)  # conv1's 2,880 outputs do not fit
+    got = sequence(small, data, 0, 1)
+    assert got["status"] == RunError.TOO_BIG and got["layers"] == []
+    assert compute_problems(small, read_image(data), 0)
+    narrow = dataclasses.replace(cfg, tile_depth=256)  # conv2's fan-in is 500
+    got = sequence(narrow, data, 1, 1)
+    assert got["status"] == RunError.TOO_BIG
