@@ -1,4 +1,4 @@
-"""The ``espalier`` command: train, compress, inspect, eval and bench.
+"""The ``espalier`` command: train, compress, inspect, eval, sim and bench.
 
 Every command that reports figures prints a table for people, or JSON with ``--json``.
 Errors in the user's input (a bad image, a missing file, an unknown model) print one line
@@ -266,6 +266,45 @@ def cmd_bench_decode(args) -> int:
     return 0
 
 
+def cmd_sim(args) -> int:
+    from espalier.sim import simulate
+    from golden.model import GoldenModel
+    from hw.config import get_preset
+    from weights.datasets import to_float
+
+    try:
+        config = get_preset(args.config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.images < 1:
+        raise UserError(f"--images must be at least 1, not {args.images}")
+    data = _read_bytes(args.image)
+    image = _load_image(args.image)
+    _check_mnist_input(image, args.image)
+    x, _ = _mnist("test")
+    if args.images > len(x):
+        raise UserError(f"--images {args.images}: the MNIST test set has {len(x)}")
+    golden = GoldenModel(image)
+    inputs = list(golden.quantize_input(to_float(x[:args.images])))
+    try:
+        rep = simulate(data, config, inputs, vcd=args.vcd, progress=_progress)
+    except ValueError as e:
+        raise UserError(f"{args.image} on {args.config}: {e}") from None
+    rep = {"image": str(args.image), "config": args.config, **rep}
+    rows = [f"{args.image} on {args.config} ({rep['pes']} PEs, {rep['decode_lanes']} decode "
+            f"lanes): {rep['bit_exact']}/{rep['images']} images bit-exact in every layer",
+            f"{'layer':<7}{'cycles':>10}{'MACs':>12}{'util':>8}{'model':>10}"
+            f"{'err':>7}"]
+    for e in rep["layers"]:
+        rows.append(f"{e['name']:<7}{e['cycles']:>10}{e['macs']:>12}"
+                    f"{100 * e['utilization']:>7.1f}%{e['model_cycles']:>10}"
+                    f"{100 * e['model_error']:>6.1f}%")
+    rows.append(f"cycles per inference: {rep['cycles_per_inference']}; simulated at "
+                f"{rep['sim_cycles_per_second']:.0f} cycles/s")
+    _emit(args, rep, "\n".join(rows))
+    return 0 if rep["bit_exact"] == rep["images"] else 1
+
+
 def _read_bytes(path) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -349,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_eval)
     sp.add_argument("image", help="weight image file")
     sp.add_argument("--limit", type=int, help="only the first N test images")
+    json_flag(sp)
+
+    sp = add("sim", "Run MNIST test digits through the simulated RTL (Amaranth pysim) via the "
+                    "host protocol, check every layer against the golden model bit for bit, "
+                    "and report cycles per layer. Exit status 1 if any layer differs.",
+             cmd_sim)
+    sp.add_argument("image", help="weight image file")
+    sp.add_argument("--config", default="small",
+                    help="hardware preset: small, icebreaker or ulx3s-85f (default small)")
+    sp.add_argument("--images", type=int, default=1,
+                    help="how many MNIST test digits, from the first (default 1)")
+    sp.add_argument("--vcd", metavar="FILE", help="write the waveforms to FILE")
     json_flag(sp)
 
     sp = add("bench", "Benchmarks that print figures.", None)

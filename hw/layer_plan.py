@@ -8,7 +8,7 @@ run on a build (``RunError.TOO_BIG`` / ``UNSUPPORTED``), so software refuses the
 images the hardware does; ``predict_cycles`` is the cycle model of docs/architecture.md.
 """
 
-__all__ = ["compute_problems", "layer_params", "predict_cycles", "setup_cycles"]
+__all__ = ["compute_problems", "layer_params", "predict_cycles", "setup_cycles", "table_cycles"]
 
 _KIND_CONV = 1
 
@@ -82,6 +82,20 @@ def _mul_cycles(b: int) -> int:
     return 2 + max(0, int(b) & 0xFFFF).bit_length()
 
 
+def _bias_cycles(out_c: int, bb: int) -> int:
+    """Clocks of the sequencer's BIAS state: the same register transfers, counted."""
+    n, bits, ch, arriving = 0, 0, 0, False
+    while True:
+        n += 1
+        if ch == out_c:
+            return n
+        emit = bits >= bb
+        after = bits - bb if emit else bits
+        bits = after + (8 if arriving else 0)
+        arriving = bits + 8 <= 40
+        ch += emit
+
+
 def setup_cycles(config, image, index: int, *, first: bool) -> int:
     """Clocks the sequencer spends on layer ``index`` before its weights are decoded: the
     input's fractional length (``first`` layer of a run), the entry, the descriptor word,
@@ -91,31 +105,32 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     kh, kw = layer.kernel
     _, oh, ow = layer.out_shape
     p = layer.pool or 1
-    ph, pw = oh // p, ow // p
+    pw = ow // p
     n = 2 if first else 0
     n += 29 + 2
     muls = [kw, c, w, ow, layer.stride, kh - 1, c, pw, layer.out_c]
     n += sum(_mul_cycles(b) for b in muls) + 2 * 18 + 1  # + the step that ends DERIVE
     n += 1  # CHECK
-    bits, bb = 0, layer.bias_bits
-    for _ in range(layer.out_c):
-        while bits < bb:
-            n += 2  # B_FETCH, B_WAIT
-            bits += 8
-        n += 2  # B_FETCH, B_EMIT
-        bits -= bb
-    n += 1 + 1  # the B_FETCH that ends the biases, START
+    n += _bias_cycles(layer.out_c, layer.bias_bits)
+    n += 1  # START
     return n
+
+
+def table_cycles(layer) -> int:
+    """Clocks the weight unit takes from ``decode`` to streaming: the descriptor (17), then
+    the Huffman table and the codebook, 3 clocks a word, except that a lane's decoder splits
+    a (run, index) symbol in ``1 + run_bits`` clocks."""
+    zrun = len(layer.codebook) << layer.run_bits
+    per_pair = max(3, layer.run_bits + 1) if layer.run_bits else 3
+    words = sum(per_pair if s < zrun else 3 for s in layer.table.symbols)
+    return 17 + 3 * layer.table.max_len + words + 3 * len(layer.codebook)
 
 
 def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
     """The cycle model: clocks of one layer, from the run (or the previous layer's end) to
     its last output written. docs/architecture.md derives each term."""
     layer = image.layers[index]
-    n = setup_cycles(config, image, index, first=first)
-    # The weight unit: descriptor, table (3 clocks a word) and codebook (3 a word).
-    n += 16 + 1 + 3 * (layer.table.max_len + len(layer.table.symbols))
-    n += 3 * len(layer.codebook)
+    n = setup_cycles(config, image, index, first=first) + table_cycles(layer)
     lanes = config.decode_lanes
     if int(layer.kind) == _KIND_CONV:
         n_in = layer.fan_in
@@ -131,6 +146,8 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
             n += config.rows + 2 + groups * per_group
         n += config.cols + config.rows + 8  # the array, the drain and post-processing
     else:
+        # One symbol a clock per lane; the channels are dealt by load, so the lanes end
+        # within about half a channel of each other; then the pipeline's tail.
         symbols = layer.symbol_count()
-        n += -(-symbols // lanes) + 12
+        n += -(-symbols // lanes) + -(-symbols // (2 * layer.out_c)) + 12
     return n + 1  # NEXT

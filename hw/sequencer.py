@@ -48,9 +48,7 @@ class _S(enum.Enum, shape=5):
     DESC = 3  # read the bias address from the descriptor memory
     DERIVE = 4  # products and quotients
     CHECK = 5
-    B_FETCH = 6  # biases: fetch a byte
-    B_WAIT = 7
-    B_EMIT = 8
+    BIAS = 6  # biases: a byte fetched and a bias emitted per clock
     START = 9
     RUN = 10
     NEXT = 11
@@ -82,9 +80,10 @@ class Sequencer(wiring.Component):
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
     Each layer costs, before its compute starts: the entry (29 clocks), the descriptor
-    word (2), nine products and two quotients (eleven steps of at most 17 clocks,
-    fewer for small operands), then about two clocks per bias (one per byte fetched, one per bias
-    emitted). docs/architecture.md has the cycle model.
+    word (2), nine products and two quotients (eleven steps of at most 17 clocks, fewer
+    for small operands), then one clock per bias (wider than 8 bits: one per byte), as a
+    byte is fetched and a bias emitted in the same clock. docs/architecture.md has the
+    cycle model (``hw.layer_plan.setup_cycles`` counts these clocks exactly).
     """
 
     def __init__(self, config):
@@ -289,6 +288,7 @@ class Sequencer(wiring.Component):
         # -- biases: MSB-first, bias_bits each, sign-extended --------------------------------
         b_sr = Signal(40)  # valid bits at the top
         b_n = Signal(range(41))
+        b_arriving = Signal()  # a byte read in the previous clock arrives now
         b_ch = Signal(unsigned(cfg.channel_width + 1))
         bias_addr = Signal(desc_word_width(cfg))
         raw = Signal(32)
@@ -350,23 +350,36 @@ class Sequencer(wiring.Component):
                 with m.Elif(unsupported):
                     m.d.sync += [self.status.eq(RunError.UNSUPPORTED), state.eq(_S.IDLE)]
                 with m.Else():
-                    m.d.sync += [state.eq(_S.B_FETCH), b_n.eq(0), b_ch.eq(0),
-                                 rd_byte.eq(bias_addr)]
-            with m.Case(_S.B_FETCH):
+                    m.d.sync += [state.eq(_S.BIAS), b_n.eq(0), b_sr.eq(0), b_ch.eq(0),
+                                 b_arriving.eq(0), rd_byte.eq(bias_addr)]
+            with m.Case(_S.BIAS):
+                # Each clock: emit a bias if enough bits are in, append the byte read in
+                # the previous clock, and read another while it will fit.
+                emit = Signal()
+                n_after = Signal.like(b_n)
+                sr_after = Signal.like(b_sr)
+                n_next = Signal(range(49))
+                m.d.comb += [
+                    emit.eq((b_n >= bias_bits) & (b_ch != out_c)),
+                    n_after.eq(Mux(emit, b_n - bias_bits, b_n)),
+                    sr_after.eq(Mux(emit, b_sr << bias_bits[:6], b_sr)),
+                    n_next.eq(n_after + Mux(b_arriving, 8, 0)),
+                    self.bias_wr_en.eq(emit),
+                ]
+                m.d.sync += [
+                    b_sr.eq(sr_after | Mux(b_arriving, Cat(Const(0, 32), byte) >> n_after, 0)),
+                    b_n.eq(n_next),
+                ]
+                with m.If(emit):
+                    m.d.sync += b_ch.eq(b_ch + 1)
+                issue = Signal()
+                m.d.comb += [issue.eq((n_next + 8 <= 40) & (b_ch != out_c)),
+                             self.img_en.eq(issue)]
+                m.d.sync += b_arriving.eq(issue)
+                with m.If(issue):
+                    m.d.sync += rd_byte.eq(rd_byte + 1)
                 with m.If(b_ch == out_c):
-                    m.d.sync += state.eq(_S.START)
-                with m.Elif(b_n >= bias_bits):
-                    m.d.sync += state.eq(_S.B_EMIT)
-                with m.Else():
-                    m.d.comb += self.img_en.eq(1)
-                    m.d.sync += state.eq(_S.B_WAIT)
-            with m.Case(_S.B_WAIT):
-                m.d.sync += [b_sr.eq(b_sr | (Cat(Const(0, 32), byte) >> b_n)),
-                             b_n.eq(b_n + 8), rd_byte.eq(rd_byte + 1), state.eq(_S.B_FETCH)]
-            with m.Case(_S.B_EMIT):
-                m.d.comb += self.bias_wr_en.eq(1)
-                m.d.sync += [b_sr.eq(b_sr << bias_bits[:6]), b_n.eq(b_n - bias_bits),
-                             b_ch.eq(b_ch + 1), state.eq(_S.B_FETCH)]
+                    m.d.sync += [state.eq(_S.START), b_arriving.eq(0)]
             with m.Case(_S.START):
                 m.d.comb += [self.decode.eq(1), self.conv_start.eq(is_conv),
                              self.fc_start.eq(~is_conv), self.sparse.eq(~is_conv)]

@@ -11,7 +11,7 @@ from tests.imagegen import random_image
 from weights.image import write_image
 
 COMMANDS = [["train"], ["compress"], ["sensitivity"], ["inspect"], ["eval"], ["bench"],
-            ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"]]
+            ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"], ["sim"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS)
@@ -25,7 +25,8 @@ def test_help_on_every_command(cmd, capsys):
 def test_every_subcommand_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"train", "compress", "sensitivity", "inspect", "eval", "bench"}
+    assert set(sub.choices) == {"train", "compress", "sensitivity", "inspect", "eval", "bench",
+                                "sim"}
     for action in sub._choices_actions:
         assert action.help
 
@@ -75,3 +76,34 @@ def test_missing_files_and_wrong_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["compress", "--model", "alexnet", "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_sim_refuses_bad_input(tmp_path, capsys):
+    from pathlib import Path
+
+    lenet5 = str(Path(__file__).resolve().parent.parent / "weights" / "images" / "lenet5.img")
+    assert main(["sim", lenet5, "--config", "zynq"]) == 2
+    assert "unknown accelerator preset 'zynq'" in capsys.readouterr().err
+    assert main(["sim", lenet5, "--images", "0"]) == 2
+    assert "--images" in capsys.readouterr().err
+    path = tmp_path / "net.img"
+    path.write_bytes(write_image(random_image(2)))
+    assert main(["sim", str(path)]) == 2
+    assert "not an MNIST 1x28x28" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sim_json(capsys):
+    """LeNet-300-100, one digit, through the simulated RTL (about 30 s)."""
+    from pathlib import Path
+
+    image = Path(__file__).resolve().parent.parent / "weights" / "images" / "lenet300.img"
+    assert main(["sim", str(image), "--images", "1", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["images"] == 1 and rep["bit_exact"] == 1
+    assert [e["name"] for e in rep["layers"]] == ["fc1", "fc2", "fc3"]
+    assert rep["cycles_per_inference"] == sum(e["cycles"] for e in rep["layers"])
+    for e in rep["layers"]:
+        assert {"name", "cycles", "macs", "utilization"} <= set(e)
+        assert e["utilization"] == pytest.approx(e["macs"] / (rep["pes"] * e["cycles"]))
+        assert abs(e["model_error"]) <= 0.05, e

@@ -1,0 +1,230 @@
+"""The whole accelerator: weight decompression, the compute paths and the sequencer behind a
+control port, and the same behind the host command interface's byte streams.
+
+Ref: docs/architecture.md (block diagram, memory map, dataflow, cycle model).
+"""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.conv_drain import ConvDrain
+from hw.conv_feed import ConvFeed
+from hw.host_interface import HostInterface, core_signature
+from hw.image_loader import LoadError
+from hw.pe_array import PEArray
+from hw.postprocess import PostProcess
+from hw.sequencer import Sequencer
+from hw.sparse_fc import SparseFC
+from hw.tile_buffer import TileBuffer
+from hw.weight_unit import WeightUnit
+
+__all__ = ["Accelerator", "AcceleratorCore"]
+
+
+class AcceleratorCore(wiring.Component):
+    """Everything but the host link: ``ctl`` is the control port the ``HostInterface``
+    drives (``hw.host_interface.core_signature``, flipped).
+
+    Blocks: ``WeightUnit`` (image loader, image buffer, decode lanes); ``TileBuffer`` ->
+    ``ConvFeed`` -> ``PEArray`` -> ``ConvDrain`` for convolutions; ``SparseFC`` for fully
+    connected layers; ``PostProcess`` (bias, requantize, ReLU, max-pool) for both;
+    ``Sequencer``; two activation banks. Bank memories have one write port and
+    ``max(rows, decode_lanes) + 1`` read ports: one per array row (conv) or decode lane
+    (fc) on the layer's input bank, and one on the output bank for the pooling max (or the
+    host's reads while idle).
+
+    The image buffer is a single-port RAM outside the ``WeightUnit`` (as an SPRAM would
+    be): the loader and the decode path own it, except while the weight unit is idle and no
+    load runs, when the sequencer reads layer entries and biases through it.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({"ctl": In(core_signature(config))})
+        self.unit = WeightUnit(config, external_buffer=True)
+        self.sequencer = Sequencer(config)
+        self.tiles = TileBuffer(config)
+        self.feed = ConvFeed(config)
+        self.array = PEArray(config)
+        self.drain = ConvDrain(config)
+        self.fc = SparseFC(config)
+        self.post = PostProcess(config)
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        ctl = self.ctl
+        lanes, rows = cfg.decode_lanes, cfg.rows
+
+        m.submodules.unit = unit = self.unit
+        m.submodules.sequencer = seq = self.sequencer
+        m.submodules.tiles = tiles = self.tiles
+        m.submodules.feed = feed = self.feed
+        m.submodules.array = array = self.array
+        m.submodules.drain = drain = self.drain
+        m.submodules.fc = fc = self.fc
+        m.submodules.post = post = self.post
+
+        # -- the image buffer ---------------------------------------------------------------
+        m.submodules.image = ram = memory.Memory(
+            shape=8 * cfg.image_word_bytes, depth=cfg.image_words, init=[])
+        ram_wr = ram.write_port(granularity=8)
+        ram_rd = ram.read_port()
+        b = unit.buffer
+        seq_owns = Signal()
+        m.d.comb += seq_owns.eq(seq.busy & ~unit.busy & ~unit.load_busy)
+        m.d.comb += [
+            ram_wr.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
+            ram_wr.data.eq(b.wr_data),
+            ram_wr.en.eq(Mux(seq_owns, 0, b.wr_en)),
+            ram_rd.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
+            ram_rd.en.eq(Mux(seq_owns, seq.img_en, b.rd_en)),
+            b.rd_data.eq(ram_rd.data),
+            seq.img_data.eq(ram_rd.data),
+        ]
+
+        # -- loading, through the control port ----------------------------------------------
+        wiring.connect(m, wiring.flipped(ctl.image), unit.i)
+        m.d.comb += [
+            unit.load.eq(ctl.load & ~seq.busy),
+            unit.abort.eq(ctl.abort),
+            ctl.load_busy.eq(unit.load_busy),
+            ctl.load_status.eq(unit.status),
+            ctl.loaded.eq(unit.loaded),
+            ctl.n_layers.eq(unit.n_layers),
+        ]
+
+        # -- the sequencer --------------------------------------------------------------------
+        m.d.comb += [
+            seq.run.eq(ctl.run & ~unit.load_busy),
+            seq.first.eq(ctl.run_first),
+            seq.count.eq(ctl.run_count),
+            ctl.busy.eq(seq.busy),
+            ctl.run_status.eq(seq.status),
+            ctl.cycles.eq(seq.cycles),
+            seq.loaded.eq(unit.loaded & (unit.status == LoadError.NONE)),
+            seq.n_layers.eq(unit.n_layers),
+            unit.aux_desc_addr.eq(seq.desc_addr),
+            seq.desc_data.eq(unit.desc_data),
+            unit.decode.eq(seq.decode),
+            unit.layer.eq(seq.decode_layer),
+            unit.sparse.eq(seq.sparse),
+            seq.decode_busy.eq(unit.busy),
+            seq.decode_error.eq(unit.error),
+        ]
+
+        # -- weights: to the tile buffer (conv) or the sparse fc path -------------------------
+        conv = seq.conv
+        for j in range(lanes):
+            o, t, f = unit.o[j], tiles.i[j], fc.i[j]
+            m.d.comb += [
+                t.payload.eq(o.payload), f.payload.eq(o.payload),
+                t.valid.eq(o.valid & conv), f.valid.eq(o.valid & ~conv),
+                o.ready.eq(Mux(conv, t.ready, f.ready)),
+            ]
+        m.d.comb += [
+            tiles.start.eq(seq.conv_start), tiles.out_c.eq(seq.out_c),
+            tiles.rd_addr.eq(feed.tile_addr), tiles.rd_en.eq(feed.tile_en),
+            tiles.release.eq(feed.tile_release),
+            feed.tile_data.eq(tiles.rd_data), feed.tile_head_ready.eq(tiles.head_ready),
+            feed.start.eq(seq.conv_start), feed.params.eq(seq.conv_params),
+            drain.start.eq(seq.conv_start), drain.params.eq(seq.drain_params),
+            seq.conv_done.eq(drain.done),
+            fc.start.eq(seq.fc_start),
+            seq.fc_idle.eq(fc.idle),
+        ]
+        wiring.connect(m, feed.i, array.i)
+        wiring.connect(m, feed.w, array.w)
+        wiring.connect(m, array.o, drain.i)
+
+        # -- post-processing: from the drain (conv) or the fc path --------------------------
+        m.d.comb += [
+            post.params.eq(seq.post_params),
+            post.bias_wr_addr.eq(seq.bias_wr_addr),
+            post.bias_wr_data.eq(seq.bias_wr_data),
+            post.bias_wr_en.eq(seq.bias_wr_en),
+            seq.post_idle.eq(post.idle),
+            post.i.payload.eq(Mux(conv, drain.o.payload, fc.o.payload)),
+            post.i.valid.eq(Mux(conv, drain.o.valid, fc.o.valid)),
+            drain.o.ready.eq(conv & post.i.ready),
+            fc.o.ready.eq(~conv & post.i.ready),
+        ]
+
+        # -- the activation banks -----------------------------------------------------------
+        n_in = max(rows, lanes)
+        banks = [memory.Memory(shape=signed(cfg.bw), depth=cfg.act_depth, init=[])
+                 for _ in range(2)]
+        m.submodules.act0, m.submodules.act1 = banks
+        wrs = [bank.write_port() for bank in banks]
+        in_ports = [[bank.read_port() for _ in range(n_in)] for bank in banks]
+        out_ports = [bank.read_port() for bank in banks]
+        running = seq.busy
+        in_bank, out_bank = seq.in_bank, seq.out_bank
+
+        for r in range(n_in):
+            addr = Signal.like(feed.x_addr[0], name=f"in_addr{r}")
+            en = Signal(name=f"in_en{r}")
+            conv_addr = feed.x_addr[r] if r < rows else 0
+            conv_en = feed.x_en if r < rows else 0
+            fc_addr = fc.x_addr[r] if r < lanes else 0
+            fc_en = fc.x_en[r] if r < lanes else 0
+            m.d.comb += [addr.eq(Mux(conv, conv_addr, fc_addr)),
+                         en.eq(Mux(conv, conv_en, fc_en))]
+            for bank in range(2):
+                m.d.comb += [in_ports[bank][r].addr.eq(addr), in_ports[bank][r].en.eq(en)]
+            # The bank is steady through a layer, so the data may be chosen after the read.
+            data = Mux(in_bank, in_ports[1][r].data, in_ports[0][r].data)
+            if r < rows:
+                m.d.comb += feed.x_data[r].eq(data)
+            if r < lanes:
+                m.d.comb += fc.x_data[r].eq(data)
+
+        out_sel = Signal()
+        m.d.comb += out_sel.eq(Mux(running, out_bank, ctl.act_rd_bank))
+        r_sel = Signal()
+        for bank in range(2):
+            port = out_ports[bank]
+            m.d.comb += [
+                port.addr.eq(Mux(running, post.rd_addr, ctl.act_rd_addr)),
+                port.en.eq(Mux(running, post.rd_en, ctl.act_rd_en)),
+            ]
+        with m.If(Mux(running, post.rd_en, ctl.act_rd_en)):
+            m.d.sync += r_sel.eq(out_sel)
+        out_data = Mux(r_sel, out_ports[1].data, out_ports[0].data)
+        m.d.comb += [post.rd_data.eq(out_data), ctl.act_rd_data.eq(out_data)]
+
+        for bank in range(2):
+            wr = wrs[bank]
+            m.d.comb += [
+                wr.addr.eq(Mux(running, post.wr_addr, ctl.act_wr_addr)),
+                wr.data.eq(Mux(running, post.wr_data, ctl.act_wr_data)),
+                wr.en.eq(Mux(running, post.wr_en & (out_bank == bank),
+                             ctl.act_wr_en & (bank == 0))),
+            ]
+        return m
+
+
+class Accelerator(wiring.Component):
+    """The accelerator behind its host command interface (docs/protocol.md): command bytes
+    in on ``i``, response bytes out on ``o`` (a UART's receiver and transmitter on a
+    board; the host library's simulation transport in tests)."""
+
+    def __init__(self, config, *, timeout_clocks=None):
+        self._config = config
+        self._timeout = timeout_clocks
+        super().__init__({
+            "i": In(stream.Signature(8)),
+            "o": Out(stream.Signature(8)),
+        })
+        self.core = AcceleratorCore(config)
+
+    def elaborate(self, platform):
+        m = Module()
+        kwargs = {} if self._timeout is None else {"timeout_clocks": self._timeout}
+        m.submodules.host = host = HostInterface(self._config, **kwargs)
+        m.submodules.core = core = self.core
+        wiring.connect(m, host.core, core.ctl)
+        wiring.connect(m, wiring.flipped(self.i), host.i)
+        wiring.connect(m, host.o, wiring.flipped(self.o))
+        return m

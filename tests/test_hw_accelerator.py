@@ -1,0 +1,177 @@
+# amaranth: UnusedElaboratable=no
+"""The whole accelerator core against the golden model, layer by layer, bit for bit: random
+networks (several array shapes) and the shipped LeNets (slow)."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden.fixedpoint import int_range
+from golden.model import GoldenModel
+from hw.accelerator import AcceleratorCore
+from hw.config import get_preset
+from hw.image_loader import LoadError
+from hw.layer_plan import compute_problems, predict_cycles
+from hw.sequencer import RunError
+from tests.imagegen import random_image
+from tests.streams import stream_put
+from weights.image import read_image, write_image
+
+IMAGES = Path(__file__).resolve().parent.parent / "weights" / "images"
+
+
+async def load_image(ctx, ctl, data, rng=None):
+    ctx.set(ctl.load, 1)
+    await ctx.tick()
+    ctx.set(ctl.load, 0)
+    await stream_put(ctx, ctl.image, [{"data": b, "last": int(n == len(data) - 1)}
+                                      for n, b in enumerate(data)], rng=rng, stall=0.1)
+    while ctx.get(ctl.load_busy):
+        await ctx.tick()
+    return ctx.get(ctl.load_status)
+
+
+async def write_input(ctx, ctl, values):
+    for a, v in enumerate(values):
+        ctx.set(ctl.act_wr_addr, a)
+        ctx.set(ctl.act_wr_data, int(v))
+        ctx.set(ctl.act_wr_en, 1)
+        await ctx.tick()
+    ctx.set(ctl.act_wr_en, 0)
+
+
+async def run_layers(ctx, ctl, first, count, limit=5_000_000):
+    ctx.set(ctl.run_first, first)
+    ctx.set(ctl.run_count, count)
+    ctx.set(ctl.run, 1)
+    await ctx.tick()
+    ctx.set(ctl.run, 0)
+    n = 0
+    while ctx.get(ctl.busy):
+        await ctx.tick()
+        n += 1
+        assert n < limit, "the run does not end"
+    return ctx.get(ctl.run_status), ctx.get(ctl.cycles)
+
+
+async def read_bank(ctx, ctl, bank, count):
+    out = []
+    ctx.set(ctl.act_rd_bank, bank)
+    ctx.set(ctl.act_rd_en, 1)
+    for a in range(count):
+        ctx.set(ctl.act_rd_addr, a)
+        await ctx.tick()
+        out.append(ctx.get(ctl.act_rd_data))
+    ctx.set(ctl.act_rd_en, 0)
+    return np.array(out, dtype=np.int64)
+
+
+def run_network(cfg, data, inputs, *, layer_by_layer=True):
+    """Load ``data``, then for each integer input run the layers one at a time (or all at
+    once) and read every layer's output. Returns (load status, results): per input a list
+    of (run status, cycles, output) per run."""
+    image = read_image(data)
+    dut = AcceleratorCore(cfg)
+    ctl = dut.ctl
+    got = {"results": []}
+
+    async def bench(ctx):
+        got["load"] = await load_image(ctx, ctl, data, np.random.default_rng(0))
+        if got["load"] != LoadError.NONE:
+            return
+        for x in inputs:
+            await write_input(ctx, ctl, x.reshape(-1))
+            runs = []
+            spans = ([(n, 1) for n in range(len(image.layers))] if layer_by_layer
+                     else [(0, len(image.layers))])
+            for first, count in spans:
+                status, cycles = await run_layers(ctx, ctl, first, count)
+                last = image.layers[first + count - 1]
+                size = int(np.prod(last.pooled_shape))
+                out = await read_bank(ctx, ctl, (first + count) % 2, size)
+                runs.append((status, cycles, out))
+                if status != RunError.NONE.value:
+                    break
+            got["results"].append(runs)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got["load"], got["results"]
+
+
+def check_network(cfg, data, inputs, *, model_tolerance=None):
+    image = read_image(data)
+    golden = GoldenModel(image)
+    load, results = run_network(cfg, data, inputs)
+    assert load == LoadError.NONE
+    for x, runs in zip(inputs, results, strict=True):
+        outs = golden.forward(x[None])
+        assert len(runs) == len(image.layers)
+        for n, ((status, cycles, out), want) in enumerate(zip(runs, outs, strict=True)):
+            assert status == RunError.NONE.value, (n, status)
+            assert np.array_equal(out, want.reshape(-1)), f"layer {n} differs"
+            if model_tolerance is not None:
+                predicted = predict_cycles(cfg, image, n)
+                assert abs(predicted - cycles) <= model_tolerance * cycles, (
+                    n, cycles, predicted)
+    return results
+
+
+def random_inputs(image, n, seed):
+    rng = np.random.default_rng(seed)
+    lo, hi = int_range(image.bw)
+    return [rng.integers(lo, hi + 1, size=image.input_shape) for _ in range(n)]
+
+
+SHAPES = [(2, 2, 2), (4, 4, 2), (2, 3, 1), (3, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_network(shape, seed):
+    rows, cols, lanes = shape
+    cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
+                              act_depth=1024, max_channels=64)
+    image = random_image(seed + 10 * rows + cols)
+    assert not any(compute_problems(cfg, image, i) for i in range(len(image.layers)))
+    check_network(cfg, write_image(image), random_inputs(image, 1, seed))
+
+
+def test_whole_run_equals_layer_runs():
+    """One run of every layer gives the last layer's output of the layer-by-layer runs."""
+    cfg = dataclasses.replace(get_preset("small"), act_depth=1024, max_channels=64)
+    image = random_image(3)
+    data = write_image(image)
+    x = random_inputs(image, 1, 3)
+    _, whole = run_network(cfg, data, x, layer_by_layer=False)
+    status, cycles, out = whole[0][0]
+    assert status == RunError.NONE.value
+    want = GoldenModel(image).forward(x[0][None])[-1].reshape(-1)
+    assert np.array_equal(out, want)
+
+
+def test_refuses_a_layer_too_big():
+    cfg = dataclasses.replace(get_preset("small"), act_depth=128, max_channels=64)
+    image = random_image(4)
+    assert compute_problems(cfg, image, 0)
+    _, results = run_network(cfg, write_image(image), random_inputs(image, 1, 4))
+    assert results[0][0][0] == RunError.TOO_BIG.value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+def test_shipped_network(name):
+    from weights.datasets import load_mnist, to_float
+
+    cfg = get_preset("small")
+    data = (IMAGES / f"{name}.img").read_bytes()
+    image = read_image(data)
+    x, _ = load_mnist("test")
+    golden = GoldenModel(image)
+    inputs = [golden.quantize_input(to_float(x[i:i + 1]))[0] for i in (0, 1)]
+    check_network(cfg, data, inputs, model_tolerance=0.05)
