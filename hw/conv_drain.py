@@ -1,16 +1,20 @@
-"""From the array's accumulator vectors to post-processing items: output channels, pooling
-windows and output addresses.
+"""From the array's accumulator vectors to post-processing items: max-pooling windows, output
+channels and output addresses.
 
 Ref: golden.model.postprocess (max-pool after requantize and ReLU) and
 golden.fixedpoint.maxpool (windows of ``pool x pool`` with stride ``pool``, partial ones
 dropped); golden.fixedpoint.flatten (the ``(c, y, x)`` order of the output bank).
+
+Pooling the exact accumulators before post-processing gives the golden result: adding a
+channel's bias, ``requantize`` (``round_shift`` then ``saturate``) and ``relu`` are each
+non-decreasing, so the maximum of the post-processed values of a window is the
+post-processed maximum of its accumulators.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.conv_feed import offset_width
 from hw.layouts import PostItem
 from hw.pe_array import AccumulatorVector
 
@@ -18,42 +22,39 @@ __all__ = ["ConvDrain", "DrainParams"]
 
 
 class DrainParams(data.StructLayout):
-    """A convolution layer's output geometry: ``out_c``, ``out_w`` and ``positions`` =
-    ``out_h·out_w`` before pooling; ``pool`` the window and stride (1: no pooling);
-    ``pooled_h``, ``pooled_w`` and ``pooled_hw`` = ``pooled_h·pooled_w`` after it."""
+    """A convolution layer's output geometry: ``out_c``; ``pool_area`` = ``p²`` (1: no
+    pooling), the positions of a window; ``pooled_hw`` = ``pooled_h·pooled_w``, the windows
+    (the output positions, without pooling) of a channel."""
 
     def __init__(self, config):
         aw = config.act_addr_width
         super().__init__({
             "out_c": unsigned(config.channel_width + 1),
-            "out_w": unsigned(16),
-            "positions": unsigned(offset_width(config)),
-            "pool": unsigned(8),
-            "pooled_h": unsigned(aw + 1),
-            "pooled_w": unsigned(aw + 1),
+            "pool_area": unsigned(16),
             "pooled_hw": unsigned(aw + 1),
         })
 
 
 class ConvDrain(wiring.Component):
-    """Splits each ``AccumulatorVector`` (one output position, ``cols`` channels of a tile)
-    into ``PostItem``s, one per live channel, and gives each its output address.
+    """Folds each pooling window's ``AccumulatorVector``s (``ConvFeed`` sends a window's
+    ``p²`` positions one after the other) into their per-channel maximum, and splits the
+    result into ``PostItem``s, one per live channel of the tile.
 
-    The array's vectors come in the feed's order: tile by tile, positions in raster order
-    within a tile. The drain counts them to know each one's tile ``t`` and position
-    ``(oy, ox)``; channel ``t·cols + c`` goes to ``addr = ch·pooled_hw + (oy div p)·pooled_w
-    + (ox div p)``, with ``first`` when ``(oy mod p, ox mod p) = (0, 0)`` and ``drop``
-    outside the whole windows. Channels at or past ``out_c`` (a last partial tile) are
-    not emitted.
+    The vectors come tile by tile, window by window; the drain counts them to know each
+    one's tile ``t`` and window ``w`` (``(py, px)`` in raster order); channel
+    ``ch = t·cols + c`` goes to ``addr = ch·pooled_hw + w`` with ``first`` set (the item
+    holds the whole window). Channels at or past ``out_c`` (a last partial tile) are not
+    emitted.
 
     Ports:
         ``start`` (in): one-cycle pulse; ``params`` (in, ``DrainParams``) steady from then.
         ``i`` (in stream of ``AccumulatorVector``), ``o`` (out stream of ``PostItem``).
-        ``done`` (out): every position of every tile has been emitted (until ``start``).
+        ``done`` (out): every window of every tile has been emitted (until ``start``).
 
-    Throughput: one item per clock. A group's ``rows`` vectors leave the array on
-    consecutive clocks, so a FIFO of ``rows`` vectors takes the burst; the array stalls only
-    when a group's items (``rows x live channels``) outnumber the clocks of a group (``N``).
+    Throughput: a vector a clock is folded in; a window's items leave one a clock. A
+    group's ``rows`` vectors leave the array on consecutive clocks, so a FIFO of
+    ``rows + 1`` vectors takes the burst; the array stalls only when a group's items
+    (``rows · live channels / p²``) outnumber the clocks of a group (``N``).
     """
 
     def __init__(self, config):
@@ -77,9 +78,19 @@ class ConvDrain(wiring.Component):
             width=AccumulatorVector(cfg).size, depth=cfg.rows + 1)
         m.d.comb += [burst.w_data.eq(self.i.payload), burst.w_en.eq(self.i.valid),
                      self.i.ready.eq(burst.w_rdy)]
-        src_valid = burst.r_rdy
-        src_payload = AccumulatorVector(cfg)(burst.r_data)
+        src = AccumulatorVector(cfg)(burst.r_data)
 
+        # -- folding a window: the running maximum of its vectors ---------------------------
+        mx = Signal(AccumulatorVector(cfg))
+        folded = Signal(AccumulatorVector(cfg))
+        wi = Signal(16)  # the window's vectors folded so far
+        for c in range(cols):
+            m.d.comb += folded.acc[c].eq(Mux((wi == 0) | (src.acc[c] > mx.acc[c]),
+                                             src.acc[c], mx.acc[c]))
+        closes = Signal()
+        m.d.comb += closes.eq(wi + 1 == p.pool_area)
+
+        # -- emitting a window: one item per live channel -----------------------------------
         vec = Signal(AccumulatorVector(cfg))
         have = Signal()
         c = Signal(range(cols + 1))
@@ -87,13 +98,7 @@ class ConvDrain(wiring.Component):
         ch = Signal(unsigned(cfg.channel_width + 1))  # t·cols
         tile_base = Signal(unsigned(aw + 8))  # t·cols·pooled_hw
         col_addr = Signal(unsigned(aw + 8))  # c·pooled_hw
-        pos = Signal(unsigned(offset_width(cfg)))
-        ox = Signal(16)
-        rx = Signal(8)
-        ry = Signal(8)
-        px = Signal(aw + 1)
-        py = Signal(aw + 1)
-        line = Signal(unsigned(aw + 1))  # py·pooled_w
+        win = Signal(unsigned(aw + 1))
         running = Signal()
 
         left = Signal(signed(cfg.channel_width + 2))
@@ -112,50 +117,40 @@ class ConvDrain(wiring.Component):
             self.o.valid.eq(have & (c < live)),
             self.o.payload.acc.eq(acc),
             self.o.payload.channel.eq(ch + c),
-            self.o.payload.addr.eq(tile_base + col_addr + line + px),
-            self.o.payload.first.eq((rx == 0) & (ry == 0)),
-            self.o.payload.drop.eq((px >= p.pooled_w) | (py >= p.pooled_h)),
+            self.o.payload.addr.eq(tile_base + col_addr + win),
+            self.o.payload.first.eq(1),
+            self.o.payload.drop.eq(0),
         ]
         last_item = Signal()
-        m.d.comb += [
-            last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live))),
-            burst.r_en.eq(running & (~have | last_item)),
-        ]
-        take = Signal()
-        m.d.comb += take.eq(src_valid & burst.r_en)
+        m.d.comb += last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live)))
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += [c.eq(c + 1), col_addr.eq(col_addr + p.pooled_hw)]
 
+        # A vector is taken when it does not close its window, or when the emitter is free.
+        take = Signal()
+        m.d.comb += [
+            burst.r_en.eq(running & (~closes | ~have | last_item)),
+            take.eq(burst.r_rdy & burst.r_en),
+        ]
         with m.If(take):
-            m.d.sync += [vec.eq(src_payload), have.eq(1), c.eq(0), col_addr.eq(0)]
-        with m.Elif(last_item):
+            with m.If(closes):
+                m.d.sync += [vec.eq(folded), have.eq(1), c.eq(0), col_addr.eq(0), wi.eq(0)]
+            with m.Else():
+                m.d.sync += [mx.eq(folded), wi.eq(wi + 1)]
+        with m.If(last_item & ~(take & closes)):
             m.d.sync += have.eq(0)
 
-        # The position of the vector being emitted moves on with its last item.
+        # The window being emitted moves on with its last item.
         with m.If(last_item):
-            with m.If(pos + 1 == p.positions):
-                m.d.sync += [pos.eq(0), ox.eq(0), rx.eq(0), ry.eq(0), px.eq(0), py.eq(0),
-                             line.eq(0), ch.eq(ch + cols),
+            with m.If(win + 1 == p.pooled_hw):
+                m.d.sync += [win.eq(0), ch.eq(ch + cols),
                              tile_base.eq(tile_base + cols * p.pooled_hw)]
                 with m.If(ch + cols >= p.out_c):
                     m.d.sync += running.eq(0)
             with m.Else():
-                m.d.sync += pos.eq(pos + 1)
-                with m.If(ox + 1 == p.out_w):
-                    m.d.sync += [ox.eq(0), rx.eq(0), px.eq(0)]
-                    with m.If(ry + 1 == p.pool):
-                        m.d.sync += [ry.eq(0), py.eq(py + 1), line.eq(line + p.pooled_w)]
-                    with m.Else():
-                        m.d.sync += ry.eq(ry + 1)
-                with m.Else():
-                    m.d.sync += ox.eq(ox + 1)
-                    with m.If(rx + 1 == p.pool):
-                        m.d.sync += [rx.eq(0), px.eq(px + 1)]
-                    with m.Else():
-                        m.d.sync += rx.eq(rx + 1)
+                m.d.sync += win.eq(win + 1)
 
         with m.If(self.start):
-            m.d.sync += [running.eq(p.out_c != 0), have.eq(0), c.eq(0), ch.eq(0),
-                         tile_base.eq(0), col_addr.eq(0), pos.eq(0), ox.eq(0), rx.eq(0),
-                         ry.eq(0), px.eq(0), py.eq(0), line.eq(0)]
+            m.d.sync += [running.eq(p.out_c != 0), have.eq(0), c.eq(0), ch.eq(0), wi.eq(0),
+                         tile_base.eq(0), col_addr.eq(0), win.eq(0)]
         return m

@@ -24,10 +24,13 @@ class ConvParams(data.StructLayout):
     the layer table entry; products are precomputed so the feed only adds).
 
     ``in_h``, ``in_w``: the input map; ``kh``, ``kw``, ``stride``, ``padding``; ``fan_in`` =
-    ``in_c·kh·kw``; ``out_w`` and ``positions`` = ``out_h·out_w`` (before pooling);
-    ``tiles`` = ``ceil(out_c / cols)``; ``s_in_w`` = ``stride·in_w``; ``ky_step`` =
-    ``in_w - kw + 1`` and ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw + 1``: the address
-    steps of the fan-in counters when ``kx`` and then ``ky`` wrap.
+    ``in_c·kh·kw``; ``pool`` the pooling window ``p`` (1: none) and ``pooled_w`` the pooled
+    map's width; ``positions`` = ``pooled_h·pooled_w·p²``, the output positions that fall in
+    a whole window (the others are dropped by the pooling and never computed); ``tiles`` =
+    ``ceil(out_c / cols)``; ``s_in_w`` = ``stride·in_w``; ``p1_stride`` = ``(p-1)·stride``,
+    ``p1_s_in_w`` = ``(p-1)·stride·in_w`` and ``p_s_in_w`` = ``p·stride·in_w``: the walker's
+    steps; ``ky_step`` = ``in_w - kw + 1`` and ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw +
+    1``: the address steps of the fan-in counters when ``kx`` and then ``ky`` wrap.
     """
 
     def __init__(self, config):
@@ -41,10 +44,14 @@ class ConvParams(data.StructLayout):
             "stride": unsigned(8),
             "padding": unsigned(8),
             "fan_in": unsigned(config.fan_in_width),
-            "out_w": unsigned(16),
+            "pool": unsigned(8),
+            "pooled_w": unsigned(16),
             "positions": unsigned(w),
             "tiles": unsigned(config.channel_width + 1),
             "s_in_w": signed(w),
+            "p1_stride": signed(w),
+            "p1_s_in_w": signed(w),
+            "p_s_in_w": signed(w),
             "ky_step": signed(w),
             "ci_step": signed(w),
         })
@@ -73,15 +80,20 @@ class ConvFeed(wiring.Component):
     sends the array one ``ActivationVector`` and one ``WeightVector`` per step.
 
     Order: for each tile of ``cols`` output channels (weights from the ``TileBuffer``
-    head), for each group of ``rows`` output positions in raster order (position ``m`` =
-    ``oy·out_w + ox``; row ``r`` of the group holds ``m = g·rows + r``), for each fan-in
+    head), for each group of ``rows`` output positions in pooling-window order (window by
+    window in raster order, the ``p x p`` positions of a window in raster order within it;
+    without pooling, plain raster order; row ``r`` of group ``g`` holds the ``g·rows + r``-th
+    position), for each fan-in
     index ``k = (c·kh + ky)·kw + kx``: row ``r`` gets ``x[c, iy0 + ky, ix0 + kx]`` (0 in the
     padding), column ``c`` gets ``w[c, k]``; ``first``/``last`` mark ``k = 0`` and
     ``N - 1``; ``mask`` the live rows of a final partial group.
 
     A walker computes the next group's positions one per clock while the current group
-    runs (an output position steps by ``stride`` columns, or wraps to the next line), so a
-    group follows the previous one without a gap whenever ``N >= rows``.
+    runs (only additions: a position steps by ``stride`` columns or lines within a window,
+    to the next window, or to the next row of windows), so a group follows the previous one
+    without a gap whenever ``N >= rows``. Walking window by window lets ``ConvDrain`` pool
+    the accumulators of a window as they come, so one output per window and channel is
+    written, and positions outside every whole window are never computed.
 
     Ports:
         ``start`` (in): one-cycle pulse; ``params`` (in, ``ConvParams``) steady from then.
@@ -128,12 +140,14 @@ class ConvFeed(wiring.Component):
         m.d.comb += self.busy.eq(state != _S.IDLE)
         tile = Signal.like(p.tiles)
 
-        # -- the walker: output positions in raster order, one per clock --------------------
+        # -- the walker: output positions in window order, one per clock -----------------
         wk_m = Signal(unsigned(w))
-        wk_ox = Signal(16)
+        wk_dx = Signal(8)
+        wk_dy = Signal(8)
+        wk_px = Signal(16)
         wk_iy0 = Signal(signed(w))
         wk_ix0 = Signal(signed(w))
-        wk_line = Signal(signed(w))  # iy0·in_w - padding: the offset of ox = 0
+        wk_line = Signal(signed(w))  # the offset of the row of windows' first position
         wk_off = Signal(signed(w))
         wk_restart = Signal()
         cur = [Signal(_Pos(cfg), name=f"cur{r}") for r in range(rows)]
@@ -142,7 +156,7 @@ class ConvFeed(wiring.Component):
         with m.If(wk_restart):
             pad = p.padding
             m.d.sync += [
-                wk_m.eq(0), wk_ox.eq(0),
+                wk_m.eq(0), wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
                 wk_iy0.eq(-pad), wk_ix0.eq(-pad),
                 wk_line.eq(-(pad * p.in_w) - pad), wk_off.eq(-(pad * p.in_w) - pad),
                 fill.eq(0),
@@ -153,12 +167,26 @@ class ConvFeed(wiring.Component):
                     m.d.sync += [nxt[r].iy0.eq(wk_iy0), nxt[r].ix0.eq(wk_ix0),
                                  nxt[r].off.eq(wk_off), nxt[r].live.eq(wk_m < p.positions)]
             m.d.sync += [fill.eq(fill + 1), wk_m.eq(wk_m + 1)]
-            with m.If(wk_ox + 1 == p.out_w):
-                m.d.sync += [wk_ox.eq(0), wk_iy0.eq(wk_iy0 + p.stride), wk_ix0.eq(-p.padding),
-                             wk_line.eq(wk_line + p.s_in_w), wk_off.eq(wk_line + p.s_in_w)]
-            with m.Else():
-                m.d.sync += [wk_ox.eq(wk_ox + 1), wk_ix0.eq(wk_ix0 + p.stride),
+            with m.If(wk_dx + 1 != p.pool):
+                # The next position of the window's line.
+                m.d.sync += [wk_dx.eq(wk_dx + 1), wk_ix0.eq(wk_ix0 + p.stride),
                              wk_off.eq(wk_off + p.stride)]
+            with m.Elif(wk_dy + 1 != p.pool):
+                # The window's next line.
+                m.d.sync += [wk_dx.eq(0), wk_dy.eq(wk_dy + 1),
+                             wk_ix0.eq(wk_ix0 - p.p1_stride), wk_iy0.eq(wk_iy0 + p.stride),
+                             wk_off.eq(wk_off + p.s_in_w - p.p1_stride)]
+            with m.Elif(wk_px + 1 != p.pooled_w):
+                # The next window of the row.
+                m.d.sync += [wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(wk_px + 1),
+                             wk_ix0.eq(wk_ix0 + p.stride), wk_iy0.eq(wk_iy0 - p.p1_stride),
+                             wk_off.eq(wk_off + p.stride - p.p1_s_in_w)]
+            with m.Else():
+                # The next row of windows.
+                m.d.sync += [wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
+                             wk_ix0.eq(-p.padding), wk_iy0.eq(wk_iy0 + p.stride),
+                             wk_line.eq(wk_line + p.p_s_in_w),
+                             wk_off.eq(wk_line + p.p_s_in_w)]
 
         # -- the fan-in counters ------------------------------------------------------------
         k = Signal(unsigned(cfg.fan_in_width))

@@ -36,13 +36,13 @@ def layer_params(config, image, index: int) -> dict:
     return {
         "conv": {
             "in_h": h, "in_w": w, "kh": kh, "kw": kw, "stride": layer.stride,
-            "padding": layer.padding, "fan_in": layer.fan_in, "out_w": ow,
-            "positions": oh * ow, "tiles": -(-layer.out_c // config.cols),
-            "s_in_w": layer.stride * w, "ky_step": w - kw + 1,
-            "ci_step": h * w - (kh - 1) * w - kw + 1,
+            "padding": layer.padding, "fan_in": layer.fan_in, "pool": p, "pooled_w": pw,
+            "positions": ph * pw * p * p, "tiles": -(-layer.out_c // config.cols),
+            "s_in_w": layer.stride * w, "p1_stride": (p - 1) * layer.stride,
+            "p1_s_in_w": (p - 1) * layer.stride * w, "p_s_in_w": p * layer.stride * w,
+            "ky_step": w - kw + 1, "ci_step": h * w - (kh - 1) * w - kw + 1,
         },
-        "drain": {"out_c": layer.out_c, "out_w": ow, "positions": oh * ow, "pool": p,
-                  "pooled_h": ph, "pooled_w": pw, "pooled_hw": ph * pw},
+        "drain": {"out_c": layer.out_c, "pool_area": p * p, "pooled_hw": ph * pw},
         "post": {"bias_shift": acc_fl - layer.b_fl, "out_shift": acc_fl - layer.out_fl,
                  "relu": int(layer.activation == 1)},
         "biases": [int(b) for b in layer.bias],
@@ -108,7 +108,7 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     pw = ow // p
     n = 2 if first else 0
     n += 29 + 2
-    muls = [kw, c, w, ow, layer.stride, kh - 1, c, pw, layer.out_c]
+    muls = [kw, c, w, layer.stride, kh - 1, c, pw, layer.out_c, p, p * p, p - 1, p - 1, p]
     n += sum(_mul_cycles(b) for b in muls) + 2 * 18 + 1  # + the step that ends DERIVE
     n += 1  # CHECK
     n += _bias_cycles(layer.out_c, layer.bias_bits)
@@ -135,14 +135,17 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
     if int(layer.kind) == _KIND_CONV:
         n_in = layer.fan_in
         _, oh, ow = layer.out_shape
-        positions = oh * ow
+        p = layer.pool or 1
+        positions = (oh // p) * (ow // p) * p * p  # those in whole pooling windows
         groups = -(-positions // config.rows)
         tiles = -(-layer.out_c // config.cols)
         # The first tile's weights: its channels, dealt to the lanes.
         n += -(-min(config.cols, layer.out_c) // lanes) * n_in
         for t in range(tiles):
             live = min(config.cols, layer.out_c - t * config.cols)
-            per_group = max(n_in, config.rows, config.rows * live)
+            # The array's step rate, or the drain's item a clock (one per window and
+            # channel) when a group has more items than steps.
+            per_group = max(n_in, config.rows, -(-config.rows * live // (p * p)))
             n += config.rows + 2 + groups * per_group
         n += config.cols + config.rows + 8  # the array, the drain and post-processing
     else:

@@ -80,8 +80,8 @@ class Sequencer(wiring.Component):
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
     Each layer costs, before its compute starts: the entry (29 clocks), the descriptor
-    word (2), nine products and two quotients (eleven steps of at most 17 clocks, fewer
-    for small operands), then one clock per bias (wider than 8 bits: one per byte), as a
+    word (2), thirteen products and two quotients (steps of at most 18 clocks, fewer for
+    small operands), then one clock per bias (wider than 8 bits: one per byte), as a
     byte is fetched and a bias emitted in the same clock. docs/architecture.md has the
     cycle model (``hw.layer_plan.setup_cycles`` counts these clocks exactly).
     """
@@ -175,7 +175,6 @@ class Sequencer(wiring.Component):
         # -- products and quotients: a micro-program over one multiplier and one divider --
         # Each step: dst = a * b, or dst = a // b. Operands up to 32 x 16 bits.
         in_hw = Signal(48)
-        positions = Signal(48)
         s_in_w = Signal(48)
         kh1_in_w = Signal(48)
         in_size = Signal(48)
@@ -188,11 +187,15 @@ class Sequencer(wiring.Component):
         m.d.comb += p_eff.eq(Mux(pool == 0, 1, pool))
         khkw = Signal(48)
         fan_in = Signal(48)
+        pool_area = Signal(48)
+        walk = Signal(48)
+        p1_stride = Signal(48)
+        p1_s_in_w = Signal(48)
+        p_s_in_w = Signal(48)
         program = [
             ("mul", khkw, kh, kw),
             ("mul", fan_in, khkw, in_c),
             ("mul", in_hw, in_h, in_w),
-            ("mul", positions, out_h, out_w),
             ("mul", s_in_w, in_w, stride),
             ("mul", kh1_in_w, in_w, kh - 1),
             ("mul", in_size, in_hw, in_c),
@@ -200,6 +203,11 @@ class Sequencer(wiring.Component):
             ("div", pooled_w, out_w, p_eff),
             ("mul", pooled_hw, pooled_h, pooled_w),
             ("mul", out_size, pooled_hw, out_c),
+            ("mul", pool_area, p_eff, p_eff),
+            ("mul", walk, pooled_hw, pool_area),
+            ("mul", p1_stride, stride, p_eff - 1),
+            ("mul", p1_s_in_w, s_in_w, p_eff - 1),
+            ("mul", p_s_in_w, s_in_w, p_eff),
         ]
         step = Signal(range(len(program) + 1))
         x_a = Signal(48)  # multiplicand (shifted left) / dividend (shifted out)
@@ -262,13 +270,12 @@ class Sequencer(wiring.Component):
             cp.in_h.eq(in_h), cp.in_w.eq(in_w), cp.kh.eq(kh), cp.kw.eq(kw),
             cp.stride.eq(stride), cp.padding.eq(padding),
             cp.fan_in.eq(fan_in),
-            cp.out_w.eq(out_w), cp.positions.eq(positions[:ow]), cp.tiles.eq(tiles),
-            cp.s_in_w.eq(s_in_w[:ow]),
+            cp.pool.eq(p_eff), cp.pooled_w.eq(pooled_w), cp.positions.eq(walk[:ow]),
+            cp.tiles.eq(tiles), cp.s_in_w.eq(s_in_w[:ow]), cp.p1_stride.eq(p1_stride[:ow]),
+            cp.p1_s_in_w.eq(p1_s_in_w[:ow]), cp.p_s_in_w.eq(p_s_in_w[:ow]),
             cp.ky_step.eq(in_w - kw + 1),
             cp.ci_step.eq(in_hw[:ow] - kh1_in_w[:ow] - kw + 1),
-            dp.out_c.eq(out_c), dp.out_w.eq(out_w), dp.positions.eq(positions[:ow]),
-            dp.pool.eq(p_eff), dp.pooled_h.eq(pooled_h), dp.pooled_w.eq(pooled_w),
-            dp.pooled_hw.eq(pooled_hw),
+            dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),
             self.out_c.eq(out_c),
             pp.bias_shift.eq(bias_shift), pp.out_shift.eq(out_shift),
             pp.relu.eq(activation == 1),
