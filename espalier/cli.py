@@ -305,6 +305,72 @@ def cmd_sim(args) -> int:
     return 0 if rep["bit_exact"] == rep["images"] else 1
 
 
+def _device(args):
+    from espalier.link import open_device
+
+    try:
+        return open_device(args.port, baud=args.baud, progress=_progress)
+    except ImportError as e:
+        raise UserError(str(e)) from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"{args.port}: {e}") from None
+
+
+def _link_errors():
+    from espalier.host import DeviceError, IncompatibleDevice, LinkError
+
+    return (LinkError, DeviceError, IncompatibleDevice)
+
+
+def cmd_load(args) -> int:
+    from espalier.link import load
+
+    data = _read_bytes(args.image)
+    _load_image(args.image)
+    dev = _device(args)
+    try:
+        rep = load(dev, data)
+    except ValueError as e:
+        raise UserError(f"{args.image}: {e}") from None
+    except _link_errors() as e:
+        raise UserError(f"{args.port}: {e}") from None
+    finally:
+        dev.transport.close()
+    _emit(args, {"image": str(args.image), "port": args.port, **rep},
+          f"{args.image}: {rep['bytes']} bytes, {rep['n_layers']} layers loaded on "
+          f"{args.port}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from espalier.link import infer, load
+    from golden.model import GoldenModel
+    from weights.datasets import to_float
+
+    data = _read_bytes(args.image)
+    image = _load_image(args.image)
+    _check_mnist_input(image, args.image)
+    if args.digits < 1:
+        raise UserError(f"--digits must be at least 1, not {args.digits}")
+    x, y = _mnist("test")
+    inputs = GoldenModel(image).quantize_input(to_float(x[:args.digits]))
+    dev = _device(args)
+    try:
+        if args.load:
+            load(dev, data)
+        rep = infer(dev, data, inputs, y[:args.digits], progress=_progress)
+    except ValueError as e:
+        raise UserError(f"{args.image}: {e}") from None
+    except _link_errors() as e:
+        raise UserError(f"{args.port}: {e}") from None
+    finally:
+        dev.transport.close()
+    _emit(args, {"image": str(args.image), "port": args.port, **rep},
+          f"{rep['images']} digits: {rep['correct']} correct, {rep['bit_exact']} bit-exact "
+          f"with the golden model, {rep['cycles_per_inference']} cycles per inference")
+    return 0 if rep["bit_exact"] == rep["images"] else 1
+
+
 def _read_bytes(path) -> bytes:
     try:
         return Path(path).read_bytes()
@@ -400,6 +466,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", type=int, default=1,
                     help="how many MNIST test digits, from the first (default 1)")
     sp.add_argument("--vcd", metavar="FILE", help="write the waveforms to FILE")
+    json_flag(sp)
+
+    def port_args(sp):
+        sp.add_argument("--port", required=True,
+                        help="serial port of the board (any pyserial URL), or sim:PRESET for "
+                             "the simulated accelerator (e.g. sim:small)")
+        sp.add_argument("--baud", type=int, default=115200,
+                        help="baud rate (default 115200, as the board tops build)")
+
+    sp = add("load", "Load a weight image into a board's accelerator over the host link, "
+                     "after checking that it fits the board's build.", cmd_load)
+    sp.add_argument("image", help="weight image file")
+    port_args(sp)
+    json_flag(sp)
+
+    sp = add("infer", "Run MNIST test digits through the accelerator on a board (or the "
+                      "simulated one) and check each result against the golden model. "
+                      "Exit status 1 if any differs.", cmd_infer)
+    sp.add_argument("image", help="the weight image the board holds (for the input format "
+                                  "and the golden check)")
+    port_args(sp)
+    sp.add_argument("--digits", type=int, default=10,
+                    help="how many MNIST test digits, from the first (default 10)")
+    sp.add_argument("--load", action="store_true", help="load the image first")
     json_flag(sp)
 
     sp = add("bench", "Benchmarks that print figures.", None)

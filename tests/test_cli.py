@@ -11,7 +11,8 @@ from tests.imagegen import random_image
 from weights.image import write_image
 
 COMMANDS = [["train"], ["compress"], ["sensitivity"], ["inspect"], ["eval"], ["bench"],
-            ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"], ["sim"]]
+            ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"], ["sim"],
+            ["load"], ["infer"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS)
@@ -26,7 +27,7 @@ def test_every_subcommand_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"train", "compress", "sensitivity", "inspect", "eval", "bench",
-                                "sim"}
+                                "sim", "load", "infer"}
     for action in sub._choices_actions:
         assert action.help
 
@@ -107,3 +108,27 @@ def test_sim_json(capsys):
         assert {"name", "cycles", "macs", "utilization"} <= set(e)
         assert e["utilization"] == pytest.approx(e["macs"] / (rep["pes"] * e["cycles"]))
         assert abs(e["model_error"]) <= 0.05, e
+
+
+def test_link_commands_refuse_bad_ports(tmp_path, capsys):
+    from pathlib import Path
+
+    lenet5 = str(Path(__file__).resolve().parent.parent / "weights" / "images" / "lenet5.img")
+    assert main(["load", lenet5, "--port", str(tmp_path / "no-such-tty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-tty" in err[0]
+    assert main(["infer", lenet5, "--port", "sim:zynq"]) == 2
+    assert "unknown accelerator preset 'zynq'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_infer_on_the_simulated_board(capsys):
+    """The host link end to end: load LeNet-300-100 and classify two digits on sim:small."""
+    from pathlib import Path
+
+    image = Path(__file__).resolve().parent.parent / "weights" / "images" / "lenet300.img"
+    assert main(["infer", str(image), "--port", "sim:small", "--load", "--digits", "2",
+                 "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["images"] == 2 and rep["bit_exact"] == 2 and rep["correct"] == 2
+    assert rep["predictions"] == [7, 2]
