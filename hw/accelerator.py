@@ -11,6 +11,7 @@ from amaranth.lib.wiring import In, Out
 from hw.conv_drain import ConvDrain
 from hw.conv_feed import ConvFeed
 from hw.host_interface import HostInterface, core_signature
+from hw.image_buffer import ImageBuffer
 from hw.image_loader import LoadError
 from hw.pe_array import PEArray
 from hw.postprocess import PostProcess
@@ -34,9 +35,10 @@ class AcceleratorCore(wiring.Component):
     (fc) on the layer's input bank, and one on the output bank for the pooling max (or the
     host's reads while idle).
 
-    The image buffer is a single-port RAM outside the ``WeightUnit`` (as an SPRAM would
-    be): the loader and the decode path own it, except while the weight unit is idle and no
-    load runs, when the sequencer reads layer entries and biases through it.
+    The image buffer (``ImageBuffer``: SPRAM on the iCE40UP5K) is a single-port RAM
+    outside the ``WeightUnit``: the loader and the decode path own it, except while the
+    weight unit is idle and no load runs, when the sequencer reads layer entries and
+    biases through it.
     """
 
     def __init__(self, config):
@@ -67,21 +69,17 @@ class AcceleratorCore(wiring.Component):
         m.submodules.post = post = self.post
 
         # -- the image buffer ---------------------------------------------------------------
-        m.submodules.image = ram = memory.Memory(
-            shape=8 * cfg.image_word_bytes, depth=cfg.image_words, init=[])
-        ram_wr = ram.write_port(granularity=8)
-        ram_rd = ram.read_port()
+        m.submodules.image = ram = ImageBuffer(cfg)
         b = unit.buffer
         seq_owns = Signal()
         m.d.comb += seq_owns.eq(seq.busy & ~unit.busy & ~unit.load_busy)
         m.d.comb += [
-            ram_wr.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
-            ram_wr.data.eq(b.wr_data),
-            ram_wr.en.eq(Mux(seq_owns, 0, b.wr_en)),
-            ram_rd.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
-            ram_rd.en.eq(Mux(seq_owns, seq.img_en, b.rd_en)),
-            b.rd_data.eq(ram_rd.data),
-            seq.img_data.eq(ram_rd.data),
+            ram.bus.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
+            ram.bus.wr_data.eq(b.wr_data),
+            ram.bus.wr_en.eq(Mux(seq_owns, 0, b.wr_en)),
+            ram.bus.rd_en.eq(Mux(seq_owns, seq.img_en, b.rd_en)),
+            b.rd_data.eq(ram.bus.rd_data),
+            seq.img_data.eq(ram.bus.rd_data),
         ]
 
         # -- loading, through the control port ----------------------------------------------

@@ -1,0 +1,83 @@
+"""The compressed-image buffer: one single-port RAM, SPRAM on the iCE40UP5K, block RAM or a
+portable memory elsewhere.
+
+Ref: Lattice TN1314 / the iCE40 UltraPlus SPRAM (``SB_SPRAM256KA``: 16,384 x 16 bits,
+nibble write mask; yosys' ``cells_sim.v`` model: the output updates on a read and holds
+otherwise, during writes too).
+"""
+
+from amaranth.hdl import C, Cat, ClockSignal, Instance, Module, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In
+from amaranth.vendor import SiliconBluePlatform
+
+from hw.image_loader import buffer_signature
+
+__all__ = ["ImageBuffer"]
+
+_SPRAM_WORDS = 16384
+_SPRAM_BITS = 16
+
+
+class ImageBuffer(wiring.Component):
+    """``image_words`` words of ``8 · image_word_bytes`` bits behind the loader's buffer
+    port (``hw.image_loader.buffer_signature``): ``addr`` for reads and writes, a byte
+    enable per byte lane, ``rd_data`` the word at the address of the last clock with
+    ``rd_en`` high (held otherwise, as the SPRAM behaves).
+
+    The RAM is chosen once, by platform: on an iCE40 (``SiliconBluePlatform``) it is
+    ``SB_SPRAM256KA`` blocks side by side (each 16 bits of the word) and, for deeper
+    buffers, one row of them per 16,384 words; anywhere else (ECP5 block RAM through
+    Yosys' inference, and simulation) an ``amaranth.lib.memory.Memory``.
+    """
+
+    def __init__(self, config):
+        self._config = config
+        super().__init__({"bus": In(buffer_signature(config))})
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        bus = self.bus
+        bits = 8 * cfg.image_word_bytes
+        match platform:
+            case SiliconBluePlatform() if bits % _SPRAM_BITS == 0:
+                rows = -(-cfg.image_words // _SPRAM_WORDS)
+                cols = bits // _SPRAM_BITS
+                row = bus.addr[14:] if rows > 1 else C(0, 1)
+                r_row = Signal.like(row)  # the row the data on the outputs came from
+                with m.If(bus.rd_en):
+                    m.d.sync += r_row.eq(row)
+                outs = []
+                for r in range(rows):
+                    words = []
+                    for c in range(cols):
+                        dout = Signal(_SPRAM_BITS, name=f"spram_{r}_{c}_out")
+                        sel = row == r
+                        we = bus.wr_en[2 * c:2 * c + 2]
+                        m.submodules[f"spram_{r}_{c}"] = Instance(
+                            "SB_SPRAM256KA",
+                            i_ADDRESS=bus.addr[:14],
+                            i_DATAIN=bus.wr_data[_SPRAM_BITS * c:_SPRAM_BITS * (c + 1)],
+                            i_MASKWREN=Cat(we[0], we[0], we[1], we[1]),
+                            i_WREN=sel & we.any(),
+                            i_CHIPSELECT=sel & (bus.rd_en | we.any()),
+                            i_CLOCK=ClockSignal("sync"),
+                            i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                            o_DATAOUT=dout)
+                        words.append(dout)
+                    outs.append(Cat(*words))
+                with m.Switch(r_row):
+                    for r in range(rows):
+                        with m.Case(r):
+                            m.d.comb += bus.rd_data.eq(outs[r])
+            case _:
+                mem = memory.Memory(shape=bits, depth=cfg.image_words, init=[])
+                m.submodules.ram = mem
+                wr = mem.write_port(granularity=8)
+                rd = mem.read_port()
+                m.d.comb += [
+                    wr.addr.eq(bus.addr), wr.data.eq(bus.wr_data), wr.en.eq(bus.wr_en),
+                    rd.addr.eq(bus.addr), rd.en.eq(bus.rd_en), bus.rd_data.eq(rd.data),
+                ]
+        return m
