@@ -6,8 +6,9 @@
 sink that is always ready: from the fetch's start (the table already loaded) to the last
 token of the layer. The run expanders behind it emit one dense weight a clock per lane, so
 a layer's dense weights take at least ``weight_cycles`` (``ceil(out_c / lanes) ·
-fan_in``); both are reported. Table loading (about ``1 + run_bits`` clocks a symbol) is
-not in ``cycles`` and is reported as ``table_cycles``.
+fan_in``); both are reported. Table loading (a word a clock through the ``SymbolSplit``
+that ``DecodePath`` also has, from the decoders' start until every decoder can take
+bytes) is not in ``cycles`` and is reported as ``table_cycles``.
 
 The image buffer is preloaded (the loader's one byte a clock is not simulated); every
 other capacity is the preset's, checked as ``AcceleratorConfig.check_image`` does.
@@ -25,14 +26,16 @@ from hw.huffman_decode import DecodeError, HuffmanDecoder
 from hw.image_loader import DescWord, descriptor_words, image_words
 from hw.layouts import DecodeParams
 from hw.stream_fetch import StreamFetch
+from hw.symbol_split import SymbolSplit, TableItem
 from weights.image import read_image
 
 __all__ = ["bench_decode"]
 
 
 class _Harness(wiring.Component):
-    """Image buffer (preloaded) + StreamFetch + one HuffmanDecoder per lane; counts the
-    tokens and clocks of a layer in hardware so the testbench does not poll every clock."""
+    """Image buffer (preloaded) + StreamFetch + a SymbolSplit and one HuffmanDecoder per
+    lane; counts the tokens and clocks of a layer in hardware so the testbench does not
+    poll every clock. ``loaded``: every decoder has its table (takes bytes)."""
 
     def __init__(self, config, words):
         self._config = config
@@ -46,6 +49,7 @@ class _Harness(wiring.Component):
             "streams_addr": wiring.In(config.image_addr_width + 1),
             "table": wiring.In(stream.Signature(unsigned(config.symbol_width))),
             "done": wiring.Out(1),
+            "loaded": wiring.Out(1),
             "error": wiring.Out(1),
             "tokens": wiring.Out(32),
             "cycles": wiring.Out(32),
@@ -60,8 +64,11 @@ class _Harness(wiring.Component):
             shape=8 * cfg.image_word_bytes, depth=cfg.image_words, init=self._words)
         rd = img.read_port()
         m.submodules.fetch = fetch = StreamFetch(cfg)
-        m.submodules.tables = tables = StreamBroadcast(unsigned(cfg.symbol_width), lanes)
-        wiring.connect(m, wiring.flipped(self.table), tables.i)
+        m.submodules.split = split = SymbolSplit(cfg)
+        m.d.comb += [split.start.eq(self.start), split.params.eq(self.params)]
+        m.submodules.tables = tables = StreamBroadcast(TableItem(cfg), lanes)
+        wiring.connect(m, wiring.flipped(self.table), split.i)
+        wiring.connect(m, split.o, tables.i)
         m.d.comb += [
             rd.addr.eq(fetch.rd_addr),
             fetch.rd_data.eq(rd.data),
@@ -81,7 +88,11 @@ class _Harness(wiring.Component):
             wiring.connect(m, fetch.o[j], dec.i)
             m.d.comb += fetch.ch[j].ready.eq(dec.o.valid & dec.o.payload.last)
             errors.append(dec.error != DecodeError.NONE)
-        taken = [m.submodules[f"decoder_{j}"].o for j in range(lanes)]
+        decoders = [m.submodules[f"decoder_{j}"] for j in range(lanes)]
+        taken = [d.o for d in decoders]
+        # A decoder takes bytes once its table is loaded and while its buffer has room; the
+        # buffer is empty until the fetch starts.
+        m.d.comb += self.loaded.eq(Cat(*(d.i.ready for d in decoders)).all())
         n_tok = Signal(range(lanes + 1))
         n_end = Signal(range(lanes + 1))
         m.d.comb += [n_tok.eq(sum(o.valid for o in taken)),
@@ -141,8 +152,8 @@ def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
                 ctx.set(dut.table.payload, w)
                 await ctx.tick().until(dut.table.ready)
             ctx.set(dut.table.valid, 0)
-            # The last symbol is written into the decoders' memories a few clocks later.
-            await ctx.tick().repeat(1 + layer.run_bits + 2)
+            while not ctx.get(dut.loaded):
+                await ctx.tick()
             table_cycles = ctx.get(dut.now) - t0
             ctx.set(dut.go, 1)
             await ctx.tick()

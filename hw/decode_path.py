@@ -13,6 +13,7 @@ from hw.broadcast import StreamBroadcast
 from hw.huffman_decode import DecodeError, HuffmanDecoder
 from hw.layouts import DecodeParams, WeightOut
 from hw.run_expand import ExpandError, RunExpander
+from hw.symbol_split import SymbolSplit, TableItem
 
 __all__ = ["DecodePath"]
 
@@ -27,15 +28,18 @@ class DecodePath(wiring.Component):
     choice (``StreamFetch`` deals them by load; the tests also deal them in turn).
     Each lane is a ``HuffmanDecoder`` (``decoder_{j}``) feeding a ``RunExpander``
     (``expander_{j}``); every lane holds its own copy of the table and codebook, which
-    ``StreamBroadcast`` blocks copy to all lanes.
+    ``StreamBroadcast`` blocks copy to all lanes. The table's symbols are split into
+    (kind, run, index) once, by a ``SymbolSplit`` (``split``) in front of the table's
+    broadcast.
 
     Ports:
         ``start`` (in): one-cycle pulse; clears everything and begins a layer. ``params``,
             ``channels`` and ``sparse`` must be steady from then on.
         ``params`` (in, ``DecodeParams``); ``channels`` (in): the layer's ``out_c``.
         ``sparse`` (in): every expander's output mode (``RunExpander``).
-        ``table`` (in stream of u16): the Huffman table (counts, then symbols), given once
-            and broadcast to every lane.
+        ``table`` (in stream of u16): the Huffman table (counts, then symbols), given once;
+            split and broadcast to every lane, a word a clock (``SymbolSplit``'s pipeline
+            adds ``split.stages`` clocks of latency).
         ``codebook`` (in stream of signed ``bw``-bit): the ``K`` entries, broadcast.
         ``i[j]`` (in streams of bytes), ``o[j]`` (out streams of ``WeightOut``): lane ``j``.
         ``done`` (out): the lanes together have emitted the last entry of ``channels``
@@ -89,10 +93,12 @@ class DecodePath(wiring.Component):
             wiring.connect(m, exp.o, wiring.flipped(self.o[j]))
             decoders.append(dec)
             expanders.append(exp)
-        m.submodules.table_broadcast = tables = StreamBroadcast(
-            unsigned(cfg.symbol_width), lanes)
+        m.submodules.split = split = SymbolSplit(cfg)
+        m.d.comb += [split.start.eq(self.start), split.params.eq(self.params)]
+        m.submodules.table_broadcast = tables = StreamBroadcast(TableItem(cfg), lanes)
         m.submodules.codebook_broadcast = codebooks = StreamBroadcast(signed(cfg.bw), lanes)
-        wiring.connect(m, wiring.flipped(self.table), tables.i)
+        wiring.connect(m, wiring.flipped(self.table), split.i)
+        wiring.connect(m, split.o, tables.i)
         wiring.connect(m, wiring.flipped(self.codebook), codebooks.i)
         for j in range(lanes):
             wiring.connect(m, tables.o[j], decoders[j].table)

@@ -15,6 +15,7 @@ from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.layouts import DecodeParams, SymbolEntry, Token, TokenKind
+from hw.symbol_split import TableItem
 
 __all__ = ["DecodeError", "HuffmanDecoder"]
 
@@ -43,18 +44,23 @@ class HuffmanDecoder(wiring.Component):
             begins loading a table. ``params`` must be steady from then on.
         ``params`` (in, ``DecodeParams``): fan-in ``N``, codebook size ``K``, ``run_bits``,
             longest code ``L``.
-        ``table`` (in stream of u16): the image's Huffman table without its ``L`` byte:
-            ``count[1..L]``, then the ``sum(count)`` symbols in canonical order.
+        ``table`` (in stream of ``TableItem``): the image's Huffman table without its ``L``
+            byte, as ``SymbolSplit`` gives it: ``count[1..L]``, then the ``sum(count)``
+            symbols in canonical order, already split into kind, run and index.
         ``i`` (in stream of bytes): the layer's streams back to back, as in the image.
         ``o`` (out stream of ``Token``): one token per symbol; ``first``/``last`` mark the
             symbols that start and complete each channel's fan-in.
         ``error`` (out, ``DecodeError``): sticky; the decoder stops at the first error.
 
-    Table load: one clock per length up to ``max_code_len`` (a count is taken for each
-    length up to ``L``); one clock per ZRUN or EOS symbol; ``1 + run_bits`` clocks per
-    (run, index) symbol, whose ``s div K`` and ``s mod K`` a serial restoring divider
-    computes. The table must be valid (complete and canonical, as
-    ``weights.image.read_image`` checks); the decoder does not re-check it.
+    Table load: one clock per count (``L`` of them), then one clock per symbol; the
+    recurrence for the lengths from ``L + 1`` to ``max_code_len`` (a count of 0 each) runs
+    while the symbols arrive, so ``table.ready`` is high from the clock after ``start``
+    until the last symbol (while there is no error). A symbol outside the alphabet
+    (``bad``) or more symbols than ``max_table_symbols`` is a ``TABLE`` error. Otherwise
+    the table must be valid (complete and canonical, as ``weights.image.read_image``
+    checks); the decoder does not re-check it. Decoding begins two clocks after the clock
+    that takes the last symbol (later only for a table of fewer than ``max_code_len - L``
+    symbols, whose lengths past ``L`` are not done by then).
 
     Decoding: a bit buffer of ``max_code_len + 16`` bits takes a byte per clock while it
     has room for one. Each clock the next code's length is the least ``l`` whose top ``l``
@@ -82,7 +88,7 @@ class HuffmanDecoder(wiring.Component):
         super().__init__({
             "start": In(1),
             "params": In(DecodeParams(config)),
-            "table": In(stream.Signature(unsigned(config.symbol_width))),
+            "table": In(stream.Signature(TableItem(config))),
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(Token(config))),
             "error": Out(DecodeError),
@@ -108,13 +114,9 @@ class HuffmanDecoder(wiring.Component):
         ok = Signal()
         m.d.comb += ok.eq(self.error == DecodeError.NONE)
 
-        # Alphabet constants of the layer: ZRUN = (R+1)·K = K << run_bits, EOS = ZRUN + 1.
-        zrun = Signal(cfg.symbol_width + 1)
+        # R + 1 = 2^run_bits: the zero weights a ZRUN covers.
         r_plus_1 = Signal(cfg.max_run_bits + 1)
-        m.d.comb += [
-            zrun.eq(p.codebook_size << p.run_bits),
-            r_plus_1.eq(Const(1, 1) << p.run_bits),
-        ]
+        m.d.comb += r_plus_1.eq(Const(1, 1) << p.run_bits)
 
         # -- table: per-length limit and delta registers, symbol memory ------------------
         limit = [None] + [Signal(n + 1, name=f"limit_{n}") for n in range(1, max_len + 1)]
@@ -129,100 +131,57 @@ class HuffmanDecoder(wiring.Component):
         # Counts: limit[l] = first_code[l] + count[l], delta[l] = offset[l] - first_code[l].
         # Lengths past L continue the recurrence with a count of 0, so limit[l] =
         # limit[L] << (l - L): then "code < limit" holds, for every length from the code's
-        # own up, which makes the comparisons a thermometer code.
+        # own up, which makes the comparisons a thermometer code. Those lengths need no
+        # table word, so they are done while the symbols arrive.
+        item = self.table.payload
+        counting = Signal()  # this clock's length takes a count from the table
+        extending = Signal()  # this clock's length is past L: a count of 0
+        count = Signal(cfg.symbol_width)
+        t_limit = Signal.like(t_code)
+        t_delta = Signal(aw)
+        m.d.comb += [
+            counting.eq((state == _State.COUNTS) & ok & self.table.valid),
+            extending.eq((state == _State.SYMBOLS) & ok & (t_len <= max_len)),
+            count.eq(Mux(state == _State.COUNTS, item.count, 0)),
+            t_limit.eq(t_code + count),
+            t_delta.eq(t_offset - t_code),
+        ]
         with m.If((state == _State.COUNTS) & ok):
-            listed = Signal()  # this length's count is in the table
-            count = Signal(cfg.symbol_width)
-            t_limit = Signal.like(t_code)
-            t_delta = Signal(aw)
-            m.d.comb += [
-                listed.eq(t_len <= p.max_len),
-                self.table.ready.eq(listed),
-                count.eq(Mux(listed, self.table.payload, 0)),
-                t_limit.eq(t_code + count),
-                t_delta.eq(t_offset - t_code),
+            m.d.comb += self.table.ready.eq(1)
+        with m.If(counting | extending):
+            with m.Switch(t_len):
+                for n in range(1, max_len + 1):
+                    with m.Case(n):
+                        m.d.sync += [limit[n].eq(t_limit), delta[n].eq(t_delta)]
+            m.d.sync += [
+                t_code.eq(t_limit << 1),
+                t_offset.eq(t_offset + count),
+                t_len.eq(t_len + 1),
             ]
-            with m.If(self.table.valid | ~listed):
-                with m.Switch(t_len):
-                    for n in range(1, max_len + 1):
-                        with m.Case(n):
-                            m.d.sync += [limit[n].eq(t_limit), delta[n].eq(t_delta)]
-                m.d.sync += [
-                    t_code.eq(t_limit << 1),
-                    t_offset.eq(t_offset + count),
-                    t_len.eq(t_len + 1),
-                ]
-                with m.If(t_len == p.max_len):
-                    m.d.sync += t_total.eq(t_offset + count)
-                    with m.If(t_offset + count > cfg.max_table_symbols):
-                        m.d.sync += self.error.eq(DecodeError.TABLE)
-                with m.If(t_len == max_len):
-                    m.d.sync += [t_offset.eq(0), state.eq(_State.SYMBOLS)]
+        with m.If(counting & (t_len == p.max_len)):
+            m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS)]
+            with m.If(t_offset + count > cfg.max_table_symbols):
+                m.d.sync += self.error.eq(DecodeError.TABLE)
 
-        # Symbols: split each into kind, run = s div K, index = s mod K and store it at its
-        # canonical position (t_offset counts them now).
-        s_busy = Signal()
-        s_rem = Signal(cfg.symbol_width)
-        s_div = Signal(cfg.symbol_width)  # K << (remaining quotient bits - 1)
-        s_quo = Signal(cfg.max_run_bits)
-        s_left = Signal(range(cfg.max_run_bits + 1))
-        m.d.comb += wr.addr.eq(t_offset)
-        with m.If(wr.en):
-            m.d.sync += t_offset.eq(t_offset + 1)
-            with m.If(t_offset + 1 == t_total):
-                m.d.sync += state.eq(_State.DECODE)
-
-        with m.If((state == _State.SYMBOLS) & ok):
-            sym = self.table.payload
-            with m.If(~s_busy):
-                m.d.comb += self.table.ready.eq(1)
-                with m.If(self.table.valid):
-                    with m.If(sym == zrun):
-                        m.d.comb += [wr.en.eq(1), wr.data.kind.eq(TokenKind.ZRUN)]
-                    with m.Elif(sym == zrun + 1):
-                        m.d.comb += [wr.en.eq(1), wr.data.kind.eq(TokenKind.EOS)]
-                        m.d.sync += [eos_addr.eq(t_offset), eos_present.eq(1)]
-                    with m.Elif(sym > zrun + 1):
-                        m.d.sync += self.error.eq(DecodeError.TABLE)
-                    with m.Elif(p.run_bits == 0):
-                        m.d.comb += [
-                            wr.en.eq(1),
-                            wr.data.kind.eq(TokenKind.PAIR),
-                            wr.data.index.eq(sym),
-                        ]
-                    with m.Else():
-                        m.d.sync += [
-                            s_busy.eq(1),
-                            s_rem.eq(sym),
-                            s_div.eq(zrun >> 1),
-                            s_quo.eq(0),
-                            s_left.eq(p.run_bits),
-                        ]
-            if cfg.max_run_bits:
+        # Symbols: each comes split (``SymbolSplit``) and is stored at its canonical
+        # position, one a clock.
+        s_addr = Signal(range(cfg.max_table_symbols + 1))
+        s_done = Signal()  # every symbol is stored
+        m.d.comb += [wr.addr.eq(s_addr), wr.data.eq(item.entry)]
+        with m.If((state == _State.SYMBOLS) & ok & ~s_done):
+            m.d.comb += self.table.ready.eq(1)
+            with m.If(self.table.valid):
+                with m.If(item.bad):
+                    m.d.sync += self.error.eq(DecodeError.TABLE)
                 with m.Else():
-                    # One restoring-division step per clock, quotient bits MSB first.
-                    bit = Signal()
-                    rem_next = Signal.like(s_rem)
-                    quo_next = Signal.like(s_quo)
-                    m.d.comb += [
-                        bit.eq(s_rem >= s_div),
-                        rem_next.eq(Mux(bit, s_rem - s_div, s_rem)),
-                        quo_next.eq(Cat(bit, s_quo)),
-                    ]
-                    m.d.sync += [
-                        s_rem.eq(rem_next),
-                        s_quo.eq(quo_next),
-                        s_div.eq(s_div >> 1),
-                        s_left.eq(s_left - 1),
-                    ]
-                    with m.If(s_left == 1):
-                        m.d.comb += [
-                            wr.en.eq(1),
-                            wr.data.kind.eq(TokenKind.PAIR),
-                            wr.data.run.eq(quo_next),
-                            wr.data.index.eq(rem_next),
-                        ]
-                        m.d.sync += s_busy.eq(0)
+                    m.d.comb += wr.en.eq(1)
+                    m.d.sync += s_addr.eq(s_addr + 1)
+                    with m.If(s_addr + 1 == t_total):
+                        m.d.sync += s_done.eq(1)
+                    with m.If(item.entry.kind == TokenKind.EOS):
+                        m.d.sync += [eos_addr.eq(s_addr), eos_present.eq(1)]
+        with m.If((state == _State.SYMBOLS) & s_done & (t_len > max_len)):
+            m.d.sync += state.eq(_State.DECODE)
 
         # -- decode stage: find the next code's length and symbol address ----------------
         buf = Signal(width)
@@ -348,7 +307,8 @@ class HuffmanDecoder(wiring.Component):
                 t_code.eq(0),
                 t_offset.eq(0),
                 eos_present.eq(0),
-                s_busy.eq(0),
+                s_addr.eq(0),
+                s_done.eq(0),
                 ptr.eq(0),
                 m_valid.eq(0),
                 m_rem.eq(p.fan_in),

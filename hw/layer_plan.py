@@ -117,13 +117,10 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
 
 
 def table_cycles(layer) -> int:
-    """Clocks the weight unit takes from ``decode`` to streaming: the descriptor (17), then
-    the Huffman table and the codebook, 3 clocks a word, except that a lane's decoder splits
-    a (run, index) symbol in ``1 + run_bits`` clocks."""
-    zrun = len(layer.codebook) << layer.run_bits
-    per_pair = max(3, layer.run_bits + 1) if layer.run_bits else 3
-    words = sum(per_pair if s < zrun else 3 for s in layer.table.symbols)
-    return 17 + 3 * layer.table.max_len + words + 3 * len(layer.codebook)
+    """Clocks the weight unit takes from ``decode`` to streaming: the descriptor and the
+    start (18), then the Huffman table's ``L`` counts and ``n`` symbols and the ``K``
+    codebook entries at one a clock, plus two clocks for each of the two runs."""
+    return 18 + layer.table.max_len + len(layer.table.symbols) + len(layer.codebook) + 4
 
 
 def predict_cycles(config, image, index: int, *, first: bool = True) -> int:

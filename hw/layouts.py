@@ -4,8 +4,8 @@ A Huffman symbol ``s`` of a layer with codebook size ``K`` and zero-run width ``
 (docs/weight-image.md, "Stream sizes and streams"; ``golden.decode.Alphabet``) travels in
 hardware as a *token*: its kind (a (run, index) pair, ZRUN or EOS) with the pair's run
 ``s div K`` and index ``s mod K`` already split out, so no block divides by ``K`` per
-symbol. ``SymbolEntry.split`` is the software face of that mapping; the decoder's table
-loader computes the same split in hardware.
+symbol. ``SymbolEntry.split`` is the software face of that mapping; ``hw.symbol_split``
+computes the same split in hardware, once per table word, for every lane.
 """
 
 from amaranth.hdl import signed, unsigned

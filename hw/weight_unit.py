@@ -19,7 +19,7 @@ from hw.image_loader import (
 from hw.layouts import ImageByte, WeightOut
 from hw.stream_fetch import StreamFetch
 
-__all__ = ["LaneWeight", "WeightUnit"]
+__all__ = ["ItemReader", "LaneWeight", "WeightUnit"]
 
 
 class LaneWeight(data.StructLayout):
@@ -30,23 +30,139 @@ class LaneWeight(data.StructLayout):
         super().__init__({**dict(WeightOut(config).members), "channel": unsigned(16)})
 
 
-class _Q(enum.Enum, shape=4):
+class _Q(enum.Enum, shape=3):
     IDLE = 0
     DESC = 1
     START = 2
-    T_LO = 3
-    T_HI = 4
-    T_PUSH = 5
-    C_LO = 6
-    C_HI = 7
-    C_PUSH = 8
-    STREAMS = 9
+    TABLE = 3
+    CODEBOOK = 4
+    STREAMS = 5
 
 
 # The descriptor words the sequencer keeps while it decodes a layer.
 _KEEP = (DescWord.FAN_IN, DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.MAX_LEN,
          DescWord.OUT_C, DescWord.N_SYMBOLS, DescWord.CODEBOOK_ADDR, DescWord.TABLE_ADDR,
          DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR)
+
+
+class _Item(data.StructLayout):
+    """An item leaving the ``ItemReader``: its bytes and its run's tag."""
+
+    def __init__(self):
+        super().__init__({"data": 16, "tag": 1})
+
+
+class ItemReader(wiring.Component):
+    """Reads a run of little-endian items of one or two bytes from the image buffer, one
+    item a clock: the sequencer's feeder for a layer's Huffman table and codebook.
+
+    Ports:
+        ``start`` (in): one-cycle pulse: read ``count`` items of ``wide ? 2 : 1`` bytes
+            from byte address ``addr`` (any alignment); each carries ``tag`` (in) to ``o``.
+            The inputs are sampled at ``start``; a ``start`` while ``busy`` abandons the
+            run in progress.
+        ``flush`` (in): one-cycle pulse: drop the item waiting on ``o`` (with ``start``,
+            to begin afresh after an aborted run).
+        ``busy`` (out): the run's items are not all on ``o`` yet (a register).
+        ``rd_addr`` (out), ``rd_data`` (in): the image buffer's read port (word address;
+            the word a clock later). ``rd_addr`` depends on registers and ``start`` only.
+        ``o`` (out stream): ``data`` (the item, zero-extended to 16 bits) and ``tag``.
+
+    The reader keeps the buffer word that holds the next item's first byte (``hold``)
+    and reads the word after it, so an item that straddles two words is whole in
+    ``hold`` and ``rd_data``. With words of at least 4 bytes and items of at most 2, the
+    item after the one that crosses into the next word (which moves that word into
+    ``hold`` and asks for the one after) still lies within ``hold``, so the read a clock
+    late is never waited for.
+
+    Latency: after ``start``, one clock to read the first word, then the first item is
+    loaded into ``o``'s register (valid in the clock after). Throughput: one item a
+    clock; a run of ``count`` items keeps the reader ``busy`` for ``count + 2`` clocks
+    after ``start`` when ``o`` is always ready. Back-pressure: ``o.valid`` and the payload
+    are registers, held until the transfer; the next item is loaded in the clock ``o``
+    is empty or transfers.
+    """
+
+    def __init__(self, config):
+        if config.image_word_bytes < 4:
+            raise ValueError(f"the item reader needs image words of at least 4 bytes, not "
+                             f"{config.image_word_bytes}")
+        self._config = config
+        super().__init__({
+            "start": In(1),
+            "flush": In(1),
+            "addr": In(config.image_addr_width + 1),
+            "count": In(17),
+            "wide": In(1),
+            "tag": In(1),
+            "busy": Out(1),
+            "rd_addr": Out(range(config.image_words)),
+            "rd_data": In(8 * config.image_word_bytes),
+            "o": Out(stream.Signature(_Item())),
+        })
+
+    def elaborate(self, platform):
+        cfg = self._config
+        m = Module()
+        wb = cfg.image_word_bytes
+        ob = (wb - 1).bit_length()
+
+        a = Signal(cfg.image_addr_width + 1)  # byte address of the next item
+        h = Signal(len(a) - ob)  # the word in hold: a's word
+        hold = Signal(8 * wb)
+        left = Signal.like(self.count)
+        wide = Signal()
+        tag = Signal()
+        priming = Signal()  # hold gets the run's first word this clock
+        running = Signal()  # items left to load
+        m.d.comb += [
+            self.busy.eq(priming | running),
+            self.rd_addr.eq(Mux(self.start, self.addr[ob:], h + 1)),
+        ]
+
+        off = Signal(ob)
+        lo = Signal(8)
+        hi = Signal(8)
+        a_next = Signal.like(a)
+        m.d.comb += [
+            off.eq(a[:ob]),
+            lo.eq(hold.word_select(off, 8)),
+            hi.eq(Cat(hold, self.rd_data[:8]).word_select(off + 1, 8)),
+            a_next.eq(a + Mux(wide, 2, 1)),
+        ]
+
+        o_valid = Signal()
+        m.d.comb += self.o.valid.eq(o_valid)
+        with m.If(running & (~o_valid | self.o.ready)):
+            m.d.sync += [
+                o_valid.eq(1),
+                self.o.payload.data.eq(Cat(lo, Mux(wide, hi, 0))),
+                self.o.payload.tag.eq(tag),
+                a.eq(a_next),
+                left.eq(left - 1),
+            ]
+            with m.If(a_next[ob:] != a[ob:]):
+                m.d.sync += [hold.eq(self.rd_data), h.eq(h + 1)]
+            with m.If(left == 1):
+                m.d.sync += running.eq(0)
+        with m.Elif(self.o.ready):
+            m.d.sync += o_valid.eq(0)
+
+        with m.If(priming):
+            m.d.sync += [hold.eq(self.rd_data), priming.eq(0), running.eq(left != 0)]
+        with m.If(self.start):
+            m.d.sync += [
+                a.eq(self.addr),
+                h.eq(self.addr[ob:]),
+                left.eq(self.count),
+                wide.eq(self.wide),
+                tag.eq(self.tag),
+                priming.eq(1),
+                running.eq(0),
+            ]
+        with m.If(self.flush):
+            m.d.sync += o_valid.eq(0)
+        return m
 
 
 class WeightUnit(wiring.Component):
@@ -77,14 +193,17 @@ class WeightUnit(wiring.Component):
             the stream sizes (each channel goes to exactly one lane, and a lane's channels
             come in increasing order).
 
-    A layer: the sequencer reads the layer's descriptor (16 clocks), starts the
-    ``DecodePath``, sends it the Huffman table (counts then symbols, 3 clocks a word, or
-    slower while the decoders split the symbols) and the codebook read from the image
-    buffer, then starts the ``StreamFetch``, which feeds each lane its channels' bytes
-    (the read port is the sequencer's until then, the fetch's after). It is done when
-    every lane has emitted its last weight. Throughput: dense, one weight per clock per
-    lane; sparse, up to one Huffman symbol per clock per lane (as the decoders and the
-    fetch's bytes allow).
+    A layer: the sequencer reads the layer's descriptor (17 clocks), starts the
+    ``DecodePath`` (``path``) and, through an ``ItemReader`` (``reader``) on the image
+    buffer's read port, sends it the Huffman table (counts then symbols) and then the
+    codebook, an item a clock; then it starts the ``StreamFetch`` (``fetch``), which
+    feeds each lane its channels' bytes (the read port is the reader's until then, the
+    fetch's after). From the ``decode`` pulse, ``path.start`` comes 18 clocks later and
+    ``fetch.start`` ``L + n + K + 4`` clocks after that (``L`` counts, ``n`` table
+    symbols, ``K`` codebook entries; the path takes a word a clock, so this is exact).
+    It is done when every lane has emitted its last weight. Throughput: dense, one weight
+    per clock per lane; sparse, up to one Huffman symbol per clock per lane (as the
+    decoders and the fetch's bytes allow).
     """
 
     def __init__(self, config, *, external_buffer: bool = False):
@@ -110,15 +229,16 @@ class WeightUnit(wiring.Component):
             "o": Out(stream.Signature(LaneWeight(config))).array(config.decode_lanes),
         })
         self.loader = ImageLoader(config, external_buffer=external_buffer)
+        self.reader = ItemReader(config)
+        self.fetch = StreamFetch(config)
+        self.path = DecodePath(config)
 
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
-        wb = cfg.image_word_bytes
-        ob = (wb - 1).bit_length()
         m.submodules.loader = ld = self.loader
-        m.submodules.fetch = fetch = StreamFetch(cfg)
-        m.submodules.path = path = DecodePath(cfg)
+        m.submodules.fetch = fetch = self.fetch
+        m.submodules.path = path = self.path
 
         m.d.comb += [
             ld.start.eq(self.load),
@@ -183,66 +303,47 @@ class WeightUnit(wiring.Component):
             with m.If(d_k == DESC_WORDS):
                 m.d.sync += state.eq(_Q.START)
 
-        # Table words and codebook entries, read a byte a clock from the image buffer.
-        addr = Signal(cfg.image_addr_width + 1)
-        left = Signal(24)
-        lo = Signal(8)
-        hi = Signal(8)
-        off = Signal(max(1, ob))
-        byte = Signal(8)
-        # A word's high byte arrives in the first clock of a PUSH state and is held in hi
-        # from then on, so the payload is steady while valid.
-        first_push = Signal()
-        word = Signal(16)
-        m.d.sync += first_push.eq((state == _Q.T_HI) | (state == _Q.C_HI))
+        # Table words, then codebook entries, a word a clock from the image buffer.
+        m.submodules.reader = rdr = self.reader
+        item = rdr.o.payload
         m.d.comb += [
-            byte.eq(ld.rd_data.word_select(off, 8)),
-            word.eq(Cat(lo, Mux(first_push, byte, hi))),
-            path.table.payload.eq(word),
-            path.codebook.payload.eq(word if cfg.bw == 16 else lo),
+            rdr.rd_data.eq(ld.rd_data),
+            path.table.valid.eq(rdr.o.valid & ~item.tag),
+            path.table.payload.eq(item.data),
+            path.codebook.valid.eq(rdr.o.valid & item.tag),
+            path.codebook.payload.eq(item.data[:cfg.bw]),
+            rdr.o.ready.eq(Mux(item.tag, path.codebook.ready, path.table.ready)),
         ]
-        with m.If(first_push):
-            m.d.sync += hi.eq(byte)
-        rd_byte_addr = Signal.like(addr)
-        m.d.comb += rd_byte_addr.eq(Mux((state == _Q.T_HI) | (state == _Q.C_HI), addr + 1,
-                                        addr))
-        m.d.sync += off.eq(rd_byte_addr[:ob])
         with m.If(state == _Q.STREAMS):
             m.d.comb += ld.rd_addr.eq(fetch.rd_addr)
         with m.Else():
-            m.d.comb += ld.rd_addr.eq(rd_byte_addr[ob:])
+            m.d.comb += ld.rd_addr.eq(rdr.rd_addr)
 
         with m.If(state == _Q.START):
-            m.d.comb += path.start.eq(1)
-            m.d.sync += [
-                addr.eq(keep[DescWord.TABLE_ADDR]),
-                left.eq(keep[DescWord.MAX_LEN] + keep[DescWord.N_SYMBOLS]),
-                state.eq(_Q.T_LO),
+            m.d.comb += [
+                path.start.eq(1),
+                rdr.start.eq(1),
+                rdr.flush.eq(1),
+                rdr.addr.eq(keep[DescWord.TABLE_ADDR]),
+                rdr.count.eq(keep[DescWord.MAX_LEN] + keep[DescWord.N_SYMBOLS]),
+                rdr.wide.eq(1),
+                rdr.tag.eq(0),
             ]
-        with m.If(state == _Q.T_LO):
-            m.d.sync += state.eq(_Q.T_HI)
-        with m.If(state == _Q.T_HI):
-            m.d.sync += [lo.eq(byte), state.eq(_Q.T_PUSH)]
-        with m.If(state == _Q.T_PUSH):
-            m.d.comb += path.table.valid.eq(1)
-            with m.If(path.table.ready):
-                m.d.sync += [addr.eq(addr + 2), left.eq(left - 1), state.eq(_Q.T_LO)]
-                with m.If(left == 1):
-                    m.d.sync += [addr.eq(keep[DescWord.CODEBOOK_ADDR]),
-                                 left.eq(keep[DescWord.CODEBOOK_SIZE]), state.eq(_Q.C_LO)]
-
-        with m.If(state == _Q.C_LO):
-            m.d.sync += state.eq(_Q.C_HI)
-        with m.If(state == _Q.C_HI):
-            m.d.sync += [lo.eq(byte), state.eq(_Q.C_PUSH)]
-        with m.If(state == _Q.C_PUSH):
-            m.d.comb += path.codebook.valid.eq(1)
-            with m.If(path.codebook.ready):
-                m.d.sync += [addr.eq(addr + cfg.bw // 8), left.eq(left - 1),
-                             state.eq(_Q.C_LO)]
-                with m.If(left == 1):
-                    m.d.comb += fetch.start.eq(1)
-                    m.d.sync += state.eq(_Q.STREAMS)
+            m.d.sync += state.eq(_Q.TABLE)
+        with m.If((state == _Q.TABLE) & ~rdr.busy):
+            m.d.comb += [
+                rdr.start.eq(1),
+                rdr.addr.eq(keep[DescWord.CODEBOOK_ADDR]),
+                rdr.count.eq(keep[DescWord.CODEBOOK_SIZE]),
+                rdr.wide.eq(cfg.bw == 16),
+                rdr.tag.eq(1),
+            ]
+            m.d.sync += state.eq(_Q.CODEBOOK)
+        # The last codebook entry may still wait on the reader's output: the read port is
+        # free, so the fetch starts.
+        with m.If((state == _Q.CODEBOOK) & ~rdr.busy):
+            m.d.comb += fetch.start.eq(1)
+            m.d.sync += state.eq(_Q.STREAMS)
 
         with m.If(state == _Q.STREAMS):
             with m.If(path.done | path.error):

@@ -190,3 +190,27 @@ def test_throughput_one_weight_per_clock_per_lane():
     run_path(SMALL, case, stall=0.0, cycles=cycles)
     weights = 40 * 4
     assert max(cycles) - min(cycles) + 1 <= weights // SMALL.decode_lanes + 2
+
+
+
+def test_symbol_outside_alphabet():
+    """The split flags a symbol outside the alphabet and the decoders refuse it."""
+    dut = DecodePath(SMALL)
+    result = {}
+
+    async def bench(ctx):
+        ctx.set(dut.params, {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 1})
+        ctx.set(dut.channels, 1)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        assert not ctx.get(dut.error)
+        await stream_put(ctx, dut.table, [2, 0, 3])  # A = 3
+        await ctx.tick().repeat(8)
+        result["error"] = ctx.get(dut.error)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert result["error"]

@@ -12,6 +12,7 @@ from golden.decode import Alphabet, huffman_symbols
 from hw.config import get_preset
 from hw.huffman_decode import DecodeError, HuffmanDecoder
 from hw.layouts import SymbolEntry, TokenKind
+from hw.symbol_split import table_items
 from tests.imagegen import random_layer
 from tests.streams import stream_get, stream_put
 from weights.huffman import Table, code_lengths, encode
@@ -54,6 +55,10 @@ class Case:
 
     def tokens(self) -> list[dict]:
         return tokens_of(self.symbols(), self.k, self.run_bits)
+
+    def table_items(self) -> list[dict]:
+        """The table as the decoder takes it (``SymbolSplit``'s output)."""
+        return table_items(self.table.counts, self.table.symbols, self.k, self.run_bits)
 
 
 def tokens_of(channels, k: int, run_bits: int) -> list[dict]:
@@ -116,7 +121,7 @@ def expected_dicts(tokens) -> list[dict]:
 
 # -- simulation -----------------------------------------------------------------------------
 
-def simulate(cfg, params, table_words, data, n_tokens, *, seed=0, stall=STALL,
+def simulate(cfg, params, items, data, n_tokens, *, seed=0, stall=STALL,
              cycles=None, vcd=None):
     """Run one layer through a HuffmanDecoder: (received tokens, final error)."""
     dut = HuffmanDecoder(cfg)
@@ -129,7 +134,7 @@ def simulate(cfg, params, table_words, data, n_tokens, *, seed=0, stall=STALL,
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await stream_put(ctx, dut.table, table_words, rng=rng, stall=stall)
+        await stream_put(ctx, dut.table, items, rng=rng, stall=stall)
 
     async def feed(ctx):
         await stream_put(ctx, dut.i, data, rng=rng, stall=stall)
@@ -155,9 +160,8 @@ def simulate(cfg, params, table_words, data, n_tokens, *, seed=0, stall=STALL,
 
 def check_case(case: Case, cfg=SMALL, *, seed=0, stall=STALL, vcd=None):
     expected = expected_dicts(case.tokens())
-    words = list(case.table.counts) + list(case.table.symbols)
-    got, error = simulate(cfg, case.params, words, b"".join(case.streams), len(expected),
-                          seed=seed, stall=stall, vcd=vcd)
+    got, error = simulate(cfg, case.params, case.table_items(), b"".join(case.streams),
+                          len(expected), seed=seed, stall=stall, vcd=vcd)
     assert error == DecodeError.NONE
     for n, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g == e, f"token {n}"
@@ -227,8 +231,7 @@ def test_back_to_back_layers():
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            await stream_put(ctx, dut.table, list(case.table.counts) + list(case.table.symbols),
-                             rng=rng, stall=STALL)
+            await stream_put(ctx, dut.table, case.table_items(), rng=rng, stall=STALL)
             await stream_put(ctx, dut.i, b"".join(case.streams), rng=rng, stall=STALL)
 
     async def collect(ctx):
@@ -282,9 +285,8 @@ def measure_throughput(case: Case, cfg=SMALL) -> float:
     """Symbols per clock, unstalled, from the first token to the last (checked exact)."""
     cycles = []
     expected = expected_dicts(case.tokens())
-    words = list(case.table.counts) + list(case.table.symbols)
-    got, error = simulate(cfg, case.params, words, b"".join(case.streams), len(expected),
-                          stall=0.0, cycles=cycles)
+    got, error = simulate(cfg, case.params, case.table_items(), b"".join(case.streams),
+                          len(expected), stall=0.0, cycles=cycles)
     assert error == DecodeError.NONE and got == expected
     return len(expected) / (cycles[-1] - cycles[0] + 1)
 
@@ -307,8 +309,15 @@ def test_throughput_eos_channels_cost_nothing():
 
 # -- errors ---------------------------------------------------------------------------------
 
+def items_of(params, words) -> list[dict]:
+    """Raw table words (counts, then symbols) as the decoder takes them."""
+    n = params["max_len"]
+    return table_items(words[:n], words[n:], params["codebook_size"], params["run_bits"])
+
+
 def watch_error(cfg, params, table_words, data, *, bound: int):
-    """Run until the decoder reports an error; return (error, cycles after the table load)."""
+    """Run until the decoder reports an error; return (error, cycles after the table load).
+    ``table_words`` are raw (counts, then symbols), split here as ``SymbolSplit`` would."""
     dut = HuffmanDecoder(cfg)
     result = {}
 
@@ -317,7 +326,7 @@ def watch_error(cfg, params, table_words, data, *, bound: int):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await stream_put(ctx, dut.table, table_words)
+        await stream_put(ctx, dut.table, items_of(params, table_words))
         result["loaded"] = True
 
     async def feed(ctx):
@@ -348,8 +357,9 @@ def watch_error(cfg, params, table_words, data, *, bound: int):
 def test_error_no_code():
     """A single-symbol table codes only '0': a '1' bit is an error, not a hang."""
     params = {"fan_in": 20, "codebook_size": 1, "run_bits": 0, "max_len": 1}
-    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=40)
-    assert error == DecodeError.NO_CODE and cycles <= 16
+    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=60)
+    # the lengths 2..16 past L = 1 take 15 clocks after the table's last word
+    assert error == DecodeError.NO_CODE and cycles <= 15 + 16
 
 
 def past_fan_in_case(symbols, fan_in, run_bits):
@@ -366,8 +376,10 @@ def past_fan_in_case(symbols, fan_in, run_bits):
 ])
 def test_error_past_fan_in(symbols, fan_in):
     params, words, data = past_fan_in_case(symbols, fan_in, run_bits=2)
-    error, cycles = watch_error(SMALL, params, words, data, bound=40)
-    assert error == DecodeError.PAST_FAN_IN and cycles <= 8
+    error, cycles = watch_error(SMALL, params, words, data, bound=60)
+    # the lengths past L take max_code_len - L clocks after the table's last word
+    assert error == DecodeError.PAST_FAN_IN
+    assert cycles <= SMALL.max_code_len - params["max_len"] + 8
 
 
 @pytest.mark.parametrize("params", [
@@ -412,7 +424,7 @@ def test_restart_clears_error():
         await ctx.tick()
         ctx.set(dut.start, 0)
         assert ctx.get(dut.error) == DecodeError.NONE
-        await stream_put(ctx, dut.table, list(case.table.counts) + list(case.table.symbols))
+        await stream_put(ctx, dut.table, case.table_items())
         await stream_put(ctx, dut.i, b"".join(case.streams))
 
     async def collect(ctx):

@@ -12,10 +12,10 @@ from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import LoadError
-from hw.weight_unit import WeightUnit
+from hw.image_loader import LoadError, image_words
+from hw.weight_unit import ItemReader, WeightUnit
 from tests.imagegen import random_image
-from tests.streams import stream_put
+from tests.streams import stream_get, stream_put
 from tests.test_hw_decode_path import check_sparse_channel, split_channels
 from weights.image import read_image, write_image
 
@@ -196,3 +196,208 @@ def test_shipped_image(path):
     with open(path, "rb") as f:
         data = f.read()
     run_unit(SMALL, data, stall=0.0)
+
+
+# -- the sequencer's feeder ------------------------------------------------------------------
+
+class _ReaderBench(Elaboratable):
+    """An ItemReader on a preloaded image buffer (the loader's read port: word address, the
+    word a clock later)."""
+
+    def __init__(self, cfg, image: bytes):
+        self.cfg = cfg
+        self.words = image_words(image, cfg.image_word_bytes)
+        self.reader = ItemReader(cfg)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.reader = rdr = self.reader
+        m.submodules.ram = ram = memory.Memory(
+            shape=8 * self.cfg.image_word_bytes, depth=len(self.words), init=self.words)
+        rd = ram.read_port()
+        m.d.comb += [rd.addr.eq(rdr.rd_addr), rdr.rd_data.eq(rd.data)]
+        return m
+
+
+def read_runs(cfg, image, runs, *, seed=0, stall=0.3):
+    """Read ``runs`` (addr, count, wide) back to back, each started as soon as the reader
+    is not busy; return the items (data, tag) received and the clocks each run was busy."""
+    top = _ReaderBench(cfg, image)
+    dut = top.reader
+    rng = np.random.default_rng(seed) if stall else None
+    total = sum(count for _, count, _ in runs)
+    got, busy = [], []
+
+    async def control(ctx):
+        for n, (addr, count, wide) in enumerate(runs):
+            ctx.set(dut.addr, addr)
+            ctx.set(dut.count, count)
+            ctx.set(dut.wide, wide)
+            ctx.set(dut.tag, n % 2)
+            ctx.set(dut.start, 1)
+            ctx.set(dut.flush, n == 0)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            ctx.set(dut.flush, 0)
+            clocks = 1
+            while ctx.get(dut.busy):
+                await ctx.tick()
+                clocks += 1
+            busy.append(clocks)
+
+    async def collect(ctx):
+        got.extend(await stream_get(ctx, dut.o, total, rng=rng, stall=stall))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control, background=True)
+    sim.add_testbench(collect)
+    sim.run()
+    return [(int(g.data), int(g.tag)) for g in got], busy
+
+
+def expected_items(image, runs):
+    out = []
+    for n, (addr, count, wide) in enumerate(runs):
+        size = 2 if wide else 1
+        out.extend((int.from_bytes(image[addr + size * k:addr + size * (k + 1)], "little"),
+                    n % 2) for k in range(count))
+    return out
+
+
+@pytest.mark.parametrize("lanes,seed", [(2, 0), (4, 1), (8, 2)])
+def test_item_reader_alignments(lanes, seed):
+    """Runs of 1- and 2-byte items at every alignment within a word, back to back, with
+    random stalls: every item exactly once, in order."""
+    cfg = config(8, cols=8, decode_lanes=lanes, image_bytes=1024)
+    wb = cfg.image_word_bytes
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, cfg.image_bytes, dtype=np.uint8).tobytes()
+    runs = []
+    for off in range(wb):
+        for wide in (1, 0):
+            count = int(rng.integers(1, 3 * wb))
+            addr = int(rng.integers(0, 40)) * wb + off
+            runs.append((addr, count, wide))
+    got, _ = read_runs(cfg, image, runs, seed=seed)
+    assert got == expected_items(image, runs)
+
+
+def test_item_reader_one_item_a_clock():
+    """Unstalled, a run of n items keeps the reader busy n + 2 clocks (the start, one to
+    read the first word, one per item)."""
+    cfg = config(8)
+    image = bytes(range(256)) * 4
+    runs = [(3, 40, 1), (1021, 1, 1), (6, 9, 0)]
+    got, busy = read_runs(cfg, image, runs, stall=0.0)
+    assert got == expected_items(image, runs)
+    assert busy == [count + 2 for _, count, _ in runs]
+
+
+def load_cycles(cfg, data: bytes, *, sparse=True) -> list[dict]:
+    """Per layer, unstalled: clocks from the ``decode`` pulse to the path's start, from
+    there to the fetch's start (the table and codebook load), and from the pulse to the
+    first weight (or sparse entry) on any lane."""
+    dut = WeightUnit(cfg)
+    image = read_image(data)
+    lanes = cfg.decode_lanes
+    out = []
+
+    async def bench(ctx):
+        ctx.set(dut.load, 1)
+        await ctx.tick()
+        ctx.set(dut.load, 0)
+        await stream_put(ctx, dut.i, [{"data": b, "last": int(n == len(data) - 1)}
+                                      for n, b in enumerate(data)])
+        while ctx.get(dut.load_busy):
+            await ctx.tick()
+        for j in range(lanes):
+            ctx.set(dut.o[j].ready, 1)
+        ctx.set(dut.sparse, sparse)
+        for n in range(len(image.layers)):
+            ctx.set(dut.layer, n)
+            ctx.set(dut.decode, 1)
+            await ctx.tick()
+            ctx.set(dut.decode, 0)
+            seen = {}
+            clock = 1
+            while ctx.get(dut.busy) or any(ctx.get(o.valid) for o in dut.o):
+                for name, sig in (("start", dut.path.start), ("fetch", dut.fetch.start)):
+                    if ctx.get(sig):
+                        seen.setdefault(name, clock)
+                if any(ctx.get(o.valid) for o in dut.o):
+                    seen.setdefault("first", clock)
+                await ctx.tick()
+                clock += 1
+            assert not ctx.get(dut.error)
+            out.append({"start": seen["start"], "load": seen["fetch"] - seen["start"],
+                        "first": seen["first"]})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def load_formula(layer) -> int:
+    """Clocks from the path's start to the fetch's start: L counts and n symbols, then K
+    codebook entries, a word a clock, and a clock to read the first buffer word and one to
+    see the reader finish, for each of the two."""
+    return layer.table.max_len + len(layer.table.symbols) + len(layer.codebook) + 4
+
+
+@pytest.mark.parametrize("bw,seed", [(8, 7), (16, 8)])
+def test_table_and_codebook_load_time(bw, seed):
+    """The table and codebook load takes exactly ``load_formula`` clocks, 18 clocks after
+    the decode pulse (the descriptor)."""
+    data = write_image(random_image(seed, bw))
+    image = read_image(data)
+    got = load_cycles(config(bw), data)
+    for layer, g in zip(image.layers, got, strict=True):
+        assert g["start"] == 18
+        assert g["load"] == load_formula(layer)
+        assert g["first"] > g["start"] + g["load"]
+
+
+def test_item_reader_restart():
+    """A start (with flush) in the middle of a run abandons it: a prefix of the first run,
+    then the whole second run, nothing else (as after a layer that stopped on an error)."""
+    cfg = config(8)
+    image = bytes(range(256)) * 4
+    dut_top = _ReaderBench(cfg, image)
+    dut = dut_top.reader
+    first, second = (5, 40, 1), (301, 7, 1)
+    got = []
+
+    async def control(ctx):
+        for n, ((addr, count, wide), wait) in enumerate([(first, 6), (second, 0)]):
+            ctx.set(dut.addr, addr)
+            ctx.set(dut.count, count)
+            ctx.set(dut.wide, wide)
+            ctx.set(dut.tag, n)
+            ctx.set(dut.start, 1)
+            ctx.set(dut.flush, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            ctx.set(dut.flush, 0)
+            if wait:
+                await ctx.tick().repeat(wait)
+
+    async def collect(ctx):
+        ctx.set(dut.o.ready, 1)
+        async for _, _, valid, payload in ctx.tick().sample(dut.o.valid, dut.o.payload):
+            if valid:
+                got.append((int(payload.data), int(payload.tag)))
+            if len(got) and got[-1][1] == 1 and not ctx.get(dut.busy) and not valid:
+                break
+
+    sim = Simulator(dut_top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control)
+    sim.add_testbench(collect)
+    sim.run()
+    a, b = expected_items(image, [first]), expected_items(image, [first, second])[40:]
+    assert got[-len(b):] == b
+    assert 0 < len(got) - len(b) < len(a)
+    assert got[:-len(b)] == a[:len(got) - len(b)]
