@@ -116,6 +116,19 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     return n
 
 
+def _lane_symbols(layer, lanes: int) -> list[int]:
+    """Symbols each decode lane gets when channels go to the lane with the fewest bytes."""
+    from golden.decode import huffman_symbols
+
+    load = [0] * lanes
+    symbols = [0] * lanes
+    for stream in layer.streams:
+        j = load.index(min(load))
+        load[j] += len(stream)
+        symbols[j] += len(huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in))
+    return symbols
+
+
 def table_cycles(layer) -> int:
     """Clocks the weight unit takes from ``decode`` to streaming: the descriptor and the
     start (18), then the Huffman table's ``L`` counts and ``n`` symbols and the ``K``
@@ -146,8 +159,8 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
             n += config.rows + 2 + groups * per_group
         n += config.cols + config.rows + 8  # the array, the drain and post-processing
     else:
-        # One symbol a clock per lane; the channels are dealt by load, so the lanes end
-        # within about half a channel of each other; then the pipeline's tail.
-        symbols = layer.symbol_count()
-        n += -(-symbols // lanes) + -(-symbols // (2 * layer.out_c)) + 12
+        # One symbol a clock per lane. StreamFetch deals each channel to the lane with the
+        # fewest stream bytes left; modelled as the least bytes dealt so far, so a lane's
+        # time is the symbols of the channels it drew. Then the pipeline's tail.
+        n += max(_lane_symbols(layer, lanes)) + 12
     return n + 1  # NEXT
