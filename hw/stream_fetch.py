@@ -5,8 +5,10 @@ Ref: docs/weight-image.md, "Stream sizes and streams": stream ``o`` starts where
 streams' start plus the prefix sum of the sizes before it.
 """
 
+import dataclasses
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import enum, fifo, stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["StreamFetch"]
@@ -17,12 +19,14 @@ _JOB_DEPTH = 4  # channels a lane may have waiting
 _ORDER_DEPTH = 16
 
 
-class _S(enum.Enum, shape=3):
-    IDLE = 0
-    LO = 1  # read the size's low byte
-    HI = 2  # read its high byte; the low byte arrives
-    HI_WAIT = 3  # the high byte arrives
-    PUSH = 4  # give the channel to a lane; read the next size's low byte
+@dataclasses.dataclass(frozen=True)
+class _Probe:
+    """The deal as it happens, for tests (see ``StreamFetch``)."""
+
+    deal: Signal
+    lane: Signal
+    room: Signal
+    pend: list
 
 
 class StreamFetch(wiring.Component):
@@ -39,21 +43,45 @@ class StreamFetch(wiring.Component):
             of its streams; the consumer takes one when the channel's last weight leaves.
         ``idle`` (out): every byte of the layer has been delivered (and before a start).
 
-    A scheduler reads the stream sizes (a byte per read), keeps their running sum and
-    gives each channel, as a job (start address, size), to the lane with the fewest bytes
-    still to read among those with room (a FIFO of four jobs per lane besides the one
-    being read, and sixteen channel numbers): dealing channels in turn left lanes idle
-    that drew short ones (Ref: EIE, ISCA 2016, whose PEs balance load with activation
-    queues; here the assignment balances it). The scheduler has the
-    read port whenever it reads (three clocks a channel, two of them reading); otherwise
-    the lanes take it in fixed turns (slot ``j`` for lane ``j``). A lane uses its turn when
-    its byte queue (``3 W`` bytes) has room for a word and takes its channel's bytes from
-    the word, so it gets up to ``W >= 2n`` bytes every ``n`` clocks, more than the byte a
-    clock its decoder takes. Layers whose channels average fewer than about ``3n``
-    symbols are limited by the scheduler.
+    The scheduler reads the stream sizes a word at a time (``W = image_word_bytes``
+    bytes: ``W/2`` sizes) into a window of three words, keeps their running sum (each
+    channel's start) and deals a channel a clock: as a job (start, size), to the lane with
+    the fewest bytes left (dealt and not yet delivered on ``o[j]``) among those with
+    room, the lowest such lane on a tie. A lane has room while fewer than ``2W`` of its
+    bytes are left and its FIFOs (four jobs besides the one being read, sixteen channel
+    numbers) have space, so a channel goes to the lane that will run dry first rather
+    than being committed long before it is needed: dealing channels in turn left lanes
+    idle that drew short ones (Ref: EIE, ISCA 2016, whose PEs balance load with
+    activation queues; here the assignment balances it). A size may straddle two words;
+    the window's third word is read ahead so that a size a clock is always there.
 
-    Latency: a lane's first byte is on ``o[j]`` about ``n + 5`` clocks after ``start``.
-    Back-pressure: per lane; ``o[j].valid`` is a register.
+    The single read port: the scheduler has it whenever it asks (once in ``W/2`` deals,
+    after the three words it reads at a start); otherwise the lanes that ask share it in
+    round-robin order. A lane asks when its byte queue (``3W`` bytes) has room for a word
+    and takes its current channel's bytes from the word; when the channel's last word is
+    granted it takes its next job (from its FIFO, or straight from the deal when the FIFO
+    is empty), so a lane reads its channels back to back, and a job that continues the
+    current one (the next channel, dealt to the same lane) joins it at once, so that the
+    two share words.
+
+    Throughput: a channel a clock from the scheduler; the lanes together up to ``W``
+    bytes a clock (one word; less where a channel ends inside a word), each lane up to a
+    word in ``n`` clocks when all ask (``W >= 2n``: more than the byte a clock a decoder
+    takes). On eight lanes with channels of 1 to 24 bytes and consumers taking 3 bytes
+    in 4 clocks, lanes wait for bytes in under 2 % of their clocks
+    (``tests/test_hw_stream_fetch.py``); the fetch that read each size a byte at a time,
+    three clocks a channel, starved them a third of the time.
+
+    Latency: the first deal comes 3 clocks after ``start`` (4 when the first size
+    straddles two words); when the first ``n`` channels go one a lane (channels of at
+    least ``2W`` bytes), lane ``j``'s first byte is on ``o[j]`` ``6 + j`` clocks after
+    ``start``. A channel dealt to an idle lane has its first byte out 3 clocks after the
+    deal when the port is free.
+    Back-pressure: per lane; ``o[j].valid`` is a register, the payload held until taken,
+    and a stalled lane only stops asking for words. ``ch[j]`` comes from a FIFO.
+
+    ``probe`` (for tests): ``deal`` (a channel is dealt this clock), ``lane`` (to which
+    lane), ``room`` (a bit a lane) and ``pend[j]`` (lane ``j``'s bytes left).
     """
 
     def __init__(self, config):
@@ -70,6 +98,9 @@ class StreamFetch(wiring.Component):
             "ch": Out(stream.Signature(unsigned(16))).array(config.decode_lanes),
             "idle": Out(1),
         })
+        lanes = config.decode_lanes
+        self.probe = _Probe(deal=Signal(), lane=Signal(range(lanes)), room=Signal(lanes),
+                            pend=[Signal(aw + 1, name=f"pend_{j}") for j in range(lanes)])
 
     def elaborate(self, platform):
         cfg = self._config
@@ -80,46 +111,64 @@ class StreamFetch(wiring.Component):
         qb = 3 * wb  # queue bytes per lane
         aw = cfg.image_addr_width + 1
 
-        # The scheduler reads whenever it asks (it asks only while a lane has room for a
-        # job); otherwise the port goes to the lanes in turns: slot j serves lane j.
-        slot = Signal(range(lanes))
-        m.d.sync += slot.eq(Mux(slot == lanes - 1, 0, slot + 1))
+        # The read port: the scheduler's whenever it asks (at most one clock in W/2 once
+        # its window is full); otherwise the requesting lane that comes first from ``rr``
+        # on, which then moves past it (round robin, so a lane waits at most n - 1 grants
+        # and no turn is wasted on a lane that does not ask).
         sc = lanes
-        g_valid = Signal()  # a read was granted last clock ...
-        g_slot = Signal(range(lanes + 1))  # ... to this client
         req = Signal(lanes + 1)
         req_addr = [Signal(aw, name=f"req_addr_{c}") for c in range(lanes + 1)]
+        rr = Signal(range(lanes))
+        gnt = Signal(lanes + 1)  # one-hot
+        g_lane = Signal(range(lanes))
+        lreq = req[:lanes]
+        first = Const(0, range(lanes))
+        for j in reversed(range(lanes)):  # the lowest requesting lane at or after rr ...
+            first = Mux(lreq[j] & (j >= rr), j, first)
+        any_hi = (lreq & ~((1 << rr) - 1)[:lanes]).any() if lanes > 1 else lreq[0]
+        wrap = Const(0, range(lanes))
+        for j in reversed(range(lanes)):  # ... or else the lowest requesting lane
+            wrap = Mux(lreq[j], j, wrap)
+        m.d.comb += g_lane.eq(Mux(any_hi, first, wrap))
         with m.If(req[sc]):
-            m.d.comb += self.rd_addr.eq(req_addr[sc][ob:])
-        with m.Else():
-            with m.Switch(slot):
-                for c in range(lanes):
-                    with m.Case(c):
-                        m.d.comb += self.rd_addr.eq(req_addr[c][ob:])
-        m.d.sync += [g_valid.eq(req[sc] | req.bit_select(slot, 1)),
-                     g_slot.eq(Mux(req[sc], sc, slot))]
+            m.d.comb += gnt.eq(1 << sc)
+        with m.Elif(lreq.any()):
+            m.d.comb += gnt.eq(1 << g_lane)
+            m.d.sync += rr.eq(Mux(g_lane == lanes - 1, 0, g_lane + 1))
+        addr = Const(0, aw)
+        for c in range(lanes + 1):
+            addr = addr | Mux(gnt[c], req_addr[c], 0)
+        m.d.comb += self.rd_addr.eq(addr[ob:])
+        g_valid = Signal()  # a read was granted last clock ...
+        g_slot = Signal(range(lanes + 1))  # ... to this client
+        m.d.sync += [g_valid.eq(gnt.any()), g_slot.eq(Mux(req[sc], sc, g_lane))]
 
         def granted(c):
-            return req[c] if c == sc else req[c] & (slot == c) & ~req[sc]
+            return gnt[c]
 
         def arrived(c):
             return g_valid & (g_slot == c)
 
-        # -- scheduler: three clocks a channel (the low byte's read, the high byte's read,
-        # the size; the next low byte is read in the clock the job is pushed) ------------
-        s_state = Signal(_S)
-        s_c = Signal(16)  # channel
-        s_addr = Signal(aw)  # its size's address
+        # -- scheduler: the stream sizes come a word at a time into a window of three
+        # words; a size is taken from the window's first two (it may straddle them) and
+        # its channel dealt in the same clock, a channel a clock -------------------------
+        s_busy = Signal()  # channels left to deal
+        s_c = Signal(16)  # the next channel
         s_start = Signal(aw + 1)  # its stream's address
-        s_lo = Signal(8)
+        z_ptr = Signal(aw + 1)  # its size's address
+        z_rd = Signal(aw + 2 - ob)  # the next word of sizes to read
+        z_last = Signal(aw + 2 - ob)  # the word holding the last size's high byte
+        win = [Signal(8 * wb, name=f"win_{k}") for k in range(3)]
+        win_n = Signal(range(4))  # words in the window
+        m.d.comb += [
+            req[sc].eq(s_busy & (z_rd <= z_last) & (win_n + arrived(sc) < 3)),
+            req_addr[sc].eq(Cat(Const(0, ob), z_rd) if ob else z_rd),
+        ]
+        z_off = z_ptr[:ob] if ob else Const(0, 1)
         s_size = Signal(16)
-        s_off = Signal(max(1, ob))
-        s_byte = Signal(8)
-        m.d.comb += s_byte.eq(self.rd_data.word_select(s_off, 8) if ob else self.rd_data)
-        m.d.sync += s_off.eq(req_addr[sc][:ob] if ob else 0)
-        m.d.comb += req_addr[sc].eq(Mux(s_state == _S.HI, s_addr + 1,
-                                        Mux(s_state == _S.PUSH, s_addr + 2, s_addr)))
-
+        m.d.comb += s_size.eq(Cat(win[0], win[1]).bit_select(Cat(Const(0, 3), z_off), 16))
+        s_have = Signal()  # the size is in the window
+        m.d.comb += s_have.eq(win_n > (z_off == wb - 1))
         # Each lane's jobs wait in a FIFO, and the channel numbers of its jobs in another
         # (for the consumer, until the channel's last weight has left).
         jobs, orders = [], []
@@ -137,53 +186,70 @@ class StreamFetch(wiring.Component):
             ]
             jobs.append(q)
             orders.append(c)
-        room = Signal(lanes)
-        m.d.comb += room.eq(Cat(*(q.w_rdy & c.w_rdy for q, c in zip(jobs, orders,
-                                                                       strict=True))))
+        room = self.probe.room
+        pend = self.probe.pend
+        m.d.comb += room.eq(Cat(*(q.w_rdy & c.w_rdy & (pend[j] < 2 * wb)
+                                  for j, (q, c) in enumerate(zip(jobs, orders, strict=True)))))
         job_load = Signal(lanes)
         for j in range(lanes):
-            m.d.comb += [jobs[j].w_en.eq(job_load[j]), orders[j].w_en.eq(job_load[j])]
+            m.d.comb += orders[j].w_en.eq(job_load[j])
 
-        # The next channel goes to the lane with the fewest bytes still to read (among lanes
-        # with room for a job), so lanes that drew short channels take more of them and all
-        # finish together; channels are not dealt in turn.
-        pend = [Signal(aw + 1, name=f"pend_{j}") for j in range(lanes)]
-        pick = Signal(range(lanes))
+        # The next channel goes to the lane with the fewest bytes left (among lanes with
+        # room), so lanes that drew short channels take more of them and all finish
+        # together; channels are not dealt in turn.
+        pick = self.probe.lane
         any_room = Signal()
-        best, best_pend, found = Const(0, range(lanes)), Const(0, aw + 1), Const(0, 1)
-        for j in range(lanes):
-            take = room[j] & (~found | (pend[j] < best_pend))
-            best = Mux(take, j, best)
-            best_pend = Mux(take, pend[j], best_pend)
-            found = found | room[j]
-        m.d.comb += [pick.eq(best), any_room.eq(found)]
+        # A tree of comparisons (a lane without room counts as the fullest; ties go to
+        # the lower lane): log2(n) comparators deep, as the deal repeats every clock.
+        cands = [(room[j], pend[j], Const(j, range(lanes))) for j in range(lanes)]
+        while len(cands) > 1:
+            nxt = []
+            for a, b in zip(cands[0::2], cands[1::2], strict=False):
+                take_b = b[0] & (~a[0] | (b[1] < a[1]))
+                nxt.append((a[0] | b[0], Mux(take_b, b[1], a[1]), Mux(take_b, b[2], a[2])))
+            if len(cands) % 2:
+                nxt.append(cands[-1])
+            cands = nxt
+        m.d.comb += [any_room.eq(cands[0][0]), pick.eq(cands[0][2])]
 
-        s_more = Signal()
-        m.d.comb += s_more.eq(s_c + 1 != self.out_c)
-        with m.Switch(s_state):
-            with m.Case(_S.LO):
-                m.d.comb += req[sc].eq(1)
-                m.d.sync += s_state.eq(_S.HI)
-            with m.Case(_S.HI):
-                m.d.comb += req[sc].eq(1)
-                m.d.sync += [s_lo.eq(s_byte), s_state.eq(_S.HI_WAIT)]
-            with m.Case(_S.HI_WAIT):
-                m.d.sync += [s_size.eq(Cat(s_lo, s_byte)), s_state.eq(_S.PUSH)]
-            with m.Case(_S.PUSH):
-                with m.If(any_room):
-                    m.d.comb += [job_load.eq(1 << pick), req[sc].eq(s_more)]
-                    m.d.sync += [
-                        s_start.eq(s_start + s_size),
-                        s_c.eq(s_c + 1),
-                        s_addr.eq(s_addr + 2),
-                        s_state.eq(Mux(s_more, _S.HI, _S.IDLE)),
-                    ]
-        with m.If(self.start):
+        s_deal = self.probe.deal
+        s_cross = Signal()  # the next size starts in the next word
+        m.d.comb += [
+            s_deal.eq(s_busy & s_have & any_room),
+            s_cross.eq(s_deal & (z_off >= wb - 2)),
+            job_load.eq(Mux(s_deal, 1 << pick, 0)),
+        ]
+        with m.If(s_deal):
             m.d.sync += [
-                s_state.eq(Mux(self.out_c == 0, _S.IDLE, _S.LO)),
+                s_start.eq(s_start + s_size),
+                s_c.eq(s_c + 1),
+                z_ptr.eq(z_ptr + 2),
+            ]
+            with m.If(s_c + 1 == self.out_c):
+                m.d.sync += s_busy.eq(0)
+        # The window drops its first word when the next size starts past it, and a word
+        # that arrives takes the first free place.
+        kept_n = Signal(range(4))
+        m.d.comb += kept_n.eq(win_n - s_cross)
+        for k in range(3):
+            with m.If(arrived(sc) & (kept_n == k)):
+                m.d.sync += win[k].eq(self.rd_data)
+            if k < 2:
+                with m.Elif(s_cross):
+                    m.d.sync += win[k].eq(win[k + 1])
+        m.d.sync += win_n.eq(kept_n + arrived(sc))
+        with m.If(req[sc]):
+            m.d.sync += z_rd.eq(z_rd + 1)
+        with m.If(self.start):
+            last = self.sizes_addr + 2 * self.out_c - 1
+            m.d.sync += [
+                s_busy.eq(self.out_c != 0),
                 s_c.eq(0),
-                s_addr.eq(self.sizes_addr),
                 s_start.eq(self.streams_addr),
+                z_ptr.eq(self.sizes_addr),
+                z_rd.eq(self.sizes_addr[ob:] if ob else self.sizes_addr),
+                z_last.eq(last[ob:] if ob else last),
+                win_n.eq(0),
             ]
 
         # -- lanes -------------------------------------------------------------------------
@@ -199,9 +265,21 @@ class StreamFetch(wiring.Component):
             active = Signal(name=f"active_{j}")
             m.d.comb += active.eq(f_addr != f_end)
 
+            # A lane takes its next job in the clock its current one's last word is granted
+            # (or at once when it has none), from its FIFO or, when that is empty, straight
+            # from the deal. A job that continues the current one (the next channel, dealt
+            # to the same lane) is merged into it at once, so that they share words.
             q = jobs[j]
-            job_start = q.r_data[:aw + 1]
-            job_size = q.r_data[aw + 1:]
+            direct = Signal(name=f"direct_{j}")
+            take = Signal(name=f"take_{j}")
+            merge = Signal(name=f"merge_{j}")
+            job_start = Mux(q.r_rdy, q.r_data[:aw + 1], s_start)
+            job_size = Mux(q.r_rdy, q.r_data[aw + 1:], s_size)
+            m.d.comb += [
+                jobs[j].w_en.eq(job_load[j] & ~direct),
+                direct.eq((take | merge) & ~q.r_rdy & job_load[j] & (q.level == 0)),
+                q.r_en.eq((take | merge) & q.r_rdy),
+            ]
 
             # Request a word when the queue has room for all of it.
             off = f_addr[:ob] if ob else Const(0, 1)
@@ -210,22 +288,18 @@ class StreamFetch(wiring.Component):
             m.d.comb += [
                 rest.eq(f_end - f_addr),
                 cnt.eq(Mux(rest < wb - off, rest, wb - off)),
-                # (with one lane, a word may still be arriving from the previous clock)
+                # (the word granted last clock may still be arriving)
                 req[j].eq(active & (qn + Mux(arrived(j), r_cnt, 0) <= qb - wb)),
                 req_addr[j].eq(f_addr),
+                take.eq(~active | (granted(j) & (cnt == rest))),
+                merge.eq(~take & (job_start == f_end)),
             ]
-            # The next job starts in the clock the current one's last word is granted.
-            next_job = [f_addr.eq(job_start), f_end.eq(job_start + job_size)]
             with m.If(granted(j)):
                 m.d.sync += [f_addr.eq(f_addr + cnt), r_off.eq(off), r_cnt.eq(cnt)]
-                with m.If((cnt == rest) & q.r_rdy):
-                    m.d.sync += next_job
-                    m.d.comb += q.r_en.eq(1)
-            with m.Elif(~active & q.r_rdy):
-                m.d.sync += next_job
-                m.d.comb += q.r_en.eq(1)
-            m.d.sync += pend[j].eq(pend[j] + Mux(job_load[j], s_size, 0)
-                                   - Mux(granted(j), cnt, 0))
+            with m.If((take | merge) & (q.r_rdy | direct)):
+                m.d.sync += f_end.eq(job_start + job_size)
+                with m.If(take):
+                    m.d.sync += f_addr.eq(job_start)
 
             pop = Signal(name=f"pop_{j}")
             m.d.comb += [
@@ -233,6 +307,7 @@ class StreamFetch(wiring.Component):
                 out.payload.eq(qd[:8]),
                 pop.eq(out.valid & out.ready),
             ]
+            m.d.sync += pend[j].eq(pend[j] + Mux(job_load[j], s_size, 0) - pop)
             shifted = Mux(pop, qd[8:], qd)
             kept = Signal(range(qb + 1), name=f"kept_{j}")
             m.d.comb += kept.eq(qn - pop)
@@ -251,7 +326,7 @@ class StreamFetch(wiring.Component):
                 m.d.sync += [qd.eq(shifted), qn.eq(kept)]
             with m.If(self.start):
                 m.d.sync += [f_addr.eq(0), f_end.eq(0), qn.eq(0), qd.eq(0), pend[j].eq(0)]
-            lane_idle.append(~active & ~q.r_rdy & (qn == 0) & ~arrived(j))
+            lane_idle.append(~active & (q.level == 0) & (qn == 0) & ~arrived(j))
 
-        m.d.comb += self.idle.eq((s_state == _S.IDLE) & Cat(*lane_idle).all())
+        m.d.comb += self.idle.eq(~s_busy & Cat(*lane_idle).all())
         return m

@@ -1,0 +1,324 @@
+"""StreamFetch alone against a reference: every lane's bytes and channel numbers, the
+load-balancing deal, random back-pressure on every lane, and the rate at which it keeps
+eight lanes fed on short channels."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import memory
+from amaranth.sim import Simulator
+
+from hw.config import get_preset
+from hw.image_loader import image_words
+from hw.stream_fetch import StreamFetch
+
+SMALL = get_preset("small")
+
+
+def config(lanes: int, **changes):
+    return dataclasses.replace(SMALL, cols=max(SMALL.cols, lanes), decode_lanes=lanes,
+                               **changes)
+
+
+def make_image(rng, image_bytes: int, layers) -> tuple[bytes, list]:
+    """An image buffer of random bytes holding, for each list of stream sizes in
+    ``layers``, the sizes (u16, little-endian) at a random byte address (any alignment,
+    so sizes straddle words) and the streams right after them.
+
+    Returns the image and, per layer, ``(sizes_addr, streams_addr, sizes)``."""
+    image = bytearray(rng.integers(0, 256, image_bytes, dtype=np.uint8).tobytes())
+    out, a = [], 0
+    for sizes in layers:
+        sizes = [int(s) for s in sizes]
+        a += int(rng.integers(0, 40))
+        for k, s in enumerate(sizes):
+            image[a + 2 * k:a + 2 * k + 2] = s.to_bytes(2, "little")
+        out.append((a, a + 2 * len(sizes), sizes))
+        a += 2 * len(sizes) + sum(sizes)
+    assert a <= image_bytes
+    return bytes(image), out
+
+
+def streams_of(image: bytes, streams_addr: int, sizes) -> list[bytes]:
+    """Channel ``c``'s stream, the reference (docs/weight-image.md, "Stream sizes and
+    streams": each stream starts where the one before it ended)."""
+    out, a = [], streams_addr
+    for s in sizes:
+        out.append(image[a:a + s])
+        a += s
+    return out
+
+
+class _Bench(Elaboratable):
+    """A StreamFetch on a preloaded image buffer (word address; the word a clock later),
+    and ``now``, a clock counter that every testbench samples."""
+
+    def __init__(self, cfg, image: bytes):
+        self.cfg = cfg
+        self.words = image_words(image, cfg.image_word_bytes)
+        self.fetch = StreamFetch(cfg)
+        self.now = Signal(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fetch = fetch = self.fetch
+        m.submodules.ram = ram = memory.Memory(
+            shape=8 * self.cfg.image_word_bytes, depth=self.cfg.image_words, init=self.words)
+        rd = ram.read_port()
+        m.d.comb += [rd.addr.eq(fetch.rd_addr), fetch.rd_data.eq(rd.data)]
+        m.d.sync += self.now.eq(self.now + 1)
+        return m
+
+
+def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
+              timeout=20_000) -> list[dict]:
+    """Run ``layers`` (a list of ``(sizes_addr, streams_addr, sizes)``) one after the other
+    through a StreamFetch on ``image``, each started once the one before is ``idle`` and
+    its channel numbers taken. Lane ``j``'s consumer takes a byte from ``o[j]`` with
+    probability ``1 - stall`` a clock and, once it has every byte of the channel ``ch[j]``
+    names, takes the number with probability ``1 - ch_stall`` (default ``stall``) a clock,
+    as a decode lane does after the channel's last weight.
+
+    Returns, per layer, a dict: ``lanes`` (per lane, ``(channel, bytes)`` in the order
+    received), ``deals`` (per channel dealt, in order: the clock, the lane, and every
+    lane's bytes left and room then, from ``StreamFetch.probe``), ``pops`` (per lane, the
+    clock of each byte taken), ``taken`` (per lane, the clock each channel number was
+    taken), ``start`` (the clock of the ``start`` pulse), ``clocks``
+    (from ``start`` until ``idle``) and ``starved``
+    (per lane, the clocks between its first and its last byte in which its consumer was
+    ready and ``o[j]`` not valid). Clocks are ``_Bench.now``."""
+    top = _Bench(cfg, image)
+    dut, now = top.fetch, top.now
+    probe = dut.probe
+    lanes = cfg.decode_lanes
+    rng = np.random.default_rng(seed)
+    ch_stall = stall if ch_stall is None else ch_stall
+    results = []
+    plan = []  # per layer: its sizes, for the consumers; None at the end
+    done = {}
+
+    async def control(ctx):
+        for n, (sizes_addr, streams_addr, sizes) in enumerate(layers):
+            ctx.set(dut.out_c, len(sizes))
+            ctx.set(dut.sizes_addr, sizes_addr)
+            ctx.set(dut.streams_addr, streams_addr)
+            ctx.set(dut.start, 1)
+            _, _, t0 = await ctx.tick().sample(now)
+            ctx.set(dut.start, 0)
+            plan.append(sizes)
+            deals = []
+            ticks = ctx.tick().sample(now, probe.deal, probe.lane, probe.room, dut.idle,
+                                      *probe.pend).__aiter__()
+            while True:
+                _, _, t, deal, lane, room, idle, *pend = await ticks.__anext__()
+                if deal:
+                    deals.append((t, lane, pend, [(room >> j) & 1 for j in range(lanes)]))
+                if idle:
+                    break
+                assert t - t0 < timeout, f"layer {n}: not idle after {timeout} clocks"
+            await ticks.aclose()
+            while any((n, j) not in done for j in range(lanes)):
+                await ctx.tick()
+            results.append({"deals": deals, "clocks": t - t0, "start": t0})
+        plan.append(None)
+
+    def consumer(j):
+        async def run(ctx):
+            o, ch = dut.o[j], dut.ch[j]
+            n = 0
+            while True:
+                while len(plan) <= n:
+                    await ctx.tick()
+                sizes = plan[n]
+                if sizes is None:
+                    return
+                chans, data, pops, hungry, taken = [], bytearray(), [], [], []
+                need = 0  # bytes of the channels whose numbers were taken
+                ready = ch_ready = False
+                ticks = ctx.tick().sample(now, o.valid, o.payload, ch.valid, ch.payload,
+                                          dut.idle).__aiter__()
+                while True:
+                    _, _, t, valid, byte, c_valid, c, idle = await ticks.__anext__()
+                    if valid and ready:
+                        data.append(byte)
+                        pops.append(t)
+                    elif ready:
+                        hungry.append(t)
+                    if c_valid and ch_ready:
+                        chans.append(c)
+                        taken.append(t)
+                        need += sizes[c]
+                    if idle and not ctx.get(ch.valid):
+                        break
+                    c_valid, c = ctx.get(ch.valid), ctx.get(ch.payload)
+                    ch_ready = (c_valid and len(data) >= need + sizes[c]
+                                and rng.random() >= ch_stall)
+                    ready = rng.random() >= stall
+                    ctx.set(o.ready, ready)
+                    ctx.set(ch.ready, ch_ready)
+                ctx.set(o.ready, 0)
+                ctx.set(ch.ready, 0)
+                await ticks.aclose()
+                assert len(data) == need, f"lane {j}: {len(data)} bytes, channels of {need}"
+                got, a = [], 0
+                for c in chans:
+                    got.append((c, bytes(data[a:a + sizes[c]])))
+                    a += sizes[c]
+                starved = sum(pops[0] <= h <= pops[-1] for h in hungry) if pops else 0
+                done[(n, j)] = (got, pops, starved, taken)
+                n += 1
+        return run
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control)
+    for j in range(lanes):
+        sim.add_testbench(consumer(j))
+    sim.run()
+    for n, r in enumerate(results):
+        r["lanes"] = [done[(n, j)][0] for j in range(lanes)]
+        r["pops"] = [done[(n, j)][1] for j in range(lanes)]
+        r["starved"] = [done[(n, j)][2] for j in range(lanes)]
+        r["taken"] = [done[(n, j)][3] for j in range(lanes)]
+    return results
+
+
+def check_layer(cfg, image: bytes, layer, r) -> None:
+    """One layer's run against the reference and the deal's contract."""
+    sizes_addr, streams_addr, sizes = layer
+    lanes = cfg.decode_lanes
+    ref = streams_of(image, streams_addr, sizes)
+    deals = r["deals"]
+    assert len(deals) == len(sizes), "one deal per channel"
+    for j in range(lanes):
+        # Channel k is the k-th dealt; a lane gets the channels dealt to it, in order.
+        dealt = [k for k, d in enumerate(deals) if d[1] == j]
+        assert [c for c, _ in r["lanes"][j]] == dealt, f"lane {j}: channel numbers"
+        for c, got in r["lanes"][j]:
+            assert got == ref[c], f"lane {j}: channel {c}'s bytes"
+    # The deal: to the lane with the fewest bytes left (dealt and not yet taken from
+    # o[j], counted here from the deals and the consumers' transfers) among the lanes
+    # with room, the lowest such lane on a tie; a lane has no room with 2W bytes left.
+    for t, lane, pend, room in deals:
+        left = [sum(sizes[k] for k, d in enumerate(deals) if d[1] == j and d[0] < t)
+                - sum(p < t for p in r["pops"][j]) for j in range(lanes)]
+        assert pend == left, f"clock {t}: bytes left"
+        assert all(left[j] < 2 * cfg.image_word_bytes for j in range(lanes) if room[j])
+        fewest = min(left[j] for j in range(lanes) if room[j])
+        assert lane == min(j for j in range(lanes) if room[j] and left[j] == fewest), \
+            f"clock {t}: dealt to lane {lane}, bytes left {left}, room {room}"
+
+
+def random_sizes(rng, n, *, short=False):
+    """``n`` stream sizes: many of one byte (a channel of zeros: its EOS alone), the
+    rest short or up to a few words."""
+    top = 12 if short else 70
+    sizes = rng.integers(1, top, n)
+    sizes[rng.random(n) < 0.25] = 1
+    return sizes
+
+
+@pytest.mark.parametrize("lanes,seed", [(1, 0), (2, 1), (8, 2), (4, 3)])
+def test_random_layers(lanes, seed):
+    """Layers of random sizes back to back (one of a single channel, one of many short
+    channels), random stalls on every lane's bytes and channel numbers."""
+    cfg = config(lanes, image_bytes=8192)
+    rng = np.random.default_rng(seed)
+    shapes = [random_sizes(rng, 3 * lanes + 5), [int(rng.integers(1, 40))],
+              random_sizes(rng, 6 * lanes + 3, short=True), random_sizes(rng, lanes)]
+    image, layers = make_image(rng, cfg.image_bytes, shapes)
+    results = run_fetch(cfg, image, layers, seed=seed, stall=0.3)
+    for layer, r in zip(layers, results, strict=True):
+        check_layer(cfg, image, layer, r)
+
+
+def test_stalled_channel_numbers():
+    """Consumers that take channel numbers long after the channels' bytes (as a decode
+    lane whose expander is behind): a lane's sixteen channel numbers fill up and hold
+    the deal back; no channel is lost or mixed."""
+    cfg = config(2, image_bytes=4096)
+    rng = np.random.default_rng(7)
+    image, layers = make_image(rng, cfg.image_bytes, [[1] * 30 + [3] * 30])
+    (r,) = run_fetch(cfg, image, layers, seed=7, stall=0.1, ch_stall=0.95)
+    check_layer(cfg, image, layers[0], r)
+    waiting = max(sum(d[1] == j and d[0] <= t for d in r["deals"])
+                  - sum(k < t for k in r["taken"][j])
+                  for j in range(2) for t, _, _, _ in r["deals"])
+    assert waiting == 16
+
+
+def test_sizes_at_every_alignment():
+    """The size list at each byte offset within a word, so that every size position
+    (and a size straddling two words) occurs."""
+    cfg = config(8, image_bytes=8192)
+    wb = cfg.image_word_bytes
+    rng = np.random.default_rng(11)
+    shapes = [random_sizes(rng, 2 * wb + 1, short=True) for _ in range(wb)]
+    image, layers = make_image(rng, cfg.image_bytes, shapes)
+    # make_image leaves random gaps: move each size list to offset k within its word
+    layers2, a, data = [], 0, bytearray(image)
+    for k, (_, _, sizes) in enumerate(layers):
+        a = (a + wb - 1) // wb * wb + k
+        for i, s in enumerate(sizes):
+            data[a + 2 * i:a + 2 * i + 2] = s.to_bytes(2, "little")
+        layers2.append((a, a + 2 * len(sizes), sizes))
+        a += 2 * len(sizes) + sum(sizes)
+    image = bytes(data)
+    results = run_fetch(cfg, image, layers2, seed=11, stall=0.2)
+    for layer, r in zip(layers2, results, strict=True):
+        check_layer(cfg, image, layer, r)
+
+
+def test_deals_a_channel_a_clock():
+    """With room on every lane, the scheduler deals a channel every clock: eight lanes,
+    one-byte channels; the first deal comes 3 clocks after ``start`` (a clock to ask for
+    the first word of sizes, one to receive it)."""
+    cfg = get_preset("ulx3s-85f")
+    rng = np.random.default_rng(3)
+    image, layers = make_image(rng, 4096, [[1] * 48])
+    image += bytes(cfg.image_bytes - len(image))
+    (r,) = run_fetch(cfg, image, layers, seed=3)
+    clocks = [d[0] - r["start"] for d in r["deals"]]
+    assert clocks == list(range(3, 3 + 48))
+    check_layer(cfg, image, layers[0], r)
+
+
+def test_first_bytes():
+    """Eight lanes, channels longer than the 2W bytes that leave a lane room: the first
+    eight go one a lane, and lane j's first byte is on o[j] 6 + j clocks after start."""
+    cfg = get_preset("ulx3s-85f")
+    rng = np.random.default_rng(4)
+    image, _ = make_image(rng, 4096, [])
+    data = bytearray(image + bytes(cfg.image_bytes - len(image)))
+    sizes, a = [40] * 12, 64
+    for i, s in enumerate(sizes):
+        data[a + 2 * i:a + 2 * i + 2] = s.to_bytes(2, "little")
+    layer = (a, a + 2 * len(sizes), sizes)
+    (r,) = run_fetch(cfg, bytes(data), [layer])
+    assert [d[1] for d in r["deals"][:8]] == list(range(8))
+    assert [p[0] - r["start"] for p in r["pops"]] == [6 + j for j in range(8)]
+    check_layer(cfg, bytes(data), layer, r)
+
+
+@pytest.mark.parametrize("preset", ["small", "ulx3s-85f"])
+def test_keeps_lanes_fed_on_short_channels(preset):
+    """Short channels (1 to 24 bytes, about 10 symbols: LeNet-5 conv1 has 9) on every lane
+    of a preset, each consumer taking a byte with probability 3/4 a clock (a decoder on
+    codes of about 6 bits): no lane waits for bytes in more than 3 % of the clocks of
+    its work, and the layer takes within 8 % of the clocks the bytes need. The fetch
+    that read each size a byte at a time (three clocks a channel) starved 8 lanes
+    here."""
+    cfg = get_preset(preset)
+    lanes = cfg.decode_lanes
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(1, 25, 20 * lanes)
+    image, layers = make_image(rng, 8192, [sizes])
+    image += bytes(cfg.image_bytes - len(image))
+    (r,) = run_fetch(cfg, image, layers, seed=5, stall=0.25)
+    check_layer(cfg, image, layers[0], r)
+    work = [p[-1] - p[0] + 1 for p in r["pops"]]
+    assert sum(r["starved"]) <= 0.03 * sum(work), (r["starved"], work)
+    need = sum(int(s) for s in sizes) / (0.75 * lanes)
+    assert r["clocks"] <= 1.08 * need + 30, (r["clocks"], need)
