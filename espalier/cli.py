@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--load", action="store_true", help="load the image first")
     json_flag(sp)
 
+    from espalier.build import add_parser as add_build_parser
+
+    add_build_parser(sub)
+
     sp = add("bench", "Benchmarks that print figures.", None)
     bsub = sp.add_subparsers(dest="bench", required=True, metavar="BENCH")
     bp = bsub.add_parser("golden", help="golden-model throughput over the MNIST test set and "

@@ -12,7 +12,7 @@ from weights.image import write_image
 
 COMMANDS = [["train"], ["compress"], ["sensitivity"], ["inspect"], ["eval"], ["bench"],
             ["bench", "golden"], ["bench", "tradeoff"], ["bench", "decode"], ["sim"],
-            ["load"], ["infer"]]
+            ["load"], ["infer"], ["build"]]
 
 
 @pytest.mark.parametrize("cmd", [[]] + COMMANDS)
@@ -27,7 +27,7 @@ def test_every_subcommand_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == {"train", "compress", "sensitivity", "inspect", "eval", "bench",
-                                "sim", "load", "infer"}
+                                "sim", "load", "infer", "build"}
     for action in sub._choices_actions:
         assert action.help
 

