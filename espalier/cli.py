@@ -316,10 +316,20 @@ def _device(args):
         raise UserError(f"{args.port}: {e}") from None
 
 
-def _link_errors():
+def _on_device(args, work):
+    """``work(device)`` on ``--port``; its errors (a bad image, a link or device error)
+    become one line, and the port is closed whatever happens."""
     from espalier.host import DeviceError, IncompatibleDevice, LinkError
 
-    return (LinkError, DeviceError, IncompatibleDevice)
+    dev = _device(args)
+    try:
+        return work(dev)
+    except ValueError as e:
+        raise UserError(f"{args.image}: {e}") from None
+    except (LinkError, DeviceError, IncompatibleDevice) as e:
+        raise UserError(f"{args.port}: {e}") from None
+    finally:
+        dev.transport.close()
 
 
 def cmd_load(args) -> int:
@@ -327,15 +337,7 @@ def cmd_load(args) -> int:
 
     data = _read_bytes(args.image)
     _load_image(args.image)
-    dev = _device(args)
-    try:
-        rep = load(dev, data)
-    except ValueError as e:
-        raise UserError(f"{args.image}: {e}") from None
-    except _link_errors() as e:
-        raise UserError(f"{args.port}: {e}") from None
-    finally:
-        dev.transport.close()
+    rep = _on_device(args, lambda dev: load(dev, data))
     _emit(args, {"image": str(args.image), "port": args.port, **rep},
           f"{args.image}: {rep['bytes']} bytes, {rep['n_layers']} layers loaded on "
           f"{args.port}")
@@ -354,17 +356,13 @@ def cmd_infer(args) -> int:
         raise UserError(f"--digits must be at least 1, not {args.digits}")
     x, y = _mnist("test")
     inputs = GoldenModel(image).quantize_input(to_float(x[:args.digits]))
-    dev = _device(args)
-    try:
+
+    def work(dev):
         if args.load:
             load(dev, data)
-        rep = infer(dev, data, inputs, y[:args.digits], progress=_progress)
-    except ValueError as e:
-        raise UserError(f"{args.image}: {e}") from None
-    except _link_errors() as e:
-        raise UserError(f"{args.port}: {e}") from None
-    finally:
-        dev.transport.close()
+        return infer(dev, data, inputs, y[:args.digits], progress=_progress)
+
+    rep = _on_device(args, work)
     _emit(args, {"image": str(args.image), "port": args.port, **rep},
           f"{rep['images']} digits: {rep['correct']} correct, {rep['bit_exact']} bit-exact "
           f"with the golden model, {rep['cycles_per_inference']} cycles per inference")
