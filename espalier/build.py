@@ -24,6 +24,7 @@ in its own cache (``YOWASP_CACHE_DIR``, default the user cache directory, e.g.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -76,10 +77,12 @@ def tool_env(environ=None) -> dict:
 
 def yowasp_cache_dir(environ=None) -> Path:
     """Where the YoWASP runtime keeps compiled tools (as ``yowasp_runtime`` computes it)."""
-    import platformdirs
-
     environ = os.environ if environ is None else environ
-    default = platformdirs.user_cache_dir("YoWASP", appauthor=False)
+    try:
+        import platformdirs  # installed with the YoWASP runtime
+        default = platformdirs.user_cache_dir("YoWASP", appauthor=False)
+    except ImportError:
+        default = str(Path.home() / ".cache" / "YoWASP")
     return Path(environ.get("YOWASP_CACHE_DIR", default))
 
 
@@ -171,10 +174,15 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
 
     spec = get_board(board)
     spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
+    env = tool_env()
+    for tool in YOWASP_TOOLS:
+        command = env[tool_env_var(tool)]
+        if shutil.which(command) is None:
+            raise BuildError(f"{command} not found: install the FPGA tools with "
+                             f"pip install -e '.[fpga]' (or set {tool_env_var(tool)})")
     config = None if preset is None else get_preset(preset)
     top = BoardTop(spec, config=config, target_mhz=target_mhz)
     out = Path("build") / spec.name if out_dir is None else Path(out_dir)
-    env = tool_env()
     start = time.perf_counter()
 
     progress(f"{spec.name}: elaborating ({preset or spec.preset} preset, "
