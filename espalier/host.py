@@ -7,7 +7,7 @@ answers, and ``Device``, which talks to an accelerator through a *transport*: an
 passes, as pyserial does) and ``flush_input()``. ``SerialTransport`` is a serial port
 (pyserial); ``espalier.simlink`` provides transports onto a simulated gateware top, so the
 same host code runs against the simulator and the board. ``hw.host_interface`` is the
-gateware face of this module and takes its constants from here.
+gateware face of this module; both take the protocol's constants from ``hw.protocol``.
 
 Every failure is an exception: ``LinkError`` when a response is lost, cut short, corrupt,
 or answers another request (a lost or garbled response is never accepted silently);
@@ -273,10 +273,12 @@ class Device:
         return _state(self._call(Cmd.STATUS, length=_STATE_BYTES))
 
     def check_image(self, data: bytes) -> None:
-        """Raise ValueError if ``data`` is not a valid weight image or does not fit the
-        device's build (``AcceleratorConfig.check_image``), before sending it."""
+        """Raise ValueError if ``data`` is not a valid weight image, or if the device's
+        build would refuse to load or to run it (``hw.layer_plan.check_runnable``), before
+        sending it."""
+        from hw.layer_plan import check_runnable
         from weights.image import read_image
-        self.info.config().check_image(read_image(bytes(data)), len(data))
+        check_runnable(self.info.config(), read_image(bytes(data)), len(data))
 
     def load_image(self, data: bytes) -> int:
         """Load a weight image; return its layer count. ``DeviceError`` (``LOAD_FAILED``,

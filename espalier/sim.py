@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from golden.model import GoldenModel
-from hw.layer_plan import compute_problems, predict_cycles
+from hw.layer_plan import check_runnable, predict_cycles
 from weights.image import Kind, read_image
 
 __all__ = ["layer_names", "simulate"]
@@ -50,12 +50,7 @@ def simulate(data: bytes, config, inputs, *, vcd=None, progress=None) -> dict:
     from hw.accelerator import Accelerator
 
     image = read_image(data)
-    config.check_image(image, len(data))
-    for n in range(len(image.layers)):
-        problems = compute_problems(config, image, n)
-        if problems:
-            raise ValueError(f"layer {n} does not fit this accelerator: "
-                             + "; ".join(problems))
+    check_runnable(config, image, len(data))
     golden = GoldenModel(image)
     names = layer_names(image)
     say = progress or (lambda msg: None)

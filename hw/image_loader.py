@@ -16,11 +16,11 @@ from weights.huffman import MAX_CODE_LENGTH
 from weights.image import MAGIC, MAX_ALPHABET, MAX_BIAS_BITS, MAX_INDEX_BITS, MAX_RUN_BITS
 from weights.image import VERSION as IMAGE_VERSION
 
-__all__ = ["DESC_WORDS", "DescWord", "ImageLoader", "LoadError", "buffer_signature",
-           "descriptor_words", "image_words"]
+__all__ = ["DESC_WORDS", "ENTRY_BYTES", "HEADER_BYTES", "DescWord", "ImageLoader", "LoadError",
+           "buffer_signature", "descriptor_words", "image_words"]
 
-_HEADER_BYTES = 20
-_ENTRY_BYTES = 32
+HEADER_BYTES = 20  # the image's header (docs/weight-image.md)
+ENTRY_BYTES = 32  # a layer-table entry
 _CRC_BYTES = 4
 
 
@@ -93,7 +93,7 @@ def descriptor_words(image) -> list[list[int]]:
     ``weights.image.Image``, with the byte offsets its file layout gives."""
     out = []
     n = len(image.layers)
-    section = _HEADER_BYTES + _ENTRY_BYTES * n
+    section = HEADER_BYTES + ENTRY_BYTES * n
     for i, layer in enumerate(image.layers):
         k = len(layer.codebook)
         table_addr = section + k * image.bw // 8 + 1
@@ -106,7 +106,7 @@ def descriptor_words(image) -> list[list[int]]:
             DescWord.FAN_IN: layer.fan_in, DescWord.CODEBOOK_SIZE: k,
             DescWord.RUN_BITS: layer.run_bits, DescWord.MAX_LEN: layer.table.max_len,
             DescWord.OUT_C: layer.out_c, DescWord.N_SYMBOLS: len(layer.table.symbols),
-            DescWord.ENTRY_ADDR: _HEADER_BYTES + _ENTRY_BYTES * i,
+            DescWord.ENTRY_ADDR: HEADER_BYTES + ENTRY_BYTES * i,
             DescWord.CODEBOOK_ADDR: section, DescWord.TABLE_ADDR: table_addr,
             DescWord.SYMBOLS_ADDR: symbols_addr, DescWord.BIAS_ADDR: bias_addr,
             DescWord.SIZES_ADDR: sizes_addr, DescWord.STREAMS_ADDR: streams_addr,
@@ -360,7 +360,7 @@ class ImageLoader(wiring.Component):
                 with m.Case(19):
                     full = Cat(size[:24], byte)
                     m.d.sync += size.eq(full)
-                    with m.If(full < _HEADER_BYTES + _CRC_BYTES):
+                    with m.If(full < HEADER_BYTES + _CRC_BYTES):
                         fail(LoadError.LENGTH)
                     with m.Elif(full > cfg.image_bytes):
                         fail(LoadError.CAP_IMAGE)
@@ -429,14 +429,14 @@ class ImageLoader(wiring.Component):
         table_end = Signal(aw + 1)
         body_end = Signal(aw + 1)  # where the CRC starts
         m.d.comb += [
-            table_end.eq(_HEADER_BYTES + n_layers * _ENTRY_BYTES),
+            table_end.eq(HEADER_BYTES + n_layers * ENTRY_BYTES),
             body_end.eq(size - _CRC_BYTES),
         ]
         li = Signal(8)  # layer
         phase = Signal()  # 0: checking the table entries, 1: the sections
         sec_acc = Signal(aw)  # phase 0: sum of section sizes; phase 1: section start
         entry = Signal(aw + 1)
-        m.d.comb += entry.eq(_HEADER_BYTES + li * _ENTRY_BYTES)
+        m.d.comb += entry.eq(HEADER_BYTES + li * ENTRY_BYTES)
 
         with m.If(state == _P.HEADER):
             with m.If(((bw != 8) & (bw != 16)) | (n_layers == 0) | hdr_bad
@@ -448,7 +448,7 @@ class ImageLoader(wiring.Component):
                 with m.If(n_layers > cfg.max_layers):
                     cap(LoadError.CAP_LAYERS)
                 m.d.sync += [li.eq(0), phase.eq(0), sec_acc.eq(0)]
-                fetch(_HEADER_BYTES, 2, _P.E_KIND)  # entry 0 (li is still the old one)
+                fetch(HEADER_BYTES, 2, _P.E_KIND)  # entry 0 (li is still the old one)
 
         # -- a table entry: read the fields both phases need ----------------------------------
         kind = Signal(8)
@@ -546,10 +546,10 @@ class ImageLoader(wiring.Component):
                     with m.Else():
                         # Phase 1 reads the entries again, layer 0 first.
                         m.d.sync += [li.eq(0), phase.eq(1), sec_acc.eq(table_end)]
-                        fetch(_HEADER_BYTES, 2, _P.E_KIND)
+                        fetch(HEADER_BYTES, 2, _P.E_KIND)
                 with m.Else():
                     m.d.sync += li.eq(li + 1)
-                    fetch(entry + _ENTRY_BYTES, 2, _P.E_KIND)
+                    fetch(entry + ENTRY_BYTES, 2, _P.E_KIND)
             with m.Else():
                 m.d.sync += state.eq(_P.S_CB)
 
@@ -671,7 +671,7 @@ class ImageLoader(wiring.Component):
                     m.d.sync += state.eq(_P.DONE)
                 with m.Else():
                     m.d.sync += [li.eq(li + 1), sec_acc.eq(s_end)]
-                    fetch(entry + _ENTRY_BYTES, 2, _P.E_KIND)
+                    fetch(entry + ENTRY_BYTES, 2, _P.E_KIND)
 
         with m.If(state == _P.DONE):
             m.d.sync += [self.status.eq(cap_err), self.loaded.eq(cap_err == LoadError.NONE),

@@ -8,9 +8,11 @@ run on a build (``RunError.TOO_BIG`` / ``UNSUPPORTED``), so software refuses the
 images the hardware does; ``predict_cycles`` is the cycle model of docs/architecture.md.
 """
 
-__all__ = ["compute_problems", "layer_params", "predict_cycles", "setup_cycles", "table_cycles"]
+from weights.image import Kind
 
-_KIND_CONV = 1
+__all__ = ["check_runnable", "compute_problems", "layer_params", "predict_cycles",
+           "setup_cycles", "table_cycles"]
+
 
 
 def _fls(image):
@@ -65,7 +67,7 @@ def compute_problems(config, image, index: int) -> list[str]:
     if layer.out_c > config.max_channels:
         problems.append(f"{layer.out_c} output channels exceed the build's "
                         f"{config.max_channels}")
-    if int(layer.kind) == _KIND_CONV and layer.fan_in > config.tile_depth:
+    if layer.kind == Kind.CONV and layer.fan_in > config.tile_depth:
         problems.append(f"a convolution fan-in of {layer.fan_in} exceeds the weight tile "
                         f"buffer's {config.tile_depth}")
     if layer.pool and layer.pool != layer.pool_stride:
@@ -76,6 +78,17 @@ def compute_problems(config, image, index: int) -> list[str]:
         problems.append(f"{layer.bias_bits}-bit biases shifted left by {shift} do not fit the "
                         f"{config.acc_width}-bit accumulator")
     return problems
+
+
+def check_runnable(config, image, size: int) -> None:
+    """Raise ValueError unless the image of ``size`` bytes both loads on this build
+    (``AcceleratorConfig.check_image``, the loader's checks) and runs on it (every layer's
+    ``compute_problems``, the sequencer's)."""
+    config.check_image(image, size)
+    for n in range(len(image.layers)):
+        problems = compute_problems(config, image, n)
+        if problems:
+            raise ValueError(f"layer {n} does not fit this accelerator: " + "; ".join(problems))
 
 
 def _mul_cycles(b: int) -> int:
@@ -142,7 +155,7 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
     layer = image.layers[index]
     n = setup_cycles(config, image, index, first=first) + table_cycles(layer)
     lanes = config.decode_lanes
-    if int(layer.kind) == _KIND_CONV:
+    if layer.kind == Kind.CONV:
         n_in = layer.fan_in
         _, oh, ow = layer.out_shape
         p = layer.pool or 1

@@ -16,17 +16,14 @@ from amaranth.lib.wiring import In, Out
 
 from hw.conv_drain import DrainParams
 from hw.conv_feed import ConvParams, offset_width
-from hw.image_loader import DESC_WORDS, DescWord, desc_word_width
+from hw.image_loader import DESC_WORDS, ENTRY_BYTES, HEADER_BYTES, DescWord, desc_word_width
 from hw.layouts import PostParams
 from hw.tile_buffer import tile_and_column
+from weights.image import Kind
 
 __all__ = ["RunError", "Sequencer"]
 
-_HEADER_BYTES = 20
-_ENTRY_BYTES = 32
 _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
-_KIND_CONV = 1
-_KIND_FC = 2
 
 
 class RunError(enum.Enum, shape=4):
@@ -41,7 +38,7 @@ class RunError(enum.Enum, shape=4):
     BAD_DATA_WIDTH = 6  # the image's bw is not the build's (the loader refuses it first)
 
 
-class _S(enum.Enum, shape=5):
+class _S(enum.Enum, shape=4):
     IDLE = 0
     FL = 1  # read the input's fractional length (header, or the previous layer's out_fl)
     ENTRY = 2  # read the layer-table entry
@@ -49,9 +46,9 @@ class _S(enum.Enum, shape=5):
     DERIVE = 4  # products and quotients
     CHECK = 5
     BIAS = 6  # biases: a byte fetched and a bias emitted per clock
-    START = 9
-    RUN = 10
-    NEXT = 11
+    START = 7
+    RUN = 8
+    NEXT = 9
 
 
 class Sequencer(wiring.Component):
@@ -170,7 +167,7 @@ class Sequencer(wiring.Component):
         w_fl, b_fl, out_fl = i8(20), i8(21), i8(22)
         bias_bits = u8(27)
         is_conv = Signal()
-        m.d.comb += [is_conv.eq(kind == _KIND_CONV), self.conv.eq(is_conv)]
+        m.d.comb += [is_conv.eq(kind == int(Kind.CONV)), self.conv.eq(is_conv)]
 
         # -- products and quotients: a micro-program over one multiplier and one divider --
         # Each step: dst = a * b, or dst = a // b. Operands up to 32 x 16 bits.
@@ -327,7 +324,7 @@ class Sequencer(wiring.Component):
                         m.d.sync += [self.status.eq(RunError.NONE), state.eq(_S.FL),
                                      e_n.eq(0), rd_byte.eq(
                                          Mux(self.first == 0, 7,
-                                             _HEADER_BYTES + _ENTRY_BYTES * (self.first - 1)
+                                             HEADER_BYTES + ENTRY_BYTES * (self.first - 1)
                                              + 22))]
             with m.Case(_S.FL):
                 # Clock 0 addresses the byte, clock 1 takes it.
@@ -335,7 +332,7 @@ class Sequencer(wiring.Component):
                 m.d.sync += e_n.eq(e_n + 1)
                 with m.If(e_n == 1):
                     m.d.sync += [in_fl.eq(byte.as_signed()), e_n.eq(0), state.eq(_S.ENTRY),
-                                 rd_byte.eq(_HEADER_BYTES + _ENTRY_BYTES * self.layer)]
+                                 rd_byte.eq(HEADER_BYTES + ENTRY_BYTES * self.layer)]
             with m.Case(_S.ENTRY):
                 # One byte addressed per clock; byte n-1 arrives while n is addressed.
                 m.d.comb += self.img_en.eq(1)
@@ -406,5 +403,5 @@ class Sequencer(wiring.Component):
                     m.d.sync += state.eq(_S.IDLE)
                 with m.Else():
                     m.d.sync += [state.eq(_S.ENTRY), e_n.eq(0),
-                                 rd_byte.eq(_HEADER_BYTES + _ENTRY_BYTES * (self.layer + 1))]
+                                 rd_byte.eq(HEADER_BYTES + ENTRY_BYTES * (self.layer + 1))]
         return m

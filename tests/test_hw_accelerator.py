@@ -14,7 +14,7 @@ from golden.model import GoldenModel
 from hw.accelerator import AcceleratorCore
 from hw.config import get_preset
 from hw.image_loader import LoadError
-from hw.layer_plan import compute_problems, predict_cycles
+from hw.layer_plan import check_runnable, compute_problems, predict_cycles
 from hw.sequencer import RunError
 from tests.imagegen import random_image
 from tests.streams import stream_put
@@ -159,6 +159,8 @@ def test_refuses_a_layer_too_big():
     cfg = dataclasses.replace(get_preset("small"), act_depth=128, max_channels=64)
     image = random_image(4)
     assert compute_problems(cfg, image, 0)
+    with pytest.raises(ValueError, match="layer 0 does not fit this accelerator: its input"):
+        check_runnable(cfg, image, len(write_image(image)))
     _, results = run_network(cfg, write_image(image), random_inputs(image, 1, 4))
     assert results[0][0][0] == RunError.TOO_BIG.value
 
