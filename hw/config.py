@@ -235,15 +235,19 @@ PRESETS = {
         DEFAULT, rows=2, cols=2, decode_lanes=2, acc_width=26, image_bytes=64 * 1024,
         tile_depth=512, max_table_symbols=1024),
     # iCE40UP5K (iCEBreaker): 5,280 LUT4, 8 SB_MAC16, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit.
-    # - 2x4 array: 8 PEs = the 8 SB_MAC16; a 4x4 array in LUTs already took 70 % of the
-    #   LUTs, leaving too little for the decoder and control.
+    # - 1x8 array: 8 PEs = the 8 SB_MAC16; a 4x4 array in LUTs already took 70 % of the
+    #   LUTs, leaving too little for the decoder and control. One row (and one lane) reads
+    #   one activation a clock, so each activation bank needs one read port and is an
+    #   SPRAM (``hw.act_bank``): two rows would need two block-RAM copies of each bank,
+    #   32 of the 30 EBR. LeNet-5's conv layers run at 82 % and 88 % of the array's peak
+    #   (their 20 and 50 channels in tiles of 8), against 99 % and 95 % on 2x4.
     # - acc_width 32: the SB_MAC16's own accumulator width (free in the DSP); the
     #   minimum for bw 8 and fan-in 1024 is 26.
     # - 1 decode lane: a lane is ~ a few hundred LUTs plus 4 EBR; the conv layers reuse each
     #   weight hundreds of times, so one lane keeps up with the 8 MACs there.
     # - image_bytes 64 KB: two of the four SPRAMs (32 KB each); the compressed LeNet-5
-    #   image (about 40-45 KB) fits, and two SPRAMs remain for feature maps (LeNet-5's
-    #   largest, conv1's 20x24x24 output, is 11.5 KB at 8 bits).
+    #   image (31.6 KB) fits, and the other two SPRAMs are the activation banks (LeNet-5's
+    #   largest feature map, conv1's pooled 20x12x12 output, is 2.9 KB at 8 bits).
     # - tile_depth 512: one EBR as 512 x 8 bits per array column.
     # - max_fan_in 1024: the shipped LeNets' largest fan-ins are 800 (LeNet-5 fc1) and
     #   784 (LeNet-300-100 fc1).
@@ -251,9 +255,12 @@ PRESETS = {
     #   a 1024 x 18-bit symbol memory (2 kind + 8 run + 8 index bits) takes 5 EBR. The
     #   index and run widths stay at the format's 8 bits: the compression settings are
     #   still being tuned (run_bits 2..5 so far) and narrower fields save only one EBR.
+    # - max_channels 512: a 512 x 32-bit bias memory, 4 EBR (1024 took 8); the shipped
+    #   LeNets' widest layer has 500 channels. With it the design takes 29 of the 30 EBR
+    #   (16 of them the tile buffer's two banks of eight 512-weight columns).
     "icebreaker": dataclasses.replace(
-        DEFAULT, rows=2, cols=4, acc_width=32, decode_lanes=1, image_bytes=64 * 1024,
-        tile_depth=512, max_fan_in=1024, max_table_symbols=1024),
+        DEFAULT, rows=1, cols=8, acc_width=32, decode_lanes=1, image_bytes=64 * 1024,
+        tile_depth=512, max_fan_in=1024, max_table_symbols=1024, max_channels=512),
     # ECP5 LFE5U-85F (ULX3S 85F): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD x 18 kbit.
     # - 8x8 array: 64 multipliers, a size measured here at 80.75 MHz with 64/156 DSPs.
     # - acc_width 32: fabric accumulators (nextpnr times the DSPs as combinational, so

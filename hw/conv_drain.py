@@ -42,8 +42,8 @@ class ConvDrain(wiring.Component):
 
     The vectors come tile by tile, window by window; the drain counts them to know each
     one's tile ``t`` and window ``w`` (``(py, px)`` in raster order); channel
-    ``ch = t·cols + c`` goes to ``addr = ch·pooled_hw + w`` with ``first`` set (the item
-    holds the whole window). Channels at or past ``out_c`` (a last partial tile) are not
+    ``ch = t·cols + c`` goes to ``addr = ch·pooled_hw + w`` (the item holds the whole
+    window). Channels at or past ``out_c`` (a last partial tile) are not
     emitted.
 
     Ports:
@@ -118,8 +118,6 @@ class ConvDrain(wiring.Component):
             self.o.payload.acc.eq(acc),
             self.o.payload.channel.eq(ch + c),
             self.o.payload.addr.eq(tile_base + col_addr + win),
-            self.o.payload.first.eq(1),
-            self.o.payload.drop.eq(0),
         ]
         last_item = Signal()
         m.d.comb += last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live)))

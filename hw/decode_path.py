@@ -11,7 +11,8 @@ from amaranth.lib.wiring import In, Out
 
 from hw.broadcast import StreamBroadcast
 from hw.huffman_decode import DecodeError, HuffmanDecoder
-from hw.layouts import DecodeParams, WeightOut
+from hw.layouts import DecodeParams, Token, WeightOut
+from hw.register_slice import RegisterSlice
 from hw.run_expand import ExpandError, RunExpander
 from hw.symbol_split import SymbolSplit, TableItem
 
@@ -47,13 +48,13 @@ class DecodePath(wiring.Component):
         ``error`` (out): a lane's decoder or expander stopped on an error (sticky until
             ``start``; the lanes' own ``error`` ports say which and why).
 
-    Latency: three clocks from a code's last bit to its first weight (decoder two,
-    expander one). Throughput: one weight per clock per lane; a lane's decoder runs at up
-    to a symbol per clock, so it keeps its expander busy whenever a channel's symbols
-    average at most one per weight. Sparse: up to one symbol per clock per lane (the
-    expander takes a token a clock, so the decoder sets the pace). Back-pressure: per lane,
-    as in its two blocks; the broadcast table and codebook advance when every lane has
-    taken the current word.
+    Latency: four clocks from a code's last bit to its first weight (decoder two, a
+    ``RegisterSlice`` one, expander one). Throughput: one weight per clock per lane; a
+    lane's decoder runs at up to a symbol per clock, so it keeps its expander busy
+    whenever a channel's symbols average at most one per weight. Sparse: up to one symbol
+    per clock per lane (the expander takes a token a clock, so the decoder sets the pace).
+    Back-pressure: per lane, as in its blocks; the broadcast table and codebook advance
+    when every lane has taken the current word.
     """
 
     def __init__(self, config):
@@ -88,8 +89,12 @@ class DecodePath(wiring.Component):
                 exp.params.eq(self.params),
                 exp.sparse.eq(self.sparse),
             ]
+            # (a register slice between them: the expander's ready, computed from its
+            # state, went straight into the decoder's buffer logic, the longest path)
+            reg = m.submodules[f"slice_{j}"] = RegisterSlice(Token(cfg))
             wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
-            wiring.connect(m, dec.o, exp.i)
+            wiring.connect(m, dec.o, reg.i)
+            wiring.connect(m, reg.o, exp.i)
             wiring.connect(m, exp.o, wiring.flipped(self.o[j]))
             decoders.append(dec)
             expanders.append(exp)

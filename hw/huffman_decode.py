@@ -15,6 +15,7 @@ from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.layouts import DecodeParams, SymbolEntry, Token, TokenKind
+from hw.ram import read_port
 from hw.symbol_split import TableItem
 
 __all__ = ["DecodeError", "HuffmanDecoder"]
@@ -62,22 +63,23 @@ class HuffmanDecoder(wiring.Component):
     that takes the last symbol (later only for a table of fewer than ``max_code_len - L``
     symbols, whose lengths past ``L`` are not done by then).
 
-    Decoding: a bit buffer of ``max_code_len + 16`` bits takes a byte per clock while it
-    has room for one. Each clock the next code's length is the least ``l`` whose top ``l``
-    bits are below ``limit[l] = first_code[l] + count[l]`` (all lengths compared at once;
-    the results form a thermometer code); its symbol-memory address is those bits plus
-    ``delta[l] = offset[l] - first_code[l]``. The synchronous memory read is the second
-    pipeline stage, which tracks the channel's remaining fan-in and emits the token.
-    A channel ends when its symbols cover ``N``; the rest of its last byte (padding) is
-    dropped and the next channel starts at the next byte. EOS is recognised from the
-    code's address while decoding, so a channel that ends with EOS costs no cycle; a
-    channel that ends with a pair or ZRUN costs one (the code decoded behind it was
-    speculative and is dropped). Padding bits are not checked (the image reader does).
+    Decoding: a left-aligned bit buffer of ``max_code_len + 16`` bits takes a byte per
+    clock, right below its unconsumed bits, while it has room for one. Each clock the next
+    code's length is the least ``l`` whose top ``l`` bits are below ``limit[l] =
+    first_code[l] + count[l]`` (all lengths compared at once; the results form a
+    thermometer code); its symbol-memory address is those bits plus ``delta[l] =
+    offset[l] - first_code[l]`` (computed for every length while the comparisons run), and
+    the buffer shifts left by ``l``. The memory read is the second pipeline stage, which
+    tracks the channel's remaining fan-in and emits the token. A channel ends when its
+    symbols cover ``N``; stage 2 sees that a clock after stage 1 decoded the next code,
+    which is dropped (it was speculative) along with the rest of the channel's last byte
+    (padding), and the next channel starts at the next byte. Padding bits are not checked
+    (the image reader does).
 
     Latency: a token leaves two clocks after the last bit of its code entered the buffer.
     Throughput: one symbol per clock while the input delivers at least the code lengths'
     bits (a byte per clock sustains codes of up to 8 bits on average) and ``o`` is ready,
-    less one clock per channel that does not end with EOS.
+    plus one clock per channel (its end).
     Back-pressure: ``o.valid`` does not depend on ``o.ready``; when ``o`` stalls, the
     token and the memory read are held and decoding waits. ``i.ready`` depends only on
     registers (buffer room).
@@ -105,18 +107,21 @@ class HuffmanDecoder(wiring.Component):
         aw = cfg.table_addr_width
         p = self.params
 
+        # Symbols are written (table load) and read (decoding) at different times.
         m.submodules.symbols = mem = memory.Memory(
             shape=SymbolEntry(cfg), depth=cfg.max_table_symbols, init=[])
         wr = mem.write_port()
-        rd = mem.read_port()
+        rd = read_port(m, mem)
+        entry = rd.data
 
         state = Signal(_State)
         ok = Signal()
         m.d.comb += ok.eq(self.error == DecodeError.NONE)
 
-        # R + 1 = 2^run_bits: the zero weights a ZRUN covers.
-        r_plus_1 = Signal(cfg.max_run_bits + 1)
-        m.d.comb += r_plus_1.eq(Const(1, 1) << p.run_bits)
+        # R = 2^run_bits - 1 (a ZRUN covers R + 1 zero weights) and fan_in - 1, registered
+        # at ``start`` so the decode loop does not start from the parameter inputs.
+        run_max = Signal(cfg.max_run_bits)
+        last_left = Signal(cfg.fan_in_width)
 
         # -- table: per-length limit and delta registers, symbol memory ------------------
         limit = [None] + [Signal(n + 1, name=f"limit_{n}") for n in range(1, max_len + 1)]
@@ -125,8 +130,6 @@ class HuffmanDecoder(wiring.Component):
         t_code = Signal(max_len + 2)  # first code of that length
         t_offset = Signal(cfg.symbol_width + 5)  # symbols of all shorter lengths
         t_total = Signal(cfg.symbol_width + 5)  # symbols in the table
-        eos_addr = Signal(aw)
-        eos_present = Signal()
 
         # Counts: limit[l] = first_code[l] + count[l], delta[l] = offset[l] - first_code[l].
         # Lengths past L continue the recurrence with a count of 0, so limit[l] =
@@ -178,16 +181,21 @@ class HuffmanDecoder(wiring.Component):
                     m.d.sync += s_addr.eq(s_addr + 1)
                     with m.If(s_addr + 1 == t_total):
                         m.d.sync += s_done.eq(1)
-                    with m.If(item.entry.kind == TokenKind.EOS):
-                        m.d.sync += [eos_addr.eq(s_addr), eos_present.eq(1)]
         with m.If((state == _State.SYMBOLS) & s_done & (t_len > max_len)):
             m.d.sync += state.eq(_State.DECODE)
 
         # -- decode stage: find the next code's length and symbol address ----------------
-        buf = Signal(width)
-        ptr = Signal(range(width + 1))  # unconsumed bits: buf[ptr-1] is the next one
-        window = Signal(max_len)  # the next max_len bits, zero-filled past ptr
-        m.d.comb += window.eq(Cat(Const(0, max_len), buf).bit_select(ptr, max_len))
+        # The bit buffer is left-aligned: ``bits[-1]`` is the next bit and the top
+        # ``count`` bits are the unconsumed ones (the rest are 0). The next code's bits are
+        # then always the top ``max_len`` bits, with no multiplexer in front of the
+        # comparisons, and consuming a code is a shift selected by its one-hot length:
+        # the loop ``bits`` -> comparisons -> shift -> ``bits`` has no adder or barrel
+        # shifter in it (it was ``ptr`` -> window multiplexer -> comparisons -> subtract ->
+        # ``ptr``, the design's critical path).
+        bits = Signal(width)
+        count = Signal(range(width + 1))
+        window = Signal(max_len)
+        m.d.comb += window.eq(bits[width - max_len:])
 
         # therm[j]: the next code is at most j + 1 bits long. Its length is the lowest set
         # bit, decoded from the thermometer code without a priority chain (a chain of 16
@@ -212,91 +220,115 @@ class HuffmanDecoder(wiring.Component):
         onehot = Signal(max_len)
         m.d.comb += onehot.eq(therm & ~(therm << 1))
         d_found = Signal()
-        d_hit = Signal()  # a whole code is in the buffer
-        d_code = Signal(aw)  # the code's value, modulo the memory depth
-        d_delta = Signal(aw)
         d_addr = Signal(aw)
         m.d.comb += [
             d_found.eq(therm[-1]),
-            d_hit.eq(d_found & (ptr > d_len_m1)),
-            # and-or multiplexers selected by the one-hot length
-            d_code.eq(functools.reduce(operator.or_, (
-                Mux(onehot[n - 1], window[max_len - n:], 0) for n in range(1, max_len + 1)))),
-            d_delta.eq(functools.reduce(operator.or_, (
-                Mux(onehot[n - 1], delta[n], 0) for n in range(1, max_len + 1)))),
-            d_addr.eq(d_code + d_delta),
+            # The symbol address for every length at once, the top n bits (the code,
+            # modulo the memory depth) plus delta[n], added while the comparisons run;
+            # the one-hot length then selects one (an and-or multiplexer).
+            d_addr.eq(functools.reduce(operator.or_, (
+                Mux(onehot[n - 1], (window[max_len - n:] + delta[n])[:aw], 0)
+                for n in range(1, max_len + 1)))),
         ]
-        d_eos = Signal()
-        m.d.comb += d_eos.eq(eos_present & (d_addr == eos_addr))
+
+        # Is the whole code in the buffer? Its length l is at most ``count`` when, for
+        # some t <= ``count``, l <= t: thermometer bit t - 1 (``count >= t`` comes from a
+        # register, so this adds no comparison behind the comparisons).
+        d_hit = Signal()
+        fit = [(count >= t) & therm[t - 1] for t in range(1, max_len)] + [count >= max_len]
+        m.d.comb += d_hit.eq(d_found & Cat(*fit).any())
 
         # -- memory stage: the symbol's meaning, the channel's remaining fan-in -----------
+        # ``m_left`` is the channel's weights not yet covered, less one, so that "this
+        # symbol ends the channel" is one equality on the memory's output.
         m_valid = Signal()
-        m_rem = Signal(cfg.fan_in_width)  # weights of the channel not yet covered
-        entry = rd.data
-        m_adv = Signal(cfg.fan_in_width + 1)  # weights a pair or ZRUN covers
+        m_left = Signal(cfg.fan_in_width)
+        m_pair = Signal()
         m_eos = Signal()
         m_ends = Signal()
         m_over = Signal()
         m.d.comb += [
-            m_adv.eq(Mux(entry.kind == TokenKind.PAIR, entry.run + 1, r_plus_1)),
+            m_pair.eq(entry.kind == TokenKind.PAIR),
             m_eos.eq(entry.kind == TokenKind.EOS),
-            m_ends.eq(m_eos | (m_adv == m_rem)),
-            m_over.eq(~m_eos & (m_adv > m_rem)),
-            self.o.valid.eq(m_valid & ~m_over),
+            # a pair covers run + 1 weights, a ZRUN R + 1
+            m_ends.eq(m_eos | Mux(m_pair, entry.run == m_left, m_left == run_max)),
+            m_over.eq(~m_eos & Mux(m_pair, entry.run > m_left, run_max > m_left)),
+            self.o.valid.eq(m_valid & ~m_over & ok),
             self.o.payload.kind.eq(entry.kind),
             self.o.payload.run.eq(entry.run),
             self.o.payload.index.eq(entry.index),
-            self.o.payload.first.eq(m_rem == p.fan_in),
+            self.o.payload.first.eq(m_left == last_left),
             self.o.payload.last.eq(m_ends),
         ]
         m_take = Signal()
         m_free = Signal()
-        cancel = Signal()  # the stage-1 code behind a channel's last symbol is speculative
+        # The stage-1 code behind a channel's last symbol is speculative: drop it, and the
+        # rest of the channel's last byte.
+        cancel = Signal()
         m.d.comb += [
             m_take.eq(self.o.valid & self.o.ready),
-            m_free.eq(~m_valid | m_take),
-            cancel.eq(m_take & m_ends & ~m_eos),
+            # (not ``m_take``: a token past the fan-in stops the decoder next clock, so
+            # what stage 1 does meanwhile is never seen, and the loop stays short)
+            m_free.eq(~m_valid | self.o.ready),
+            cancel.eq(m_valid & ok & self.o.ready & m_ends),
         ]
         with m.If(m_take):
-            m.d.sync += m_rem.eq(Mux(m_ends, p.fan_in, m_rem - m_adv))
+            m.d.sync += m_left.eq(Mux(m_ends, last_left,
+                                      m_left - Mux(m_pair, entry.run, run_max) - 1))
         with m.If(m_valid & m_over & ok):
             m.d.sync += self.error.eq(DecodeError.PAST_FAN_IN)
 
         decoding = Signal()
+        go = Signal()  # stage 1 takes a code (unless ``cancel`` drops it)
         d_issue = Signal()
         m.d.comb += [
             decoding.eq((state == _State.DECODE) & ok),
-            d_issue.eq(decoding & d_hit & m_free & ~cancel),
+            go.eq(decoding & d_hit & m_free),
+            d_issue.eq(go & ~cancel),
             rd.addr.eq(d_addr),
             rd.en.eq(d_issue),
         ]
         with m.If(m_free):
             m.d.sync += m_valid.eq(d_issue)
-        with m.If(decoding & ~d_found & (ptr >= p.max_len) & m_free & ~cancel):
+        with m.If(decoding & ~d_found & (count >= p.max_len) & m_free & ~cancel):
             m.d.sync += self.error.eq(DecodeError.NO_CODE)
 
-        # -- bit buffer: bytes enter at the bottom, so byte boundaries sit at multiples of 8
-        # from the bottom and dropping a channel's padding rounds ptr down to one.
+        # -- bit buffer: a byte enters right below the unconsumed bits, so byte boundaries
+        # sit at multiples of 8 from the bottom of those, and dropping a channel's padding
+        # (its last byte's unused bits) shifts out ``count mod 8`` bits.
         refill = Signal()
-        ptr_used = Signal.like(ptr)
-        ptr_m1 = Signal.like(ptr)
-        ptr_code = Signal.like(ptr)  # after the decoded code
-        m.d.comb += [ptr_m1.eq(ptr - 1), ptr_code.eq(ptr_m1 - d_len_m1)]
+        room = Signal(init=1)  # count <= width - 8, registered (it gates the input)
+        filled = Signal(width)  # ``bits`` with this clock's byte
+        filled_count = Signal.like(count)
         m.d.comb += [
-            self.i.ready.eq(decoding & (ptr <= width - 8)),
+            self.i.ready.eq(decoding & room),
             refill.eq(self.i.valid & self.i.ready),
+            filled.eq(bits | Mux(refill, Cat(Const(0, width - 8), self.i.payload) >> count, 0)),
+            filled_count.eq(count + Mux(refill, 8, 0)),
         ]
+        shifted = functools.reduce(operator.or_, (
+            Mux(onehot[n - 1], Cat(Const(0, n), filled)[:width], 0)
+            for n in range(1, max_len + 1)))
+        # Dropping padding: ``to_byte`` is ``filled`` from its first whole byte on.
+        pad = Signal(3)
+        to_byte = Signal(width)
+        m.d.comb += [
+            pad.eq(count[:3]),
+            to_byte.eq(filled << pad),
+        ]
+        # The next ``bits``: the shift by stage 1's code (late: it waits for the
+        # comparisons) is the last multiplexer; the rest is ready early.
+        m.d.sync += bits.eq(Mux(d_issue, shifted, Mux(cancel, to_byte, filled)))
+        # (``room`` after a code: ``filled_count - length <= width - 8``, as a comparison
+        # of the length with a value ready before it)
         with m.If(cancel):
-            m.d.comb += ptr_used.eq(Cat(Const(0, 3), ptr[3:]))
-        with m.Elif(d_issue & d_eos):
-            m.d.comb += ptr_used.eq(Cat(Const(0, 3), ptr_code[3:]))
+            m.d.sync += [count.eq(filled_count - pad),
+                         room.eq(filled_count - pad <= width - 8)]
         with m.Elif(d_issue):
-            m.d.comb += ptr_used.eq(ptr_code)
+            m.d.sync += [count.eq(filled_count - d_len_m1 - 1),
+                         room.eq(d_len_m1 >= filled_count - (width - 7))]
         with m.Else():
-            m.d.comb += ptr_used.eq(ptr)
-        m.d.sync += ptr.eq(ptr_used + Mux(refill, 8, 0))
-        with m.If(refill):
-            m.d.sync += buf.eq(Cat(self.i.payload, buf[:-8]))
+            m.d.sync += [count.eq(filled_count), room.eq(filled_count <= width - 8)]
 
         # -- start: clear everything and load a new table --------------------------------
         with m.If(self.start):
@@ -306,12 +338,15 @@ class HuffmanDecoder(wiring.Component):
                 t_len.eq(1),
                 t_code.eq(0),
                 t_offset.eq(0),
-                eos_present.eq(0),
                 s_addr.eq(0),
                 s_done.eq(0),
-                ptr.eq(0),
+                bits.eq(0),
+                count.eq(0),
+                room.eq(1),
                 m_valid.eq(0),
-                m_rem.eq(p.fan_in),
+                m_left.eq(p.fan_in - 1),
+                last_left.eq(p.fan_in - 1),
+                run_max.eq((Const(1, 1) << p.run_bits) - 1),
             ]
             bad = ((p.max_len == 0) | (p.max_len > max_len) | (p.fan_in == 0)
                    | (p.fan_in > cfg.max_fan_in) | (p.codebook_size == 0)

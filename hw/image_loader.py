@@ -6,12 +6,13 @@ Ref: docs/weight-image.md (the format and the reader's order of checks); CRC-32 
 
 from enum import IntEnum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.wiring import In, Out
 
 from hw.layouts import ImageByte
+from hw.ram import read_port
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import MAGIC, MAX_ALPHABET, MAX_BIAS_BITS, MAX_INDEX_BITS, MAX_RUN_BITS
 from weights.image import VERSION as IMAGE_VERSION
@@ -126,6 +127,16 @@ def image_words(data: bytes, word_bytes: int) -> list[int]:
             for j in range(0, len(data), word_bytes)]
 
 
+
+def _above(value, n: int):
+    """``value > n`` for a constant ``n``, as plain logic (yosys makes a carry chain of any
+    comparison, a constant one too)."""
+    value = Value.cast(value)
+    if n >= (1 << len(value)) - 1:
+        return Const(0)
+    return Cat(*(value[i] & (value[i + 1:] == n >> (i + 1))
+                 for i in range(len(value)) if not (n >> i) & 1)).any()
+
 class _BufferWrite:
     def __init__(self, cfg):
         self.data = Signal(8 * cfg.image_word_bytes, name="buf_wr_data")
@@ -153,37 +164,36 @@ def buffer_signature(config) -> wiring.Signature:
     })
 
 
-class _P(enum.Enum, shape=6):
+class _P(enum.Enum, shape=5):
     """The loader's states."""
 
     IDLE = 0
     RECEIVE = 1
     CRC = 2
     HEADER = 3
-    E_KIND = 4
-    E_IN_C = 5
-    E_KERNEL = 6
-    E_OUT_C = 7
-    E_INDEX = 8
-    E_BIAS = 9
-    E_SIZE = 10
-    E_CHECK = 11
-    E_MUL_KW = 12
-    E_NEXT = 13
-    S_L = 14
-    S_COUNT = 15
+    HEADER_CHECK = 4
+    E_START = 5
+    E_READ = 6
+    E_SIZE = 7
+    E_END = 8
+    FETCH = 9
+    S_CB = 10
+    S_L = 11
+    S_TABLE = 12
+    S_SYMBOLS = 13
+    S_COUNT = 14
+    S_COUNTED = 15
     S_LEN = 16
-    S_LEN_GOT = 17
-    S_SYM = 18
-    S_SYM_GOT = 19
-    S_BIAS = 20
-    S_SIZES = 21
-    S_SIZE_GOT = 22
-    S_DESC = 23
-    DONE = 24
-    FETCH = 25
-    MUL = 26
-    S_CB = 27
+    S_SYM = 17
+    S_BIAS = 18
+    S_SIZES = 19
+    S_STREAMS = 20
+    S_STREAMS_ADDR = 21
+    S_STREAMS_BYTES = 22
+    S_SIZE = 23
+    S_SIZE_GOT = 24
+    S_NEXT = 25
+    DONE = 26
 
 
 class ImageLoader(wiring.Component):
@@ -211,22 +221,27 @@ class ImageLoader(wiring.Component):
         ``image_data``: ``image_words`` words of ``image_word_bytes`` bytes: the whole file,
             byte ``a`` at byte lane ``a mod W`` of word ``a div W``. The codebooks, Huffman
             tables, stream sizes and streams stay there; descriptors point at them.
-        ``desc_data``: ``max_layers · DESC_WORDS`` words (``DescWord``), written when the
-            layer's section has been checked.
+        ``desc_data``: ``max_layers · DESC_WORDS`` words (``DescWord``), each written when
+            the parse reaches its value (a load that fails can leave a layer's words part
+            old, part new; ``loaded`` stays low).
 
     Operation. Receiving: one byte per clock (``i.ready`` is high in this phase only); the
     magic, the version and ``file_size`` are checked as they arrive (a ``file_size`` above
     the buffer stops the load at once, so no wait is longer than the buffer); the CRC runs
-    over every byte. Then, if the CRC matches, the image is parsed back from the buffer:
-    header fields, every table entry (and the sum of the section sizes), then every
-    section: codebook size, Huffman table (``L``; counts complete and not over-subscribed;
-    symbols in range and increasing within each length; a single symbol only as one 1-bit
-    code), biases, stream sizes adding up to the section. Each step reads a few bytes at
-    a known address (a byte a clock), so parsing takes about ``4 · (table symbols) + 3 ·
-    (channels) + 60`` clocks per layer; every loop is bounded by a length already checked
-    against the section. Not checked in hardware: layer geometry (kernel, stride, shapes
-    chaining, fractional lengths), symbols listed twice under different lengths, and the
-    streams' contents (the decoder reports those when it decodes them).
+    over every byte. Then, if the CRC matches, the image is parsed back from the buffer, a
+    byte a clock, by one engine: header fields; every
+    table entry, its 32 bytes in order, each field checked as it arrives (a shift-and-add
+    multiplier forms the fan-in meanwhile), and the sum of the section sizes; then, layer
+    by layer, the entry again and its section: one adder walks the section's parts
+    (codebook, Huffman table, biases, stream sizes, streams) and one subtractor checks
+    each against the section's end, while the Huffman table is read for ``L``, counts
+    complete and not over-subscribed (a single symbol only as one 1-bit code), and symbols
+    in range and increasing within each length. Parsing takes about ``4 · (table symbols +
+    channels) + 200`` clocks per layer (LeNet-5: about 8,000); every loop is bounded by a
+    length already checked against the section. Not checked in hardware: layer geometry
+    (kernel, stride, shapes chaining, fractional lengths), symbols listed twice under
+    different lengths, and the streams' contents (the decoder reports those when it decodes
+    them).
     """
 
     def __init__(self, config, *, external_buffer: bool = False):
@@ -281,7 +296,7 @@ class ImageLoader(wiring.Component):
             ]
         m.submodules.desc = desc = memory.Memory(data=self.desc_data_mem)
         desc_wr = desc.write_port()
-        desc_rd = desc.read_port()
+        desc_rd = read_port(m, desc, name="desc_rd")  # (read only once an image is loaded)
         m.submodules.crc = crc = catalog.CRC32_ISO_HDLC(data_width=8).create()
         # The SPRAM (and yosys' model of it) keeps its output during a write.
         m.d.comb += img_rd.en.eq(~img_wr.en.any())
@@ -291,20 +306,61 @@ class ImageLoader(wiring.Component):
             self.rd_data.eq(img_rd.data),
         ]
 
+        # Widths. ``aw``: a byte address or a size up to ``image_bytes``. ``ew``: a section's
+        # end, or in phase 0 the table's end + 4 + the section sizes so far (each sum is
+        # checked against file_size before the next size is added; the table ends by
+        # 20 + 32 · 255). ``mw``: the saturating multiplier (above ``max_fan_in``, and 8 ·
+        # ``image_bytes`` so that a saturated bias size runs past any section). ``xw``: any
+        # value of ``acc``, a checked address plus one addend, or plus the counts of a
+        # Huffman table (below 2^17 while they are not over-subscribed, plus one count).
+        aw = max(cfg.image_bytes.bit_length(), 5)
+        ew = max(aw + 1, (HEADER_BYTES + _CRC_BYTES + ENTRY_BYTES * 255).bit_length())
+        mw = max(cfg.fan_in_width + 1, aw + 3, 16)
+        xw = max(ew, 18, mw - 3) + 1
+        dw = desc_word_width(cfg)
+
+        # The control signals each state drives (all low by default); the registers they
+        # steer are assigned in one place each, so that each is one multiplexer.
         state = Signal(_P)
         m.d.comb += self.busy.eq(state != _P.IDLE)
+        err = Signal()  # stop with status err_code
+        err_code = Signal(LoadError)
         cap_err = Signal(LoadError)  # the first capacity error, reported at the end
+        cap_hit = Signal()  # a capacity error cap_code (the first one is kept)
+        cap_code = Signal(LoadError)
 
         def fail(code):
-            m.d.sync += [self.status.eq(code), state.eq(_P.IDLE)]
+            m.d.comb += [err.eq(1), err_code.eq(code)]
 
         def cap(code):
-            with m.If(cap_err == LoadError.NONE):
-                m.d.sync += cap_err.eq(code)
+            m.d.comb += [cap_hit.eq(1), cap_code.eq(code)]
+
+        with m.If(cap_hit & (cap_err == LoadError.NONE)):
+            m.d.sync += cap_err.eq(cap_code)
+
+        rd = Signal()  # read the byte at c (and step c)
+        c_entry = Signal()  # c := the current table entry
+        c_acc = Signal()  # c := acc
+        c_swap = Signal()  # c, cp := cp, c
+
+        add = Signal()  # acc += y + cin
+        y_sel = Signal(2)  # 0: 0; 1: fv16 (doubled if y_dbl); 2: 2 · max_len; 3: r / 8
+        y_dbl = Signal()
+        cin = Signal()
+
+        def accumulate(sel, carry=0, double=0):
+            m.d.comb += [add.eq(1), y_sel.eq(sel), cin.eq(carry), y_dbl.eq(double)]
+
+        d_en = Signal()  # write descriptor word d_word of layer li from source d_sel
+        d_word = Signal(4)
+        d_sel = Signal(3)  # 0: entry, 1: acc, 2: fv16, 3: fv8, 4: fan-in, 5: n_sym, 6: room
+        li = Signal(8)  # layer
+
+        def desc_word(word, sel):
+            m.d.comb += [d_en.eq(1), d_word.eq(int(word)), d_sel.eq(sel)]
 
         # -- receiving -----------------------------------------------------------------------
-        aw = cfg.image_addr_width + 2
-        pos = Signal(aw)
+        c = Signal(aw)  # receiving: bytes taken; parsing: the address of the next byte read
         size = Signal(32)  # file_size
         bw = Signal(8)
         n_layers = Signal(8)
@@ -321,367 +377,417 @@ class ImageLoader(wiring.Component):
             img_wr.data.eq(Cat(*([byte] * wb))),
         ]
         with m.If(take):
-            m.d.comb += img_wr.en.eq(1 << pos[:ob])
-            m.d.sync += [pos.eq(pos + 1), hdr_lo.eq(byte)]
-            # The end of the input against file_size (known from byte 19 on); a field
-            # check below that fails overrides this.
-            known = pos >= 19
-            final = known & (pos + 1 == Mux(pos == 19, Cat(size[:24], byte), size))
-            with m.If(final):
-                with m.If(self.i.payload.last):
-                    m.d.sync += state.eq(_P.CRC)
-                with m.Else():
-                    fail(LoadError.LENGTH)
-            with m.Elif(self.i.payload.last):
-                fail(LoadError.TRUNCATED)
-            with m.Switch(pos):
-                for n in range(4):
-                    with m.Case(n):
-                        with m.If(byte != MAGIC[n]):
-                            fail(LoadError.MAGIC)
-                with m.Case(4):
-                    with m.If(byte != IMAGE_VERSION):
-                        fail(LoadError.VERSION)
-                with m.Case(5):
-                    m.d.sync += bw.eq(byte)
-                with m.Case(6):
-                    m.d.sync += n_layers.eq(byte)
-                for n in (9, 11, 13):  # input_c, _h, _w must be >= 1
-                    with m.Case(n):
-                        with m.If(Cat(hdr_lo, byte) == 0):
-                            m.d.sync += hdr_bad.eq(1)
-                for n in (14, 15):  # reserved
-                    with m.Case(n):
-                        with m.If(byte != 0):
-                            m.d.sync += hdr_bad.eq(1)
-                for n in (16, 17, 18):
-                    with m.Case(n):
-                        m.d.sync += size.word_select(n - 16, 8).eq(byte)
-                with m.Case(19):
-                    full = Cat(size[:24], byte)
-                    m.d.sync += size.eq(full)
-                    with m.If(full < HEADER_BYTES + _CRC_BYTES):
-                        fail(LoadError.LENGTH)
-                    with m.Elif(full > cfg.image_bytes):
-                        fail(LoadError.CAP_IMAGE)
-        with m.If((state == _P.RECEIVE) & self.abort):
-            fail(LoadError.TRUNCATED)
+            m.d.comb += img_wr.en.eq(1 << c[:ob])
+            m.d.sync += hdr_lo.eq(byte)
 
-        with m.If(state == _P.CRC):
-            with m.If(crc.match_detected):
-                m.d.sync += state.eq(_P.HEADER)
-            with m.Else():
-                fail(LoadError.CRC)
-
-        # -- reading the buffer back: FETCH reads n bytes at f_addr, little-endian ---------
-        f_addr = Signal(aw)
-        f_k = Signal(3)
-        f_n = Signal(3)
-        f_val = Signal(32)
-        f_ret = Signal(_P)
-        f_off = Signal(max(1, ob))
-        rd_byte = Signal(8)
-        f_baddr = Signal(aw)
-        m.d.comb += [
-            f_baddr.eq(f_addr + f_k),
-            rd_byte.eq(img_rd.data.word_select(f_off, 8) if ob else img_rd.data),
-        ]
-        with m.If(state == _P.RECEIVE):
-            m.d.comb += img_rd.addr.eq(pos[ob:])
-        with m.Elif(self.busy):
-            m.d.comb += img_rd.addr.eq(f_baddr[ob:])
+        # -- reading the buffer back: a byte a clock at c, shifted into fv ------------------
+        with m.If(self.busy):
+            m.d.comb += img_rd.addr.eq(c[ob:])
         with m.Else():
             m.d.comb += img_rd.addr.eq(self.rd_addr)
-        m.d.sync += f_off.eq(f_baddr[:ob] if ob else 0)
+        f_off = Signal(max(1, ob))
+        landed = Signal()  # rd_byte is the byte read the clock before
+        rd_byte = Signal(8)
+        fv = Signal(32)  # the last four bytes read, the latest in fv[24:]
+        fv8 = fv[24:]
+        fv16 = fv[16:]  # the last two bytes read, as a little-endian u16
+        m.d.comb += rd_byte.eq(img_rd.data.word_select(f_off, 8) if ob else img_rd.data)
+        m.d.sync += [f_off.eq(c[:ob] if ob else 0), landed.eq(rd)]
+        with m.If(landed):
+            m.d.sync += fv.eq(Cat(fv[8:], rd_byte))
+        k = Signal(6)  # clocks in a reading state; a byte read at k is in fv at k + 2
 
-        def fetch(addr, n, ret):
-            m.d.sync += [f_addr.eq(addr), f_k.eq(0), f_n.eq(n), f_val.eq(0), f_ret.eq(ret),
-                         state.eq(_P.FETCH)]
+        def read(n):
+            """In a state that reads n bytes at c: the condition that they are in fv."""
+            done = k == n + 1
+            with m.If(~done):
+                m.d.comb += rd.eq(k < n)
+                m.d.sync += k.eq(k + 1)
+            return done
 
-        with m.If(state == _P.FETCH):
-            m.d.sync += f_k.eq(f_k + 1)
-            with m.Switch(f_k):
-                for n in range(1, 5):
-                    with m.Case(n):
-                        m.d.sync += f_val.word_select(n - 1, 8).eq(rd_byte)
-            with m.If(f_k == f_n):
-                m.d.sync += state.eq(f_ret)
+        def goto(next_state):
+            m.d.sync += [state.eq(next_state), k.eq(0)]
 
-        # -- serial multiplier: mul_p = mul_a · mul_b (mul_b < 256), one bit a clock ---------
-        mul_a = Signal(32)
-        mul_b = Signal(8)
-        mul_p = Signal(32)
-        mul_ret = Signal(_P)
+        cp = Signal(aw)  # the other read pointer: counts and symbols are read in turn
+        entry = Cat(Const(HEADER_BYTES, 5), li)  # 20 + 32 · li
+        acc = Signal(xw)
+        with m.If(take | rd):
+            m.d.sync += c.eq(c + 1)
+        with m.If(c_entry):
+            m.d.sync += c.eq(entry)
+        with m.If(c_acc):
+            m.d.sync += c.eq(acc)
+        with m.If(c_swap):
+            m.d.sync += [c.eq(cp), cp.eq(c)]
 
-        def multiply(a, b, ret):
-            m.d.sync += [mul_a.eq(a), mul_b.eq(b), mul_p.eq(0), mul_ret.eq(ret),
-                         state.eq(_P.MUL)]
+        # -- a saturating multiplier, most significant bit of b first: r = a · b[8:], or with
+        # a reload after 8 steps a · b[8:] · b[:8]. The fan-in (in_c · kernel_w · kernel_h),
+        # the bias bits (out_c · bias_bits) and 16 · out_c. -------------------------------------
+        a = Signal(mw)
+        b = Signal(16)
+        r = Signal(mw)
+        steps = Signal(5)  # 17: two products (the reload at 9); 8: one product
+        prod = Signal(mw + 2)
+        m.d.comb += prod.eq((r << 1) + Mux(b[15], a, 0))
+        with m.If(steps == 9):
+            m.d.sync += [a.eq(r), r.eq(0), steps.eq(steps - 1)]
+        with m.Elif(steps != 0):
+            m.d.sync += [r.eq(Mux(prod[mw:].any(), (1 << mw) - 1, prod[:mw])),
+                         b.eq(b << 1), steps.eq(steps - 1)]
 
-        with m.If(state == _P.MUL):
-            with m.If(mul_b == 0):
-                m.d.sync += state.eq(mul_ret)
-            with m.Else():
-                with m.If(mul_b[0]):
-                    m.d.sync += mul_p.eq(mul_p + mul_a)
-                m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1)]
+        # -- the one adder of section addresses, acc += y + cin, and the one comparator -----
+        max_len = Signal(5)  # L
+        y = Signal(xw)
+        with m.Switch(y_sel):
+            with m.Case(1):
+                m.d.comb += y.eq(Mux(y_dbl, fv16 << 1, fv16))
+            with m.Case(2):
+                m.d.comb += y.eq(max_len << 1)
+            with m.Case(3):
+                m.d.comb += y.eq(r[3:])
+        with m.If(add):
+            m.d.sync += acc.eq(acc + y + cin)
+        s_end = Signal(ew)  # phase 1: the section's end; phase 0: see ew
+        room = Signal(signed(xw + 1))  # negative: acc is past the section's end
+        m.d.comb += room.eq(s_end - acc)
 
-        # -- header -------------------------------------------------------------------------
-        table_end = Signal(aw + 1)
-        body_end = Signal(aw + 1)  # where the CRC starts
-        m.d.comb += [
-            table_end.eq(HEADER_BYTES + n_layers * ENTRY_BYTES),
-            body_end.eq(size - _CRC_BYTES),
-        ]
-        li = Signal(8)  # layer
+        # -- the descriptor memory: each word is written where the parse finds it -----------
+        n_sym = Signal(17)  # the Huffman table's symbols, counted as they are listed
+        fan_big = _above(r, cfg.max_fan_in)
+        fan_in = Mux(fan_big, cfg.max_fan_in + 1, r)  # FAN_IN, saturated as it always was
+        m.d.comb += [desc_wr.addr.eq(Cat(d_word, li)),
+                     desc_wr.en.eq(d_en & ~_above(li, cfg.max_layers - 1))]
+        with m.Switch(d_sel):
+            for n, value in enumerate([entry, acc, fv16, fv8, fan_in, n_sym, room[:dw]]):
+                with m.Case(n):
+                    m.d.comb += desc_wr.data.eq(value)
+
+        # -- the parse's registers -----------------------------------------------------------
         phase = Signal()  # 0: checking the table entries, 1: the sections
-        sec_acc = Signal(aw)  # phase 0: sum of section sizes; phase 1: section start
-        entry = Signal(aw + 1)
-        m.d.comb += entry.eq(HEADER_BYTES + li * ENTRY_BYTES)
+        e_bad = Signal()  # a table entry's field that ENTRY refuses
+        fc = Signal()  # the entry is fully connected
+        ib = Signal(4)  # index_bits (when valid)
+        alph = Signal(MAX_ALPHABET.bit_length())  # K · 2^run_bits: the alphabet size - 2
+        shifts = Signal(4)  # run_bits shifts of alph still to do
+        with m.If(shifts != 0):
+            m.d.sync += [alph.eq(alph << 1), shifts.eq(shifts - 1)]
+        ln = Signal(5)  # the code length being counted / listed
+        # Counting: codes of length ln still free (2^ln - the canonical first code); listing
+        # the symbols: alph.
+        avail = Signal(17)
+        kraft = Signal(signed(18))
+        m.d.comb += kraft.eq(avail - fv16)
+        left = Signal(16)  # symbols left in length ln; stream sizes left
+        first = Signal()  # the first symbol of its length
+        prev = Signal(16)
 
-        with m.If(state == _P.HEADER):
-            with m.If(((bw != 8) & (bw != 16)) | (n_layers == 0) | hdr_bad
-                      | (table_end > body_end)):
-                fail(LoadError.HEADER)
-            with m.Else():
+        with m.Switch(state):
+            with m.Case(_P.RECEIVE):
+                with m.If(take):
+                    # The end of the input against file_size (known from byte 20 on: a
+                    # file_size that would end at byte 19 is below 24, refused below).
+                    with m.If(_above(c, HEADER_BYTES - 1) & (c + 1 == size[:aw])):
+                        with m.If(self.i.payload.last):
+                            m.d.sync += state.eq(_P.CRC)
+                        with m.Else():
+                            fail(LoadError.LENGTH)
+                    with m.Elif(self.i.payload.last):
+                        fail(LoadError.TRUNCATED)
+                    # A field check that fails overrides the above.
+                    with m.If(c[5:] == 0):
+                        with m.Switch(c[:5]):
+                            for n in range(4):
+                                with m.Case(n):
+                                    with m.If(byte != MAGIC[n]):
+                                        fail(LoadError.MAGIC)
+                            with m.Case(4):
+                                with m.If(byte != IMAGE_VERSION):
+                                    fail(LoadError.VERSION)
+                            with m.Case(5):
+                                m.d.sync += bw.eq(byte)
+                            with m.Case(6):
+                                m.d.sync += n_layers.eq(byte)
+                            for n in (9, 11, 13):  # input_c, _h, _w must be >= 1
+                                with m.Case(n):
+                                    with m.If(Cat(hdr_lo, byte) == 0):
+                                        m.d.sync += hdr_bad.eq(1)
+                            for n in (14, 15):  # reserved
+                                with m.Case(n):
+                                    with m.If(byte != 0):
+                                        m.d.sync += hdr_bad.eq(1)
+                            for n in (16, 17, 18):
+                                with m.Case(n):
+                                    m.d.sync += size.word_select(n - 16, 8).eq(byte)
+                            with m.Case(19):
+                                full = Cat(size[:24], byte)
+                                m.d.sync += size.eq(full)
+                                with m.If(~_above(full, HEADER_BYTES + _CRC_BYTES - 1)):
+                                    fail(LoadError.LENGTH)
+                                with m.Elif(_above(full, cfg.image_bytes)):
+                                    fail(LoadError.CAP_IMAGE)
+                with m.If(self.abort):
+                    fail(LoadError.TRUNCATED)
+
+            with m.Case(_P.CRC):
+                with m.If(crc.match_detected):
+                    m.d.sync += state.eq(_P.HEADER)
+                with m.Else():
+                    fail(LoadError.CRC)
+
+            # -- header -----------------------------------------------------------------------
+            with m.Case(_P.HEADER):
                 with m.If(bw != cfg.bw):
                     cap(LoadError.CAP_BW)
-                with m.If(n_layers > cfg.max_layers):
+                with m.If(_above(n_layers, cfg.max_layers)):
                     cap(LoadError.CAP_LAYERS)
-                m.d.sync += [li.eq(0), phase.eq(0), sec_acc.eq(0)]
-                fetch(HEADER_BYTES, 2, _P.E_KIND)  # entry 0 (li is still the old one)
+                # The table's end + 4, so that s_end > file_size: the table runs into the CRC.
+                m.d.sync += [s_end.eq(Cat(Const(HEADER_BYTES + _CRC_BYTES, 5), n_layers)),
+                             li.eq(0), phase.eq(0), state.eq(_P.HEADER_CHECK)]
+            with m.Case(_P.HEADER_CHECK):
+                with m.If(((bw != 8) & (bw != 16)) | (n_layers == 0) | hdr_bad
+                          | (s_end > size[:aw])):
+                    fail(LoadError.HEADER)
+                with m.Else():
+                    m.d.sync += state.eq(_P.E_START)
 
-        # -- a table entry: read the fields both phases need ----------------------------------
-        kind = Signal(8)
-        act = Signal(8)
-        in_c = Signal(16)
-        kh = Signal(8)
-        kw = Signal(8)
-        out_c = Signal(16)
-        index_bits = Signal(8)
-        k = Signal(16)
-        run_bits = Signal(8)
-        bias_bits = Signal(8)
-        sec_size = Signal(aw)
-        fan_in = Signal(cfg.fan_in_width + 1)  # saturates above max_fan_in
-
-        with m.If(state == _P.E_KIND):
-            m.d.sync += [kind.eq(f_val[:8]), act.eq(f_val[8:16])]
-            fetch(entry + 8, 2, _P.E_IN_C)
-        with m.If(state == _P.E_IN_C):
-            m.d.sync += in_c.eq(f_val[:16])
-            fetch(entry + 4, 2, _P.E_KERNEL)
-        with m.If(state == _P.E_KERNEL):
-            m.d.sync += [kh.eq(f_val[:8]), kw.eq(f_val[8:16])]
-            fetch(entry + 14, 2, _P.E_OUT_C)
-        with m.If(state == _P.E_OUT_C):
-            m.d.sync += out_c.eq(f_val[:16])
-            fetch(entry + 23, 4, _P.E_INDEX)
-        with m.If(state == _P.E_INDEX):
-            m.d.sync += [index_bits.eq(f_val[:8]), k.eq(f_val[8:24]), run_bits.eq(f_val[24:])]
-            fetch(entry + 27, 1, _P.E_BIAS)
-        with m.If(state == _P.E_BIAS):
-            m.d.sync += bias_bits.eq(f_val[:8])
-            fetch(entry + 28, 4, _P.E_SIZE)
-        with m.If(state == _P.E_SIZE):
-            m.d.sync += [sec_size.eq(f_val), state.eq(_P.E_CHECK)]
-            with m.If(f_val > cfg.image_bytes):
-                fail(LoadError.SECTIONS)
-
-        alphabet = Signal(32)  # (R + 1)·K + 2
-        m.d.comb += alphabet.eq((k << run_bits[:4]) + 2)
-        with m.If(state == _P.E_CHECK):
-            bad = ((kind != 1) & (kind != 2) | (act > 1)
-                   | (index_bits == 0) | (index_bits > MAX_INDEX_BITS)
-                   | (k == 0) | (k > (Const(1, 9) << index_bits[:4]))
-                   | (run_bits > MAX_RUN_BITS) | (alphabet > MAX_ALPHABET)
-                   | (bias_bits == 0) | (bias_bits > MAX_BIAS_BITS) | (out_c == 0)
-                   | ((kind == 2) & ((kh != 1) | (kw != 1))))  # the fan-in is in_c
-            with m.If(bad):
-                fail(LoadError.ENTRY)
-            with m.Else():
-                with m.If(phase == 0):
-                    with m.If(k > cfg.max_codebook_size):
-                        cap(LoadError.CAP_CODEBOOK)
-                    with m.If(run_bits > cfg.max_run_bits):
-                        cap(LoadError.CAP_RUN_BITS)
-                multiply(in_c, kh, _P.E_MUL_KW)
-        with m.If(state == _P.E_MUL_KW):
-            multiply(mul_p, kw, _P.E_NEXT)
-
-        # -- section parse registers ------------------------------------------------------------
-        s_end = Signal(aw)
-        t_addr = Signal(aw)  # the L byte
-        max_len = Signal(8)
-        n_sym = Signal(21)
-        code = Signal(20)  # canonical first code of the current length (Kraft running sum)
-        ln = Signal(5)  # code length being counted / listed
-        left = Signal(16)  # symbols left in the current length
-        first_in_len = Signal()
-        prev_sym = Signal(16)
-        sym_k = Signal(21)
-        bias_addr = Signal(aw)
-        sizes_addr = Signal(aw)
-        streams_addr = Signal(aw)
-        ch = Signal(16)
-        s_sum = Signal(32)
-        counts_addr = Signal(aw)
-        symbols_addr = Signal(aw)
-        m.d.comb += [
-            counts_addr.eq(t_addr + 1),
-            symbols_addr.eq(counts_addr + (max_len << 1)),
-        ]
-
-        with m.If(state == _P.E_NEXT):
-            m.d.sync += fan_in.eq(Mux(mul_p > cfg.max_fan_in, cfg.max_fan_in + 1, mul_p))
-            with m.If(phase == 0):
-                with m.If(mul_p > cfg.max_fan_in):
-                    cap(LoadError.CAP_FAN_IN)
-                m.d.sync += sec_acc.eq(sec_acc + sec_size)
-                # Sections past the body fail at once, so the sum stays within the buffer.
-                with m.If(sec_acc + sec_size > body_end - table_end):
+            # -- a table entry: its 32 bytes in order, each field checked as it arrives ------
+            # Phase 0 multiplies out the fan-in and sums the section sizes; phase 1 reads the
+            # entry again for its section (acc: the codebook's end, a: out_c, r: the bias
+            # bits) and checks the same fields again (they pass; their capacity errors are
+            # latched already).
+            with m.Case(_P.E_START):
+                desc_word(DescWord.ENTRY_ADDR, 0)
+                m.d.comb += c_entry.eq(1)
+                m.d.sync += [acc.eq(s_end), e_bad.eq(0)]
+                goto(_P.E_READ)
+            with m.Case(_P.E_READ):
+                m.d.comb += rd.eq(~_above(k, ENTRY_BYTES - 1))
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == ENTRY_BYTES):  # the last byte is in fv at E_SIZE
+                    goto(_P.E_SIZE)
+                with m.Switch(k):  # byte n of the entry is in fv[24:] at k = n + 2
+                    with m.Case(0):
+                        with m.If(phase):
+                            desc_word(DescWord.CODEBOOK_ADDR, 1)
+                    with m.Case(2):  # kind
+                        m.d.sync += fc.eq(fv8 == 2)
+                        with m.If((fv8 != 1) & (fv8 != 2)):
+                            m.d.sync += e_bad.eq(1)
+                    with m.Case(3):  # activation
+                        with m.If(_above(fv8, 1)):
+                            m.d.sync += e_bad.eq(1)
+                    with m.Case(7):  # kernel_h, kernel_w: 1 × 1 for fc; the fan-in's factors
+                        with m.If(fc & (fv16 != 0x0101)):
+                            m.d.sync += e_bad.eq(1)
+                        with m.If(~phase):
+                            m.d.sync += b.eq(fv16)
+                    with m.Case(11):  # in_c
+                        with m.If(~phase):
+                            m.d.sync += [a.eq(fv16), r.eq(0), steps.eq(17)]
+                    with m.Case(17):  # out_c
+                        desc_word(DescWord.OUT_C, 2)
+                        with m.If(fv16 == 0):
+                            m.d.sync += e_bad.eq(1)
+                        with m.If(phase):
+                            m.d.sync += a.eq(fv16)
+                    with m.Case(25):  # index_bits
+                        desc_word(DescWord.INDEX_BITS, 3)
+                        m.d.sync += ib.eq(fv8)
+                        with m.If((fv8 == 0) | _above(fv8, MAX_INDEX_BITS)):
+                            m.d.sync += e_bad.eq(1)
+                    with m.Case(27):  # K
+                        desc_word(DescWord.CODEBOOK_SIZE, 2)
+                        accumulate(1, double=bw == 16)
+                        m.d.sync += alph.eq(fv16)
+                        with m.If((fv16 == 0) | fv16[9:].any()
+                                  | (fv16[:9] > (Const(1, 9) << ib)[:9])):
+                            m.d.sync += e_bad.eq(1)
+                    with m.Case(28):  # run_bits (K is in fv[8:24])
+                        desc_word(DescWord.RUN_BITS, 3)
+                        m.d.sync += shifts.eq(fv8)
+                        with m.If(_above(fv8, MAX_RUN_BITS)):
+                            m.d.sync += e_bad.eq(1)
+                        with m.If(_above(fv[8:24], cfg.max_codebook_size)):
+                            cap(LoadError.CAP_CODEBOOK)
+                        with m.If(_above(fv8, cfg.max_run_bits)):
+                            cap(LoadError.CAP_RUN_BITS)
+                    with m.Case(29):  # bias_bits (run_bits in the low byte: never multiplied)
+                        desc_word(DescWord.BIAS_BITS, 3)
+                        with m.If((fv8 == 0) | _above(fv8, MAX_BIAS_BITS)):
+                            m.d.sync += e_bad.eq(1)
+                        with m.If(phase):
+                            m.d.sync += [b.eq(fv16), r.eq(0), steps.eq(8)]
+            with m.Case(_P.E_SIZE):  # section_size
+                m.d.sync += [s_end.eq(s_end + fv[:aw]), state.eq(_P.E_END)]
+                with m.If(_above(fv, cfg.image_bytes)):
                     fail(LoadError.SECTIONS)
-                with m.Elif(li + 1 == n_layers):
-                    with m.If(sec_acc + sec_size != body_end - table_end):
+            with m.Case(_P.E_END):
+                with m.If((steps == 0) & (shifts == 0)):  # the multiplier and alph are done
+                    with m.If(e_bad | _above(alph, MAX_ALPHABET - 2)):
+                        fail(LoadError.ENTRY)
+                    with m.Elif(phase):
+                        m.d.sync += state.eq(_P.S_CB)
+                    with m.Else():
+                        desc_word(DescWord.FAN_IN, 4)
+                        with m.If(fan_big):
+                            cap(LoadError.CAP_FAN_IN)
+                        # Sections past the body fail at once, so the sum stays in ew bits.
+                        with m.If(s_end > size[:aw]):
+                            fail(LoadError.SECTIONS)
+                        with m.Elif(li + 1 == n_layers):
+                            with m.If(s_end != size[:aw]):
+                                fail(LoadError.SECTIONS)
+                            with m.Else():
+                                # Phase 1 reads the entries again, layer 0 first; section 0
+                                # starts at the table's end.
+                                m.d.sync += [li.eq(0), phase.eq(1), state.eq(_P.E_START),
+                                             s_end.eq(Cat(Const(HEADER_BYTES, 5), n_layers))]
+                        with m.Else():
+                            m.d.sync += [li.eq(li + 1), state.eq(_P.E_START)]
+
+            # -- a section: codebook, Huffman table, biases, stream sizes --------------------
+            # acc walks the section's parts, each checked against s_end as it is added; c
+            # reads the Huffman table and the stream sizes.
+            with m.Case(_P.S_CB):  # acc: the L byte
+                with m.If(room[-1] | (room == 0)):
+                    fail(LoadError.SECTIONS)
+                with m.Else():
+                    m.d.comb += c_acc.eq(1)
+                    goto(_P.S_L)
+            with m.Case(_P.S_L):
+                with m.If(read(1)):
+                    with m.If((fv8 == 0) | _above(fv8, MAX_CODE_LENGTH)):
+                        fail(LoadError.TABLE)
+                    with m.Else():
+                        desc_word(DescWord.MAX_LEN, 3)
+                        accumulate(0, carry=1)
+                        m.d.sync += [max_len.eq(fv8), state.eq(_P.S_TABLE)]
+                        with m.If(_above(fv8, cfg.max_code_len)):
+                            cap(LoadError.CAP_CODE_LEN)
+            with m.Case(_P.S_TABLE):  # acc and c: the first count
+                desc_word(DescWord.TABLE_ADDR, 1)
+                accumulate(2)
+                m.d.sync += [cp.eq(c), state.eq(_P.S_SYMBOLS)]
+            with m.Case(_P.S_SYMBOLS):  # acc: the symbols
+                with m.If(room[-1]):
+                    fail(LoadError.SECTIONS)
+                with m.Else():
+                    desc_word(DescWord.SYMBOLS_ADDR, 1)
+                    m.d.sync += [avail.eq(2), ln.eq(1)]
+                    goto(_P.S_COUNT)
+
+            # The counts: complete and not over-subscribed (Kraft), count[L] not zero.
+            with m.Case(_P.S_COUNT):
+                with m.If(read(2)):
+                    accumulate(1, double=1)
+                    with m.If(kraft[-1]):
+                        fail(LoadError.TABLE)  # over-subscribed
+                    with m.Elif(ln == max_len):
+                        single = (max_len == 1) & (fv16 == 1)
+                        with m.If((fv16 == 0) | ((kraft != 0) & ~single)):
+                            fail(LoadError.TABLE)  # incomplete, or no code of length L
+                        with m.Else():
+                            goto(_P.S_COUNTED)
+                    with m.Else():
+                        m.d.sync += [avail.eq(kraft << 1), ln.eq(ln + 1)]
+                        goto(_P.S_COUNT)
+            with m.Case(_P.S_COUNTED):  # acc: the biases; c: the symbols, cp: the counts
+                with m.If(room[-1]):
+                    fail(LoadError.SECTIONS)
+                with m.Else():
+                    desc_word(DescWord.BIAS_ADDR, 1)
+                    m.d.comb += c_swap.eq(1)
+                    m.d.sync += [avail.eq(alph), ln.eq(1), n_sym.eq(0)]
+                    goto(_P.S_LEN)
+
+            # Symbols: each in the alphabet, increasing within its length. S_LEN reads the
+            # next length's count again, S_SYM a symbol; c and cp change places in between.
+            with m.Case(_P.S_LEN):
+                with m.If(read(2)):
+                    m.d.sync += [left.eq(fv16), first.eq(1)]
+                    with m.If(fv16 == 0):
+                        m.d.sync += ln.eq(ln + 1)
+                        goto(_P.S_LEN)
+                    with m.Else():
+                        m.d.comb += c_swap.eq(1)
+                        goto(_P.S_SYM)
+            with m.Case(_P.S_SYM):
+                with m.If(read(2)):
+                    m.d.sync += [prev.eq(fv16), first.eq(0), left.eq(left - 1),
+                                 n_sym.eq(n_sym + 1)]
+                    # kraft = alph - symbol: below -1 if the symbol is outside the alphabet.
+                    with m.If((kraft[-1] & ~kraft.all()) | (~first & (fv16 <= prev))):
+                        fail(LoadError.TABLE)
+                    with m.Elif(left == 1):
+                        m.d.comb += c_swap.eq(1)
+                        with m.If(ln == max_len):
+                            goto(_P.S_BIAS)
+                        with m.Else():
+                            m.d.sync += ln.eq(ln + 1)
+                            goto(_P.S_LEN)
+                    with m.Else():
+                        goto(_P.S_SYM)
+
+            # Biases: ceil(out_c · bias_bits / 8) bytes (r / 8, rounded up); stream sizes:
+            # 2 · out_c bytes (r = 16 · out_c).
+            with m.Case(_P.S_BIAS):
+                desc_word(DescWord.N_SYMBOLS, 5)
+                with m.If(_above(n_sym, cfg.max_table_symbols)):
+                    cap(LoadError.CAP_TABLE)
+                accumulate(3, carry=r[:3].any())
+                m.d.sync += state.eq(_P.S_SIZES)
+            with m.Case(_P.S_SIZES):
+                desc_word(DescWord.SIZES_ADDR, 1)
+                m.d.comb += c_acc.eq(1)
+                m.d.sync += [r.eq(0), b.eq(16 << 8), steps.eq(8), state.eq(_P.S_STREAMS)]
+            with m.Case(_P.S_STREAMS):
+                with m.If(steps == 0):
+                    accumulate(3)
+                    m.d.sync += state.eq(_P.S_STREAMS_ADDR)
+            with m.Case(_P.S_STREAMS_ADDR):
+                with m.If(room[-1]):
+                    fail(LoadError.SECTIONS)
+                with m.Else():
+                    desc_word(DescWord.STREAMS_ADDR, 1)
+                    m.d.sync += [left.eq(a), state.eq(_P.S_STREAMS_BYTES)]
+            with m.Case(_P.S_STREAMS_BYTES):
+                # What the streams must fill; checked below as the sizes are added.
+                desc_word(DescWord.STREAMS_BYTES, 6)
+                goto(_P.S_SIZE)
+            with m.Case(_P.S_SIZE):
+                # The sizes only grow acc: past s_end it can never come back.
+                with m.If(room[-1]):
+                    fail(LoadError.SECTIONS)
+                with m.Elif(left == 0):
+                    with m.If(room != 0):
                         fail(LoadError.SECTIONS)
                     with m.Else():
-                        # Phase 1 reads the entries again, layer 0 first.
-                        m.d.sync += [li.eq(0), phase.eq(1), sec_acc.eq(table_end)]
-                        fetch(HEADER_BYTES, 2, _P.E_KIND)
+                        m.d.sync += state.eq(_P.S_NEXT)
                 with m.Else():
-                    m.d.sync += li.eq(li + 1)
-                    fetch(entry + ENTRY_BYTES, 2, _P.E_KIND)
-            with m.Else():
-                m.d.sync += state.eq(_P.S_CB)
+                    with m.If(read(2)):
+                        accumulate(1)
+                        m.d.sync += [left.eq(left - 1), k.eq(0)]
+                        with m.If(fv16 == 0):
+                            fail(LoadError.SECTIONS)  # an empty stream cannot hold a channel
 
-        # -- a section: codebook, Huffman table, biases, stream sizes ------------------------
-        with m.If(state == _P.S_CB):
-            ta = sec_acc + Mux(bw == 16, k << 1, k)
-            m.d.sync += [s_end.eq(sec_acc + sec_size), t_addr.eq(ta)]
-            with m.If(ta + 1 > sec_acc + sec_size):
-                fail(LoadError.SECTIONS)
-            with m.Else():
-                fetch(ta, 1, _P.S_L)
-
-        with m.If(state == _P.S_L):
-            m.d.sync += [max_len.eq(f_val[:8]), code.eq(0), ln.eq(1), n_sym.eq(0)]
-            with m.If((f_val[:8] == 0) | (f_val[:8] > MAX_CODE_LENGTH)):
-                fail(LoadError.TABLE)
-            with m.Elif(t_addr + 1 + (f_val[:8] << 1) > s_end):
-                fail(LoadError.SECTIONS)
-            with m.Else():
-                with m.If(f_val[:8] > cfg.max_code_len):
-                    cap(LoadError.CAP_CODE_LEN)
-                fetch(t_addr + 1, 2, _P.S_COUNT)
-
-        with m.If(state == _P.S_COUNT):
-            count = f_val[:16]
-            nxt = Signal(20)
-            total = Signal(21)
-            m.d.comb += [nxt.eq(code + count), total.eq(n_sym + count)]
-            m.d.sync += [code.eq(nxt << 1), n_sym.eq(total), ln.eq(ln + 1)]
-            with m.If(nxt > (Const(1, 17) << ln)):
-                fail(LoadError.TABLE)  # over-subscribed
-            with m.Elif(ln == max_len):
-                single = (max_len == 1) & (count == 1)
-                with m.If((count == 0) | ((nxt != (Const(1, 17) << ln)) & ~single)):
-                    fail(LoadError.TABLE)  # incomplete, or no code of the longest length
-                with m.Elif(symbols_addr + (total << 1) > s_end):
-                    fail(LoadError.SECTIONS)
-                with m.Else():
-                    with m.If(total > cfg.max_table_symbols):
-                        cap(LoadError.CAP_TABLE)
-                    m.d.sync += [ln.eq(1), sym_k.eq(0)]
-                    fetch(counts_addr, 2, _P.S_LEN_GOT)
-            with m.Else():
-                fetch(counts_addr + (ln << 1), 2, _P.S_COUNT)
-
-        # Symbols: each in the alphabet, increasing within its length. S_LEN finds the next
-        # length with codes (re-reading its count from the buffer).
-        with m.If(state == _P.S_LEN):
-            with m.If(sym_k == n_sym):
-                m.d.sync += state.eq(_P.S_BIAS)
-            with m.Else():
-                fetch(counts_addr + ((ln - 1) << 1), 2, _P.S_LEN_GOT)
-        with m.If(state == _P.S_LEN_GOT):
-            m.d.sync += [left.eq(f_val[:16]), first_in_len.eq(1)]
-            with m.If(f_val[:16] == 0):
-                m.d.sync += [ln.eq(ln + 1), state.eq(_P.S_LEN)]
-            with m.Else():
-                fetch(symbols_addr + (sym_k << 1), 2, _P.S_SYM_GOT)
-        with m.If(state == _P.S_SYM):
-            fetch(symbols_addr + (sym_k << 1), 2, _P.S_SYM_GOT)
-        with m.If(state == _P.S_SYM_GOT):
-            sym = f_val[:16]
-            m.d.sync += [prev_sym.eq(sym), first_in_len.eq(0), sym_k.eq(sym_k + 1),
-                         left.eq(left - 1)]
-            with m.If((sym >= alphabet) | (~first_in_len & (sym <= prev_sym))):
-                fail(LoadError.TABLE)
-            with m.Elif(sym_k + 1 == n_sym):
-                m.d.sync += state.eq(_P.S_BIAS)
-            with m.Elif(left == 1):
-                m.d.sync += [ln.eq(ln + 1), state.eq(_P.S_LEN)]
-            with m.Else():
-                m.d.sync += state.eq(_P.S_SYM)
-
-        with m.If(state == _P.S_BIAS):
-            m.d.sync += bias_addr.eq(symbols_addr + (n_sym << 1))
-            multiply(out_c, bias_bits, _P.S_SIZES)
-            m.d.sync += [ch.eq(0), s_sum.eq(0), sizes_addr.eq(0)]
-
-        with m.If(state == _P.S_SIZES):
-            # sizes_addr is 0 only on the first visit (a real one is past the layer table).
-            sa = Mux(sizes_addr == 0, bias_addr + ((mul_p + 7) >> 3), sizes_addr)
-            sta = sa + (out_c << 1)
-            m.d.sync += [sizes_addr.eq(sa), streams_addr.eq(sta)]
-            with m.If(sta > s_end):
-                fail(LoadError.SECTIONS)
-            with m.Elif(ch == out_c):
-                with m.If(sta + s_sum != s_end):
-                    fail(LoadError.SECTIONS)
-                with m.Else():
-                    m.d.sync += [state.eq(_P.S_DESC), sym_k.eq(0)]
-            with m.Else():
-                fetch(sa + (ch << 1), 2, _P.S_SIZE_GOT)
-        with m.If(state == _P.S_SIZE_GOT):
-            m.d.sync += [s_sum.eq(s_sum + f_val[:16]), ch.eq(ch + 1), state.eq(_P.S_SIZES)]
-            with m.If(f_val[:16] == 0):
-                fail(LoadError.SECTIONS)  # an empty stream cannot hold a channel
-
-        # -- descriptor: one word a clock ----------------------------------------------------
-        w = sym_k[:4]
-        words = {
-            DescWord.FAN_IN: fan_in, DescWord.CODEBOOK_SIZE: k, DescWord.RUN_BITS: run_bits,
-            DescWord.MAX_LEN: max_len, DescWord.OUT_C: out_c, DescWord.N_SYMBOLS: n_sym,
-            DescWord.ENTRY_ADDR: entry, DescWord.CODEBOOK_ADDR: sec_acc,
-            DescWord.TABLE_ADDR: counts_addr, DescWord.SYMBOLS_ADDR: symbols_addr,
-            DescWord.BIAS_ADDR: bias_addr, DescWord.SIZES_ADDR: sizes_addr,
-            DescWord.STREAMS_ADDR: streams_addr, DescWord.STREAMS_BYTES: s_sum,
-            DescWord.INDEX_BITS: index_bits, DescWord.BIAS_BITS: bias_bits,
-        }
-        m.d.comb += desc_wr.addr.eq(Cat(w, li))
-        with m.If(state == _P.S_DESC):
-            m.d.comb += desc_wr.en.eq(li < cfg.max_layers)
-            with m.Switch(w):
-                for name, value in words.items():
-                    with m.Case(int(name)):
-                        m.d.comb += desc_wr.data.eq(value)
-            m.d.sync += sym_k.eq(sym_k + 1)
-            with m.If(w == DESC_WORDS - 1):
+            with m.Case(_P.S_NEXT):
                 with m.If(li + 1 == n_layers):
                     m.d.sync += state.eq(_P.DONE)
                 with m.Else():
-                    m.d.sync += [li.eq(li + 1), sec_acc.eq(s_end)]
-                    fetch(entry + ENTRY_BYTES, 2, _P.E_KIND)
+                    m.d.sync += [li.eq(li + 1), state.eq(_P.E_START)]
 
-        with m.If(state == _P.DONE):
-            m.d.sync += [self.status.eq(cap_err), self.loaded.eq(cap_err == LoadError.NONE),
-                         state.eq(_P.IDLE)]
+            with m.Case(_P.DONE):
+                m.d.sync += [self.status.eq(cap_err),
+                             self.loaded.eq(cap_err == LoadError.NONE), state.eq(_P.IDLE)]
+
+        with m.If(err):
+            m.d.sync += [self.status.eq(err_code), state.eq(_P.IDLE)]
 
         # -- start ----------------------------------------------------------------------------
         with m.If(self.start):
             m.d.sync += [
                 state.eq(_P.RECEIVE),
-                pos.eq(0),
+                c.eq(0),
                 self.loaded.eq(0),
                 self.status.eq(LoadError.NONE),
                 cap_err.eq(LoadError.NONE),

@@ -92,7 +92,9 @@ def check_runnable(config, image, size: int) -> None:
 
 
 def _mul_cycles(b: int) -> int:
-    return 2 + max(0, int(b) & 0xFFFF).bit_length()
+    """Clocks of one derive step of the sequencer with multiplier ``b``: one per bit of it
+    (16 bits), and one that ends the step and loads the next."""
+    return 1 + (int(b) & 0xFFFF).bit_length()
 
 
 def _bias_cycles(out_c: int, bb: int) -> int:
@@ -105,41 +107,47 @@ def _bias_cycles(out_c: int, bb: int) -> int:
         emit = bits >= bb
         after = bits - bb if emit else bits
         bits = after + (8 if arriving else 0)
-        arriving = bits + 8 <= 40
+        arriving = bits < 2 * bb
         ch += emit
 
 
 def setup_cycles(config, image, index: int, *, first: bool) -> int:
     """Clocks the sequencer spends on layer ``index`` before its weights are decoded: the
-    input's fractional length (``first`` layer of a run), the entry, the descriptor word,
-    the products and quotients, the checks, the biases, the start."""
+    input's fractional length (``first`` layer of a run; else a clock to address the
+    entry), the entry, the derive program (and the checks, in the clock that ends it), the
+    biases, the start."""
     layer = image.layers[index]
-    c, h, w = layer.in_shape
+    c, h, _ = layer.in_shape
     kh, kw = layer.kernel
-    _, oh, ow = layer.out_shape
+    _, _, ow = layer.out_shape
     p = layer.pool or 1
     pw = ow // p
-    n = 2 if first else 0
-    n += 29 + 2
-    muls = [kw, c, w, layer.stride, kh - 1, c, pw, layer.out_c, p, p * p, p - 1, p - 1, p]
-    n += sum(_mul_cycles(b) for b in muls) + 2 * 18 + 1  # + the step that ends DERIVE
-    n += 1  # CHECK
+    s = layer.stride
+    n = 2 if first else 1
+    n += 29
+    # The multipliers of the derive program's steps, in its order (the two divisions,
+    # 16 clocks each and none by 1, come after the eleventh), and the first step's load.
+    muls = [kh, kw, c, h, c, s, p, s, s, p, s, p, p, pw, layer.out_c, pw, p, p, 1, kw, 1, h,
+            kh]
+    n += 1 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
     n += _bias_cycles(layer.out_c, layer.bias_bits)
     n += 1  # START
     return n
 
 
-def _lane_symbols(layer, lanes: int) -> list[int]:
-    """Symbols each decode lane gets when channels go to the lane with the fewest bytes."""
+def _lane_clocks(layer, lanes: int) -> list[int]:
+    """Decoding clocks of each lane when channels go to the lane with the fewest bytes: a
+    symbol a clock, and a clock for each channel's end (``HuffmanDecoder``)."""
     from golden.decode import huffman_symbols
 
     load = [0] * lanes
-    symbols = [0] * lanes
+    clocks = [0] * lanes
     for stream in layer.streams:
         j = load.index(min(load))
         load[j] += len(stream)
-        symbols[j] += len(huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in))
-    return symbols
+        clocks[j] += 1 + len(huffman_symbols(stream, layer.table, layer.alphabet,
+                                             layer.fan_in))
+    return clocks
 
 
 def table_cycles(layer) -> int:
@@ -172,8 +180,9 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
             n += config.rows + 2 + groups * per_group
         n += config.cols + config.rows + 8  # the array, the drain and post-processing
     else:
-        # One symbol a clock per lane. StreamFetch deals each channel to the lane with the
-        # fewest stream bytes left; modelled as the least bytes dealt so far, so a lane's
-        # time is the symbols of the channels it drew. Then the pipeline's tail.
-        n += max(_lane_symbols(layer, lanes)) + 12
+        # One symbol a clock per lane, and a clock per channel end. StreamFetch deals
+        # each channel to the lane with the fewest stream bytes left; modelled as the
+        # least bytes dealt so far, so a lane's time is that of the channels it drew.
+        # Then the pipeline's tail.
+        n += max(_lane_clocks(layer, lanes)) + 12
     return n + 1  # NEXT

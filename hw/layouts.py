@@ -96,10 +96,7 @@ class PostItem(data.StructLayout):
     """An exact accumulator on its way to post-processing and the activation buffer.
 
     ``channel`` selects the bias; ``addr`` is the output's word in the output bank (after
-    pooling); ``first`` marks the first contribution to a pooling window (written as is;
-    later ones are max-ed in; without pooling every item has ``first``); ``drop`` marks an
-    output outside every whole pooling window (``golden.fixedpoint.maxpool`` drops partial
-    windows): it is post-processed but not written.
+    pooling: a pooled layer's item is its window's largest accumulator).
     """
 
     def __init__(self, config):
@@ -107,8 +104,6 @@ class PostItem(data.StructLayout):
             "acc": signed(config.acc_width),
             "channel": unsigned(config.channel_width),
             "addr": unsigned(config.act_addr_width),
-            "first": 1,
-            "drop": 1,
         })
 
 

@@ -1,9 +1,10 @@
-"""Post-processing: bias, requantize, ReLU and max-pool of exact accumulators into the
-activation buffer, one accumulator per clock.
+"""Post-processing: bias, requantize and ReLU of exact accumulators into the activation
+buffer, one accumulator per clock.
 
-Ref: docs/numerics.md, "Steps of one layer", steps 2-6; mirrors ``golden.model.postprocess``
-bit for bit (``requantize(acc + align_bias(...))``, then ``relu``, then ``maxpool`` with the
-pooling window equal to its stride).
+Ref: docs/numerics.md, "Steps of one layer", steps 2-5; mirrors ``golden.model.postprocess``
+bit for bit (``requantize(acc + align_bias(...))``, then ``relu``). Max-pooling (step 6)
+happens before, on the accumulators (``ConvDrain``): the steps here never decrease a value,
+so the maximum of a window's outputs is the output of its largest accumulator.
 """
 
 from itertools import pairwise
@@ -14,12 +15,13 @@ from amaranth.lib.wiring import In, Out
 
 from golden.fixedpoint import int_range
 from hw.layouts import PostItem, PostParams
+from hw.ram import read_port
 
 __all__ = ["PostProcess"]
 
 
 class PostProcess(wiring.Component):
-    """Adds the bias, requantizes, applies ReLU and max-pools accumulators into an output bank.
+    """Adds the bias, requantizes and applies ReLU to accumulators, into an output bank.
 
     Ports:
         ``params`` (in, ``PostParams``): ``bias_shift`` = ``acc_fl - b_fl``, ``out_shift`` =
@@ -28,16 +30,9 @@ class PostProcess(wiring.Component):
         ``bias_wr_addr``, ``bias_wr_data``, ``bias_wr_en`` (in): the write port of the bias
             memory (``max_channels`` raw biases, signed ``acc_width`` bits), written before
             a layer while no item is in the pipeline.
-        ``i`` (in stream of ``PostItem``): accumulators with their bias ``channel``, output
-            word ``addr``, ``first`` (the first contribution to its pooling window: written
-            as is; later ones are max-ed in) and ``drop`` (outside every whole window: not
-            written).
+        ``i`` (in stream of ``PostItem``): accumulators with their bias ``channel`` and
+            output word ``addr``.
         ``wr_addr``, ``wr_data``, ``wr_en`` (out): the output bank's write port.
-        ``rd_addr``, ``rd_en`` (out), ``rd_data`` (in): a read port on the output bank for
-            the pooling maximum. Synchronous (``rd_data`` is the word at the ``rd_addr`` of
-            the previous clock with ``rd_en`` high, held while ``rd_en`` is low) and not
-            transparent: the block forwards its own last write itself, so any address
-            sequence is correct, the same address on consecutive items included.
         ``idle`` (out): no accepted item is in the pipeline, and every write has landed.
 
     Precondition (the sequencer checks it): every bias shifted left by ``bias_shift`` fits
@@ -46,7 +41,7 @@ class PostProcess(wiring.Component):
     modulo ``2^ceil(log2(acc_width))``, which still gives 0.
 
     Stages: ``a_`` bias read; ``b_`` bias aligned; ``c_`` sum; ``d_`` rounded shift;
-    ``e_`` saturated and ReLU-ed, maximum with the old word and write.
+    ``e_`` saturated and ReLU-ed, and written.
     Latency: an item accepted in clock 0 is written (``wr_en``) in clock 5; ``idle`` rises
     in clock 6 after the last item, when the bank holds it.
     Throughput: one item per clock. Back-pressure: none; the pipeline advances every clock
@@ -64,9 +59,6 @@ class PostProcess(wiring.Component):
             "wr_addr": Out(unsigned(config.act_addr_width)),
             "wr_data": Out(signed(config.bw)),
             "wr_en": Out(1),
-            "rd_addr": Out(unsigned(config.act_addr_width)),
-            "rd_en": Out(1),
-            "rd_data": In(signed(config.bw)),
             "idle": Out(1),
         })
 
@@ -81,7 +73,7 @@ class PostProcess(wiring.Component):
         m.submodules.bias = bias = memory.Memory(shape=signed(acc_w), depth=cfg.max_channels,
                                                  init=[])
         bias_wr = bias.write_port()
-        bias_rd = bias.read_port()
+        bias_rd = read_port(m, bias, name="bias_rd")  # (written only between layers)
         m.d.comb += [
             bias_wr.addr.eq(self.bias_wr_addr),
             bias_wr.data.eq(self.bias_wr_data),
@@ -90,21 +82,13 @@ class PostProcess(wiring.Component):
             self.i.ready.eq(1),
         ]
 
-        # Every stage carries the item's valid bit and its write fields along.
+        # Every stage carries the item's valid bit and its address along.
         stages = "abcde"
         valid = {s: Signal(name=f"{s}_valid") for s in stages}
         addr = {s: Signal(cfg.act_addr_width, name=f"{s}_addr") for s in stages}
-        first = {s: Signal(name=f"{s}_first") for s in stages}
-        drop = {s: Signal(name=f"{s}_drop") for s in stages}
-        m.d.sync += [
-            valid["a"].eq(self.i.valid),
-            addr["a"].eq(self.i.payload.addr),
-            first["a"].eq(self.i.payload.first),
-            drop["a"].eq(self.i.payload.drop),
-        ]
+        m.d.sync += [valid["a"].eq(self.i.valid), addr["a"].eq(self.i.payload.addr)]
         for prev, cur in pairwise(stages):
-            m.d.sync += [valid[cur].eq(valid[prev]), addr[cur].eq(addr[prev]),
-                         first[cur].eq(first[prev]), drop[cur].eq(drop[prev])]
+            m.d.sync += [valid[cur].eq(valid[prev]), addr[cur].eq(addr[prev])]
         m.d.comb += self.idle.eq(~Cat(*valid.values()).any())
 
         # -- a: the bias word is being read ------------------------------------------------
@@ -152,12 +136,6 @@ class PostProcess(wiring.Component):
         d_r = Signal(signed(len(scaled)))
         m.d.sync += d_r.eq((halves + 1) >> 1)
 
-        # The pooling maximum's old word: read now, there in stage e.
-        m.d.comb += [
-            self.rd_addr.eq(addr["d"]),
-            self.rd_en.eq(valid["d"] & ~first["d"] & ~drop["d"]),
-        ]
-
         # -- e: golden.fixedpoint.saturate to bw bits, then golden.fixedpoint.relu ---------
         # d_r fits bw bits when its bits from bw - 1 up are all equal to its sign.
         d_top = d_r[cfg.bw - 1:]
@@ -167,21 +145,10 @@ class PostProcess(wiring.Component):
                                Mux(d_top.all() | ~d_top.any(), d_r[:cfg.bw].as_signed(),
                                    Mux(d_neg, lo, hi))))
 
-        # golden.fixedpoint.maxpool: the window's first output is written as is, later ones
-        # keep the larger. The bank is not transparent, so the previous item's write (to
-        # the same word, e.g. the next output of one window) is forwarded.
-        e_fwd = Signal()
-        e_fwd_data = Signal(signed(cfg.bw))
-        m.d.sync += [
-            e_fwd.eq(self.wr_en & (addr["e"] == addr["d"])),
-            e_fwd_data.eq(self.wr_data),
-        ]
-        e_old = Signal(signed(cfg.bw))
         m.d.comb += [
-            e_old.eq(Mux(e_fwd, e_fwd_data, self.rd_data)),
             self.wr_addr.eq(addr["e"]),
-            self.wr_data.eq(Mux(first["e"] | (e_y > e_old), e_y, e_old)),
-            self.wr_en.eq(valid["e"] & ~drop["e"]),
+            self.wr_data.eq(e_y),
+            self.wr_en.eq(valid["e"]),
         ]
 
         return m

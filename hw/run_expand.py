@@ -14,6 +14,7 @@ from amaranth.lib import enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.layouts import DecodeParams, Token, TokenKind, WeightOut
+from hw.ram import read_port
 
 __all__ = ["ExpandError", "RunExpander"]
 
@@ -85,7 +86,7 @@ class RunExpander(wiring.Component):
         m.submodules.codebook = mem = memory.Memory(
             shape=self.codebook.payload.shape(), depth=cfg.max_codebook_size, init=[])
         wr = mem.write_port()
-        rd = mem.read_port()
+        rd = read_port(m, mem)  # (read only once the whole codebook is written)
 
         ok = Signal()
         m.d.comb += ok.eq(self.error == ExpandError.NONE)

@@ -1,9 +1,10 @@
 """The layer sequencer: walks the loaded image's layer table and runs layers without a host.
 
 For each layer it reads the layer-table entry and the biases from the image buffer,
-derives the geometry the blocks walk (products and quotients, computed once per layer by
-a shift-add multiplier and a shift-subtract divider), checks that the layer fits this
-build, then starts the weight decoding and the compute path and waits for both to drain.
+derives the geometry the blocks walk (products, differences and quotients, computed once
+per layer by a micro-program over one shift-add multiplier, whose result register a
+shift-subtract divider shares), checks that the layer fits this build, then starts the
+weight decoding and the compute path and waits for both to drain.
 
 Ref: docs/weight-image.md (header, layer table entry, biases: MSB-first two's complement);
 docs/numerics.md ("Steps of one layer": ``acc_fl = in_fl + w_fl``, the bias and
@@ -19,11 +20,36 @@ from hw.conv_feed import ConvParams, offset_width
 from hw.image_loader import DESC_WORDS, ENTRY_BYTES, HEADER_BYTES, DescWord, desc_word_width
 from hw.layouts import PostParams
 from hw.tile_buffer import tile_and_column
-from weights.image import Kind
+from weights.image import MAX_BIAS_BITS, Kind
 
 __all__ = ["RunError", "Sequencer"]
 
 _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
+_GEOM_FIRST, _GEOM_END = 4, 20  # bytes 4..19: kernel, stride, padding and the shapes
+assert ENTRY_BYTES == 32
+
+
+def _entry_byte(layer, n: int):
+    """The byte address of byte ``n`` of ``layer``'s table entry, without an adder (entries
+    are 32 bytes: the layer number goes above the offset)."""
+    q, r = divmod(HEADER_BYTES + n, ENTRY_BYTES)
+    return Cat(Const(r, 5), layer + q if q else layer)
+
+
+def _exceeds(value, limit: int):
+    """``value > limit``; for a power of two 2^k (every memory depth) as zero tests, which
+    take fewer LUTs than a comparator."""
+    if limit & (limit - 1):
+        return value > limit
+    k = limit.bit_length() - 1
+    return (value[k + 1:] != 0) | (value[k] & (value[:k] != 0))
+
+
+def _derive_width(config) -> int:
+    """Bits of the derive datapath: the conv feed's offsets (kept modulo 2^bits), and room
+    to compare a product with each limit the checks use."""
+    return max(offset_width(config), config.fan_in_width + 1, config.act_addr_width + 2,
+               config.tile_addr_width + 2, 17)
 
 
 class RunError(enum.Enum, shape=4):
@@ -38,17 +64,16 @@ class RunError(enum.Enum, shape=4):
     BAD_DATA_WIDTH = 6  # the image's bw is not the build's (the loader refuses it first)
 
 
-class _S(enum.Enum, shape=4):
+class _S(enum.Enum, shape=3):
     IDLE = 0
-    FL = 1  # read the input's fractional length (header, or the previous layer's out_fl)
+    FL = 1  # read the input's fractional length (header, or the previous layer's out_fl);
+    # after a layer, only address the entry
     ENTRY = 2  # read the layer-table entry
-    DESC = 3  # read the bias address from the descriptor memory
-    DERIVE = 4  # products and quotients
-    CHECK = 5
-    BIAS = 6  # biases: a byte fetched and a bias emitted per clock
-    START = 7
-    RUN = 8
-    NEXT = 9
+    DERIVE = 3  # products and quotients, then the checks
+    BIAS = 4  # biases: a byte fetched and a bias emitted per clock
+    START = 5
+    RUN = 6
+    NEXT = 7
 
 
 class Sequencer(wiring.Component):
@@ -76,11 +101,14 @@ class Sequencer(wiring.Component):
         ``post_params`` (out, ``PostParams``), ``post_idle`` (in); ``bias_wr_addr``,
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
-    Each layer costs, before its compute starts: the entry (29 clocks), the descriptor
-    word (2), thirteen products and two quotients (steps of at most 18 clocks, fewer for
-    small operands), then one clock per bias (wider than 8 bits: one per byte), as a
-    byte is fetched and a bias emitted in the same clock. docs/architecture.md has the
-    cycle model (``hw.layer_plan.setup_cycles`` counts these clocks exactly).
+    Each layer costs, before its compute starts: the input's fractional length (2 clocks,
+    on the first layer of a run; else 1 to address the entry), the entry (29), the derive
+    program (a clock, then 25 steps of a clock each plus one per bit of the step's
+    multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
+    that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
+    a byte is fetched and a bias emitted in the same clock, and the start (1).
+    docs/architecture.md has the cycle model (``hw.layer_plan.setup_cycles`` counts these
+    clocks exactly).
     """
 
     def __init__(self, config):
@@ -127,6 +155,8 @@ class Sequencer(wiring.Component):
         m = Module()
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()
+        ow = offset_width(cfg)
+        dw = _derive_width(cfg)
 
         state = Signal(_S)
         m.d.comb += self.busy.eq(state != _S.IDLE)
@@ -135,6 +165,8 @@ class Sequencer(wiring.Component):
 
         with m.If(state != _S.IDLE):
             m.d.sync += self.cycles.eq(self.cycles + 1)
+        with m.Elif(self.run):
+            m.d.sync += self.cycles.eq(1)
         m.d.comb += [self.in_bank.eq(self.layer[0]), self.out_bank.eq(~self.layer[0]),
                      self.decode_layer.eq(self.layer)]
 
@@ -147,173 +179,173 @@ class Sequencer(wiring.Component):
         with m.If(self.img_en):
             m.d.sync += rd_off.eq(rd_byte[:ob] if ob else 0)
 
-        # -- the entry, byte by byte ------------------------------------------------------
-        entry = [Signal(8, name=f"e{n}") for n in range(_ENTRY_READ)]
-        e_n = Signal(range(_ENTRY_READ + 2))
-
-        def u8(n):
-            return entry[n]
-
-        def u16(n):
-            return Cat(entry[n], entry[n + 1])
-
-        def i8(n):
-            return entry[n].as_signed()
-
-        kind, activation, pool, pool_stride = u8(0), u8(1), u8(2), u8(3)
-        kh, kw, stride, padding = u8(4), u8(5), u8(6), u8(7)
-        in_c, in_h, in_w, out_c = u16(8), u16(10), u16(12), u16(14)
-        out_h, out_w = u16(16), u16(18)
-        w_fl, b_fl, out_fl = i8(20), i8(21), i8(22)
-        bias_bits = u8(27)
+        # -- the entry, byte by byte: only the fields used later are kept -----------------
+        cnt = Signal(range(_ENTRY_READ + 2))  # FL's clocks, the entry's bytes, derive steps
         is_conv = Signal()
-        m.d.comb += [is_conv.eq(kind == int(Kind.CONV)), self.conv.eq(is_conv)]
-
-        # -- products and quotients: a micro-program over one multiplier and one divider --
-        # Each step: dst = a * b, or dst = a // b. Operands up to 32 x 16 bits.
-        in_hw = Signal(48)
-        s_in_w = Signal(48)
-        kh1_in_w = Signal(48)
-        in_size = Signal(48)
-        pooled_h = Signal(48)
-        pooled_w = Signal(48)
-        pooled_hw = Signal(48)
-        out_size = Signal(48)
-        tiles = Signal(cfg.channel_width + 2)
-        p_eff = Signal(8)  # the pool window as a divisor: 1 without pooling
-        m.d.comb += p_eff.eq(Mux(pool == 0, 1, pool))
-        khkw = Signal(48)
-        fan_in = Signal(48)
-        pool_area = Signal(48)
-        walk = Signal(48)
-        p1_stride = Signal(48)
-        p1_s_in_w = Signal(48)
-        p_s_in_w = Signal(48)
-        program = [
-            ("mul", khkw, kh, kw),
-            ("mul", fan_in, khkw, in_c),
-            ("mul", in_hw, in_h, in_w),
-            ("mul", s_in_w, in_w, stride),
-            ("mul", kh1_in_w, in_w, kh - 1),
-            ("mul", in_size, in_hw, in_c),
-            ("div", pooled_h, out_h, p_eff),
-            ("div", pooled_w, out_w, p_eff),
-            ("mul", pooled_hw, pooled_h, pooled_w),
-            ("mul", out_size, pooled_hw, out_c),
-            ("mul", pool_area, p_eff, p_eff),
-            ("mul", walk, pooled_hw, pool_area),
-            ("mul", p1_stride, stride, p_eff - 1),
-            ("mul", p1_s_in_w, s_in_w, p_eff - 1),
-            ("mul", p_s_in_w, s_in_w, p_eff),
-        ]
-        step = Signal(range(len(program) + 1))
-        x_a = Signal(48)  # multiplicand (shifted left) / dividend (shifted out)
-        x_b = Signal(16)  # multiplier (shifted right) / divisor
-        x_r = Signal(48)  # product / quotient
-        x_rem = Signal(17)
-        x_n = Signal(6)
-        x_busy = Signal()
-        x_div = Signal()
-        with m.If(state == _S.DERIVE):
-            with m.If(~x_busy):
-                with m.If(step == len(program)):
-                    m.d.sync += state.eq(_S.CHECK)
-                with m.Else():
-                    m.d.sync += [x_busy.eq(1), x_r.eq(0), x_rem.eq(0), x_n.eq(0)]
-                    with m.Switch(step):
-                        for n, (op, _, a, b) in enumerate(program):
-                            with m.Case(n):
-                                m.d.sync += [x_a.eq(a), x_b.eq(b), x_div.eq(op == "div")]
-            with m.Else():
-                with m.If(~x_div):
-                    # Shift-add: done when no multiplier bits are left.
-                    with m.If(x_b == 0):
-                        m.d.sync += [x_busy.eq(0), step.eq(step + 1)]
-                    with m.Else():
-                        with m.If(x_b[0]):
-                            m.d.sync += x_r.eq(x_r + x_a)
-                        m.d.sync += [x_a.eq(x_a << 1), x_b.eq(x_b >> 1)]
-                with m.Else():
-                    # Restoring division of a 16-bit dividend (x_a[0:16]), MSB first.
-                    with m.If(x_n == 16):
-                        m.d.sync += [x_busy.eq(0), step.eq(step + 1)]
-                    with m.Else():
-                        trial = Cat(x_a[15], x_rem[:16])
-                        with m.If(trial >= x_b):
-                            m.d.sync += [x_rem.eq(trial - x_b), x_r.eq(Cat(1, x_r[:47]))]
-                        with m.Else():
-                            m.d.sync += [x_rem.eq(trial), x_r.eq(Cat(0, x_r[:47]))]
-                        m.d.sync += [x_a.eq(x_a << 1), x_n.eq(x_n + 1)]
-                with m.If((x_div & (x_n == 16)) | (~x_div & (x_b == 0))):
-                    with m.Switch(step):
-                        for n, (_, dst, _, _) in enumerate(program):
-                            with m.Case(n):
-                                m.d.sync += dst.eq(x_r)
-
-        # -- the parameters the blocks see ------------------------------------------------
+        relu = Signal()
+        pool = Signal(8)
+        # Bytes 4..19 (kh, kw, stride, padding, then in_c .. out_w, u16 each) shift in as
+        # they arrive: no decoding per byte.
+        geom = Signal(8 * (_GEOM_END - _GEOM_FIRST))
+        kh, kw, stride, padding = (geom[8 * n:8 * n + 8] for n in range(4))
+        in_c, in_h, in_w, out_c = (geom[32 + 16 * n:48 + 16 * n] for n in range(4))
+        out_h = geom[96:112]  # divided in place by the pool window: then ``pooled_h``
+        out_w = geom[112:128]  # and ``pooled_w``
+        bias_bits = Signal(8)
+        # The fractional lengths and the checks that need no product are worked out as
+        # their bytes arrive, so only the results are kept (in_fl becomes out_fl, the next
+        # layer's input). Ref: docs/numerics.md, ``acc_fl = in_fl + w_fl``.
         acc_fl = Signal(signed(10))
         bias_shift = Signal(signed(10))
         out_shift = Signal(signed(10))
-        m.d.comb += [
-            acc_fl.eq(in_fl + w_fl),
-            bias_shift.eq(acc_fl - b_fl),
-            out_shift.eq(acc_fl - out_fl),
+        unsupported = Signal()
+        fl_diff = Signal(signed(10))
+        m.d.comb += fl_diff.eq(acc_fl - byte.as_signed())
+        # What is kept of byte n (it arrives when cnt = n + 1). 3: the pooling stride must
+        # be the window; 27: bias_bits, the aligned biases must fit the accumulator.
+        fields = {0: [is_conv.eq(byte == int(Kind.CONV))], 1: [relu.eq(byte == 1)],
+                  2: [pool.eq(byte)], 3: [unsupported.eq(byte != pool)],
+                  20: [acc_fl.eq(in_fl + byte.as_signed())], 21: [bias_shift.eq(fl_diff)],
+                  22: [out_shift.eq(fl_diff), in_fl.eq(byte)],
+                  27: [bias_bits.eq(byte),
+                       unsupported.eq(unsupported | (bias_shift < 0)
+                                      | (bias_shift + byte > cfg.acc_width))]}
+        m.d.comb += self.conv.eq(is_conv)
+        p_eff = Signal(8)  # the pool window as a divisor: 1 without pooling
+        m.d.comb += p_eff.eq(Mux(pool == 0, 1, pool))
+
+        # -- products and quotients: a micro-program over one shift-add multiplier --------
+        # Each step loads the multiplicand ``x_a`` and the multiplier ``x_b`` and adds
+        # ``x_a << i`` to ``x_r`` for each set bit ``i`` of ``x_b`` (LSB first, one bit a
+        # clock, done when no bits are left); a subtracting step loads ``~a`` and shifts in
+        # ones, so adding it plus one subtracts. ``x_r`` keeps the products modulo 2^dw;
+        # ``x_r_ovf`` records a true product of 2^dw or more, so the size checks are exact.
+        # A division of out_h or out_w by p (restoring, MSB first) shifts the quotient
+        # into the dividend's own register, with ``x_r`` as the remainder: 16 clocks (as
+        # ``x_b`` is loaded with 1 << 15), none by 1.
+        fan_in = Signal(cfg.fan_in_width)
+        s_in_w, p_s_in_w, p1_s_in_w, p1_stride, positions, ky_step = (
+            Signal(ow, name=n) for n in ("s_in_w", "p_s_in_w", "p1_s_in_w", "p1_stride",
+                                         "positions", "ky_step"))
+        pool_area = Signal(16)
+        pooled_hw = Signal(cfg.act_addr_width + 1)
+        x_r = Signal(dw)  # the last step's result: ci_step
+        x_r_ovf = Signal()
+        x_a = Signal(dw)
+        x_a_ovf = Signal()
+        x_b = Signal(16)
+        x_sub = Signal()
+        x_div = Signal()
+        x_div_h = Signal()  # out_h, else out_w
+        too_big = Signal()
+
+        def fits(limit):
+            return ~x_r_ovf & ~_exceeds(x_r, limit)
+
+        checks = {
+            "fan_in": ~fits(cfg.max_fan_in) | (is_conv & ~fits(cfg.tile_depth)),
+            "size": ~fits(cfg.act_depth),
+        }
+        one, res = Const(1, 1), "R"
+        # (op, multiplicand, multiplier, destination, check); op: "mul" (x_r from 0),
+        # "mac" (add to x_r), "msub" (subtract from x_r), "div" (the register // p_eff).
+        program = [
+            ("mul", one, kh, None, None),
+            ("mul", res, kw, None, None),
+            ("mul", res, in_c, fan_in, "fan_in"),  # kh·kw·in_c
+            ("mul", in_w, in_h, None, None),
+            ("mul", res, in_c, None, "size"),  # the input: in_h·in_w·in_c
+            ("mul", in_w, stride, s_in_w, None),
+            ("mul", res, p_eff, p_s_in_w, None),
+            ("msub", in_w, stride, p1_s_in_w, None),  # p_s_in_w - s_in_w
+            ("mul", one, stride, None, None),
+            ("mul", res, p_eff, None, None),
+            ("msub", one, stride, p1_stride, None),  # (p - 1)·stride
+            ("div", out_w, None, None, None),  # pooled_w
+            ("div", out_h, None, None, None),  # pooled_h
+            ("mul", one, p_eff, None, None),
+            ("mul", res, p_eff, pool_area, None),
+            ("mul", out_h, out_w, pooled_hw, None),  # pooled_h·pooled_w
+            # the output (a wider out_c is too_many)
+            ("mul", res, out_c[:cfg.channel_width + 1], None, "size"),
+            ("mul", out_h, out_w, None, None),
+            ("mul", res, p_eff, None, None),
+            ("mul", res, p_eff, positions, None),  # pooled_hw·p²
+            ("mul", in_w, one, None, None),
+            ("msub", one, kw, None, None),
+            ("mac", one, one, ky_step, None),  # in_w - kw + 1
+            ("mac", in_w, in_h, None, None),
+            ("msub", in_w, kh, None, None),  # ci_step = ky_step + (in_h - kh)·in_w
         ]
-        t_q, t_r = tile_and_column(out_c, cfg.cols)
-        m.d.comb += tiles.eq(t_q + (t_r != 0))
+        step = cnt
+        assert len(program) < 2 ** len(cnt)
+
+        def load(op, a, b):
+            stmts = [x_sub.eq(op == "msub"), x_div.eq(op == "div")]
+            if op in ("mul", "div"):
+                stmts += [x_r.eq(0), x_r_ovf.eq(0)]
+            if op == "div":
+                return stmts + [x_div_h.eq(a is out_h), x_b.eq(Mux(p_eff == 1, 0, 1 << 15))]
+            if a is res:
+                stmts += [x_a.eq(x_r), x_a_ovf.eq(x_r_ovf)]
+            else:
+                # ``a ^ -1`` is signed, so it extends to ~a in all dw bits.
+                stmts += [x_a.eq(a ^ -1 if op == "msub" else a), x_a_ovf.eq(0)]
+            return stmts + [x_b.eq(b)]
+
+        # -- biases: MSB-first, bias_bits each, sign-extended --------------------------------
+        # ``b_q`` takes the bytes in at the bottom; its ``b_n`` low bits are not yet used.
+        # A byte is read only while fewer than 2·bias_bits bits will be there, so a bias is
+        # emitted with at most 7 later bits below it: a shift of 0..7 aligns it.
+        obits = min(cfg.acc_width, MAX_BIAS_BITS)
+        b_q = Signal(obits + 7)
+        b_n = Signal(range(obits + 8))
+        b_arriving = Signal()  # a byte read in the previous clock arrives now
+        b_ch = Signal(unsigned(cfg.channel_width + 1))
+        b_emit = Signal()
+        b_left = Signal(signed(len(b_n) + 1))  # the bits after the next bias
+        b_done = Signal()  # every bias is out (out_c fits b_ch, as the checks passed)
+        m.d.comb += b_done.eq(b_ch == out_c[:len(b_ch)])
+        b_raw = Signal(obits)
+        b_sign = Signal()
+        m.d.comb += [
+            b_left.eq(b_n - bias_bits[:6]),
+            b_emit.eq((b_left >= 0) & ~b_done),
+            b_raw.eq(b_q >> b_left[:3]),
+            b_sign.eq(b_raw.bit_select((bias_bits - 1)[:5], 1)),
+            self.bias_wr_addr.eq(b_ch),
+            self.bias_wr_data.eq(Cat(*(Mux((bias_bits - 1)[:5] >= i, b_raw[i], b_sign)
+                                       for i in range(obits)),
+                                     b_sign.replicate(cfg.acc_width - obits))),
+        ]
+
+        # -- the parameters the blocks see ------------------------------------------------
+        t_q, t_r = tile_and_column(out_c[:cfg.channel_width + 1], cfg.cols)
         cp, dp, pp = self.conv_params, self.drain_params, self.post_params
-        ow = offset_width(cfg)
         m.d.comb += [
             cp.in_h.eq(in_h), cp.in_w.eq(in_w), cp.kh.eq(kh), cp.kw.eq(kw),
             cp.stride.eq(stride), cp.padding.eq(padding),
             cp.fan_in.eq(fan_in),
-            cp.pool.eq(p_eff), cp.pooled_w.eq(pooled_w), cp.positions.eq(walk[:ow]),
-            cp.tiles.eq(tiles), cp.s_in_w.eq(s_in_w[:ow]), cp.p1_stride.eq(p1_stride[:ow]),
-            cp.p1_s_in_w.eq(p1_s_in_w[:ow]), cp.p_s_in_w.eq(p_s_in_w[:ow]),
-            cp.ky_step.eq(in_w - kw + 1),
-            cp.ci_step.eq(in_hw[:ow] - kh1_in_w[:ow] - kw + 1),
+            cp.pool.eq(p_eff), cp.pooled_w.eq(out_w), cp.positions.eq(positions),
+            cp.tiles.eq(t_q + (t_r != 0)), cp.s_in_w.eq(s_in_w), cp.p1_stride.eq(p1_stride),
+            cp.p1_s_in_w.eq(p1_s_in_w), cp.p_s_in_w.eq(p_s_in_w),
+            cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:ow]),
             dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),
             self.out_c.eq(out_c),
             pp.bias_shift.eq(bias_shift), pp.out_shift.eq(out_shift),
-            pp.relu.eq(activation == 1),
+            pp.relu.eq(relu),
         ]
 
-        # -- checks: the layer must fit this build -----------------------------------------
-        too_big = Signal()
-        unsupported = Signal()
-        m.d.comb += [
-            too_big.eq((in_size > cfg.act_depth) | (out_size > cfg.act_depth)
-                       | (out_c > cfg.max_channels) | (fan_in > cfg.max_fan_in)
-                       | (is_conv & (fan_in > cfg.tile_depth))),
-            unsupported.eq((pool != pool_stride) | (bias_shift < 0)
-                           | (bias_bits + bias_shift > cfg.acc_width)),
-        ]
-
-        # -- biases: MSB-first, bias_bits each, sign-extended --------------------------------
-        b_sr = Signal(40)  # valid bits at the top
-        b_n = Signal(range(41))
-        b_arriving = Signal()  # a byte read in the previous clock arrives now
-        b_ch = Signal(unsigned(cfg.channel_width + 1))
-        bias_addr = Signal(desc_word_width(cfg))
-        raw = Signal(32)
-        b_top = Signal(6)  # 40 - bias_bits: where a bias starts, from the bottom
-        b_sign = Signal(5)  # bias_bits - 1: its sign bit
-        m.d.comb += [b_top.eq(40 - bias_bits), b_sign.eq(bias_bits - 1),
-                     raw.eq(b_sr >> b_top)]
-        sign = Signal(33)
-        m.d.comb += sign.eq(Const(1, 33) << b_sign)
-        m.d.comb += [
-            self.bias_wr_addr.eq(b_ch),
-            # Two's complement of bias_bits bits, sign-extended: (raw ^ sign) - sign.
-            self.bias_wr_data.eq((raw ^ sign) - sign),
-        ]
+        # -- the checks that need no product: the layer must fit this build ----------------
+        too_many = Signal()
+        m.d.comb += too_many.eq(_exceeds(out_c, cfg.max_channels))
 
         m.d.comb += self.desc_addr.eq(Cat(Const(int(DescWord.BIAS_ADDR), 4), self.layer))
 
         with m.Switch(state):
             with m.Case(_S.IDLE):
                 with m.If(self.run):
-                    m.d.sync += [self.cycles.eq(1), self.layer.eq(self.first),
+                    m.d.sync += [self.layer.eq(self.first),
                                  last_layer.eq(self.first + self.count)]
                     with m.If(~self.loaded):
                         m.d.sync += self.status.eq(RunError.NOT_LOADED)
@@ -322,67 +354,101 @@ class Sequencer(wiring.Component):
                         m.d.sync += self.status.eq(RunError.RANGE)
                     with m.Else():
                         m.d.sync += [self.status.eq(RunError.NONE), state.eq(_S.FL),
-                                     e_n.eq(0), rd_byte.eq(
+                                     cnt.eq(0), rd_byte.eq(
                                          Mux(self.first == 0, 7,
-                                             HEADER_BYTES + ENTRY_BYTES * (self.first - 1)
-                                             + 22))]
+                                             _entry_byte(self.first, 22 - ENTRY_BYTES)))]
             with m.Case(_S.FL):
-                # Clock 0 addresses the byte, clock 1 takes it.
-                m.d.comb += self.img_en.eq(e_n == 0)
-                m.d.sync += e_n.eq(e_n + 1)
-                with m.If(e_n == 1):
-                    m.d.sync += [in_fl.eq(byte.as_signed()), e_n.eq(0), state.eq(_S.ENTRY),
-                                 rd_byte.eq(HEADER_BYTES + ENTRY_BYTES * self.layer)]
+                # Clock 0 addresses the byte, clock 1 takes it; after another layer (in_fl
+                # is its out_fl, kept) the state starts at 2, only to address the entry.
+                m.d.comb += self.img_en.eq(cnt == 0)
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt == 1):
+                    m.d.sync += in_fl.eq(byte.as_signed())
+                with m.If(cnt != 0):
+                    m.d.sync += [cnt.eq(0), state.eq(_S.ENTRY),
+                                 rd_byte.eq(_entry_byte(self.layer, 0))]
             with m.Case(_S.ENTRY):
                 # One byte addressed per clock; byte n-1 arrives while n is addressed.
                 m.d.comb += self.img_en.eq(1)
-                m.d.sync += [e_n.eq(e_n + 1), rd_byte.eq(rd_byte + 1)]
-                with m.Switch(e_n):
-                    for n in range(1, _ENTRY_READ + 1):
-                        with m.Case(n):
-                            m.d.sync += entry[n - 1].eq(byte)
-                with m.If(e_n == _ENTRY_READ):
-                    m.d.sync += [state.eq(_S.DESC), e_n.eq(0)]
-            with m.Case(_S.DESC):
-                m.d.sync += e_n.eq(e_n + 1)
-                with m.If(e_n == 1):
-                    m.d.sync += [bias_addr.eq(self.desc_data), step.eq(0), x_busy.eq(0),
-                                 state.eq(_S.DERIVE)]
-            with m.Case(_S.CHECK):
-                with m.If(too_big):
-                    m.d.sync += [self.status.eq(RunError.TOO_BIG), state.eq(_S.IDLE)]
-                with m.Elif(unsupported):
-                    m.d.sync += [self.status.eq(RunError.UNSUPPORTED), state.eq(_S.IDLE)]
+                m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
+                with m.Switch(cnt):
+                    for n, stmts in fields.items():
+                        with m.Case(n + 1):
+                            m.d.sync += stmts
+                with m.If((cnt > _GEOM_FIRST) & (cnt <= _GEOM_END)):
+                    m.d.sync += geom.eq(Cat(geom[8:], byte))
+                with m.If(cnt == _ENTRY_READ):
+                    m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
+                                 too_big.eq(0)]
+            with m.Case(_S.DERIVE):
+                with m.If(x_b != 0):
+                    with m.If(x_div):
+                        trial = Cat(Mux(x_div_h, out_h[15], out_w[15]), x_r[:8])
+                        diff = Signal(signed(10))  # negative: the divisor does not go
+                        m.d.comb += diff.eq(trial - p_eff)
+                        m.d.sync += x_r[:9].eq(Mux(diff < 0, trial, diff))
+                        with m.If(x_div_h):
+                            m.d.sync += out_h.eq(Cat(diff >= 0, out_h[:15]))
+                        with m.Else():
+                            m.d.sync += out_w.eq(Cat(diff >= 0, out_w[:15]))
+                    with m.Else():
+                        total = Signal(dw + 1)
+                        m.d.comb += total.eq(x_r + x_a + x_sub)
+                        with m.If(x_b[0]):
+                            m.d.sync += [x_r.eq(total[:dw]),
+                                         x_r_ovf.eq(x_r_ovf | x_a_ovf | total[dw])]
+                        m.d.sync += [x_a.eq(Cat(x_sub, x_a[:-1])),
+                                     x_a_ovf.eq(x_a_ovf | x_a[-1])]
+                    m.d.sync += x_b.eq(x_b >> 1)
                 with m.Else():
-                    m.d.sync += [state.eq(_S.BIAS), b_n.eq(0), b_sr.eq(0), b_ch.eq(0),
-                                 b_arriving.eq(0), rd_byte.eq(bias_addr)]
+                    # The step ``step - 1`` is done: keep its result, load the next.
+                    m.d.sync += step.eq(step + 1)
+                    with m.Switch(step):
+                        for n in range(len(program) + 1):
+                            with m.Case(n):
+                                if n:
+                                    op, _, _, dst, check = program[n - 1]
+                                    if dst is not None:
+                                        m.d.sync += dst.eq(x_r)
+                                    if check is not None:
+                                        with m.If(checks[check]):
+                                            m.d.sync += too_big.eq(1)
+                                if n < len(program):
+                                    m.d.sync += load(*program[n][:3])
+                                else:
+                                    with m.If(too_big | too_many):
+                                        m.d.sync += [self.status.eq(RunError.TOO_BIG),
+                                                     state.eq(_S.IDLE)]
+                                    with m.Elif(unsupported):
+                                        m.d.sync += [self.status.eq(RunError.UNSUPPORTED),
+                                                     state.eq(_S.IDLE)]
+                                    with m.Else():
+                                        m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
+                                                     b_ch.eq(0), b_arriving.eq(0),
+                                                     rd_byte.eq(self.desc_data)]
             with m.Case(_S.BIAS):
                 # Each clock: emit a bias if enough bits are in, append the byte read in
-                # the previous clock, and read another while it will fit.
-                emit = Signal()
+                # the previous clock, and read another while fewer than 2·bias_bits bits
+                # will be in.
                 n_after = Signal.like(b_n)
-                sr_after = Signal.like(b_sr)
-                n_next = Signal(range(49))
+                n_next = Signal.like(b_n)
                 m.d.comb += [
-                    emit.eq((b_n >= bias_bits) & (b_ch != out_c)),
-                    n_after.eq(Mux(emit, b_n - bias_bits, b_n)),
-                    sr_after.eq(Mux(emit, b_sr << bias_bits[:6], b_sr)),
+                    n_after.eq(Mux(b_emit, b_left, b_n)),
                     n_next.eq(n_after + Mux(b_arriving, 8, 0)),
-                    self.bias_wr_en.eq(emit),
+                    self.bias_wr_en.eq(b_emit),
                 ]
-                m.d.sync += [
-                    b_sr.eq(sr_after | Mux(b_arriving, Cat(Const(0, 32), byte) >> n_after, 0)),
-                    b_n.eq(n_next),
-                ]
-                with m.If(emit):
+                m.d.sync += b_n.eq(n_next)
+                with m.If(b_arriving):
+                    m.d.sync += b_q.eq(Cat(byte, b_q))
+                with m.If(b_emit):
                     m.d.sync += b_ch.eq(b_ch + 1)
                 issue = Signal()
-                m.d.comb += [issue.eq((n_next + 8 <= 40) & (b_ch != out_c)),
+                m.d.comb += [issue.eq((n_next < Cat(0, bias_bits)) & ~b_done),
                              self.img_en.eq(issue)]
                 m.d.sync += b_arriving.eq(issue)
                 with m.If(issue):
                     m.d.sync += rd_byte.eq(rd_byte + 1)
-                with m.If(b_ch == out_c):
+                with m.If(b_done):
                     m.d.sync += [state.eq(_S.START), b_arriving.eq(0)]
             with m.Case(_S.START):
                 m.d.comb += [self.decode.eq(1), self.conv_start.eq(is_conv),
@@ -398,10 +464,9 @@ class Sequencer(wiring.Component):
                 with m.Elif(drained):
                     m.d.sync += state.eq(_S.NEXT)
             with m.Case(_S.NEXT):
-                m.d.sync += [in_fl.eq(out_fl), self.layer.eq(self.layer + 1)]
+                m.d.sync += self.layer.eq(self.layer + 1)
                 with m.If(self.layer + 1 == last_layer):
                     m.d.sync += state.eq(_S.IDLE)
                 with m.Else():
-                    m.d.sync += [state.eq(_S.ENTRY), e_n.eq(0),
-                                 rd_byte.eq(HEADER_BYTES + ENTRY_BYTES * (self.layer + 1))]
+                    m.d.sync += [state.eq(_S.FL), cnt.eq(2)]
         return m

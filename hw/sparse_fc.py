@@ -37,7 +37,7 @@ class SparseFC(wiring.Component):
         ``o`` (out stream of ``PostItem``): one item per channel, in the order the lanes
             finish them: ``acc`` = the sum of ``x[k] · weight`` over the channel's entries
             (``golden.fixedpoint.accumulate``, exact in ``acc_width`` bits), ``channel`` and
-            ``addr`` = the channel, ``first`` = 1, ``drop`` = 0.
+            ``addr`` = the channel.
         ``idle`` (out): nothing accepted is in flight: every accepted entry whose channel
             has ended has left on ``o``, and no entry is in a lane's pipeline. (A channel
             whose ``last`` has not come yet keeps only its partial sum, which does not
@@ -87,8 +87,6 @@ class SparseFC(wiring.Component):
             self.o.payload.acc.eq(o_acc),
             self.o.payload.channel.eq(o_channel),
             self.o.payload.addr.eq(o_channel),
-            self.o.payload.first.eq(1),
-            self.o.payload.drop.eq(0),
         ]
 
         h_full = Signal(lanes)  # the lanes' holding registers hold a finished channel

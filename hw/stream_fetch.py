@@ -17,6 +17,7 @@ _JOB_DEPTH = 4  # channels a lane may have waiting
 # Channels a lane may have between assignment and their last weight's leaving: the jobs
 # waiting and being read, and a few more in the decoder's buffer and the expander.
 _ORDER_DEPTH = 16
+_SLOTS = 4  # words a lane's byte queue holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,9 @@ class StreamFetch(wiring.Component):
 
     The single read port: the scheduler has it whenever it asks (once in ``W/2`` deals,
     after the three words it reads at a start); otherwise the lanes that ask share it in
-    round-robin order. A lane asks when its byte queue (``3W`` bytes) has room for a word
-    and takes its current channel's bytes from the word; when the channel's last word is
+    round-robin order. A lane asks when its queue (four words, each kept as it came with
+    the place of its next byte: nothing is shifted) has a slot for the word, and takes its
+    current channel's bytes from the word; when the channel's last word is
     granted it takes its next job (from its FIFO, or straight from the deal when the FIFO
     is empty), so a lane reads its channels back to back, and a job that continues the
     current one (the next channel, dealt to the same lane) joins it at once, so that the
@@ -108,7 +110,6 @@ class StreamFetch(wiring.Component):
         lanes = cfg.decode_lanes
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()
-        qb = 3 * wb  # queue bytes per lane
         aw = cfg.image_addr_width + 1
 
         # The read port: the scheduler's whenever it asks (at most one clock in W/2 once
@@ -201,7 +202,10 @@ class StreamFetch(wiring.Component):
         any_room = Signal()
         # A tree of comparisons (a lane without room counts as the fullest; ties go to
         # the lower lane): log2(n) comparators deep, as the deal repeats every clock.
-        cands = [(room[j], pend[j], Const(j, range(lanes))) for j in range(lanes)]
+        # A lane with room has fewer than 2W bytes left, so only pend's low bits are
+        # compared (short comparators: this tree was the block's critical path).
+        pw = (2 * wb - 1).bit_length()
+        cands = [(room[j], pend[j][:pw], Const(j, range(lanes))) for j in range(lanes)]
         while len(cands) > 1:
             nxt = []
             for a, b in zip(cands[0::2], cands[1::2], strict=False):
@@ -258,8 +262,15 @@ class StreamFetch(wiring.Component):
             out = self.o[j]
             f_addr = Signal(aw + 1, name=f"f_addr_{j}")
             f_end = Signal(aw + 1, name=f"f_end_{j}")
-            qd = Signal(8 * qb, name=f"queue_{j}")  # bytes above qn are zero
-            qn = Signal(range(qb + 1), name=f"queue_n_{j}")
+            # The lane's queue: up to ``_SLOTS`` words as they came, each with the place of
+            # its next byte and the end of its bytes (no byte is ever shifted: a byte queue
+            # shifted by a variable count was most of this block's logic on eight lanes).
+            e_data = [Signal(8 * wb, name=f"q{j}_data{k}") for k in range(_SLOTS)]
+            e_pos = [Signal(range(wb), name=f"q{j}_pos{k}") for k in range(_SLOTS)]
+            e_end = [Signal(range(wb + 1), name=f"q{j}_end{k}") for k in range(_SLOTS)]
+            head = Signal(range(_SLOTS), name=f"q{j}_head")
+            tail = Signal(range(_SLOTS), name=f"q{j}_tail")
+            used = Signal(range(_SLOTS + 1), name=f"q{j}_used")
             r_off = Signal(max(1, ob), name=f"r_off_{j}")
             r_cnt = Signal(range(wb + 1), name=f"r_cnt_{j}")
             active = Signal(name=f"active_{j}")
@@ -281,7 +292,7 @@ class StreamFetch(wiring.Component):
                 q.r_en.eq((take | merge) & q.r_rdy),
             ]
 
-            # Request a word when the queue has room for all of it.
+            # Request a word when the queue has a slot for it.
             off = f_addr[:ob] if ob else Const(0, 1)
             rest = Signal(aw + 1, name=f"rest_{j}")
             cnt = Signal(range(wb + 1), name=f"cnt_{j}")
@@ -289,7 +300,7 @@ class StreamFetch(wiring.Component):
                 rest.eq(f_end - f_addr),
                 cnt.eq(Mux(rest < wb - off, rest, wb - off)),
                 # (the word granted last clock may still be arriving)
-                req[j].eq(active & (qn + Mux(arrived(j), r_cnt, 0) <= qb - wb)),
+                req[j].eq(active & (used + arrived(j) < _SLOTS)),
                 req_addr[j].eq(f_addr),
                 take.eq(~active | (granted(j) & (cnt == rest))),
                 merge.eq(~take & (job_start == f_end)),
@@ -302,31 +313,41 @@ class StreamFetch(wiring.Component):
                     m.d.sync += f_addr.eq(job_start)
 
             pop = Signal(name=f"pop_{j}")
+            h_data = Signal(8 * wb, name=f"q{j}_h_data")
+            h_pos = Signal(range(wb), name=f"q{j}_h_pos")
+            h_end = Signal(range(wb + 1), name=f"q{j}_h_end")
+            with m.Switch(head):
+                for k in range(_SLOTS):
+                    with m.Case(k):
+                        m.d.comb += [h_data.eq(e_data[k]), h_pos.eq(e_pos[k]),
+                                     h_end.eq(e_end[k])]
+            h_last = Signal(name=f"q{j}_h_last")  # the head word's last byte
             m.d.comb += [
-                out.valid.eq(qn != 0),
-                out.payload.eq(qd[:8]),
+                out.valid.eq(used != 0),
+                out.payload.eq(h_data.word_select(h_pos, 8)),
                 pop.eq(out.valid & out.ready),
+                h_last.eq(h_pos + 1 == h_end),
             ]
             m.d.sync += pend[j].eq(pend[j] + Mux(job_load[j], s_size, 0) - pop)
-            shifted = Mux(pop, qd[8:], qd)
-            kept = Signal(range(qb + 1), name=f"kept_{j}")
-            m.d.comb += kept.eq(qn - pop)
+            with m.If(pop):
+                with m.Switch(head):
+                    for k in range(_SLOTS):
+                        with m.Case(k):
+                            m.d.sync += e_pos[k].eq(h_pos + 1)
+                with m.If(h_last):
+                    m.d.sync += head.eq(Mux(head == _SLOTS - 1, 0, head + 1))
             with m.If(arrived(j)):
-                word = self.rd_data >> Cat(Const(0, 3), r_off)
-                mask = Signal(8 * wb, name=f"mask_{j}")
-                with m.Switch(r_cnt):
-                    for n in range(wb + 1):
-                        with m.Case(n):
-                            m.d.comb += mask.eq((1 << (8 * n)) - 1)
-                m.d.sync += [
-                    qd.eq(shifted | ((word & mask) << Cat(Const(0, 3), kept))),
-                    qn.eq(kept + r_cnt),
-                ]
-            with m.Else():
-                m.d.sync += [qd.eq(shifted), qn.eq(kept)]
+                with m.Switch(tail):
+                    for k in range(_SLOTS):
+                        with m.Case(k):
+                            m.d.sync += [e_data[k].eq(self.rd_data), e_pos[k].eq(r_off),
+                                         e_end[k].eq(r_off + r_cnt)]
+                m.d.sync += tail.eq(Mux(tail == _SLOTS - 1, 0, tail + 1))
+            m.d.sync += used.eq(used + arrived(j) - (pop & h_last))
             with m.If(self.start):
-                m.d.sync += [f_addr.eq(0), f_end.eq(0), qn.eq(0), qd.eq(0), pend[j].eq(0)]
-            lane_idle.append(~active & (q.level == 0) & (qn == 0) & ~arrived(j))
+                m.d.sync += [f_addr.eq(0), f_end.eq(0), head.eq(0), tail.eq(0), used.eq(0),
+                             pend[j].eq(0)]
+            lane_idle.append(~active & (q.level == 0) & (used == 0) & ~arrived(j))
 
         m.d.comb += self.idle.eq(~s_busy & Cat(*lane_idle).all())
         return m

@@ -10,6 +10,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.pe_array import WeightVector
+from hw.ram import read_port
 from hw.weight_unit import LaneWeight
 
 __all__ = ["TileBuffer"]
@@ -78,7 +79,10 @@ class TileBuffer(wiring.Component):
             for c in range(cols):
                 m.submodules[f"bank{b}_col{c}"] = mems[b][c]
         wrs = [[mems[b][c].write_port() for c in range(cols)] for b in range(2)]
-        rds = [[mems[b][c].read_port() for c in range(cols)] for b in range(2)]
+        # (a bank is read only once its tile is complete, and written again only after
+        # its release)
+        rds = [[read_port(m, mems[b][c], name=f"rd{b}_{c}") for c in range(cols)]
+               for b in range(2)]
 
         head = self.head
         hb = Signal()  # the head tile's bank

@@ -17,6 +17,7 @@ from hw.image_loader import (
     desc_word_width,
 )
 from hw.layouts import ImageByte, WeightOut
+from hw.register_slice import RegisterSlice
 from hw.stream_fetch import StreamFetch
 
 __all__ = ["ItemReader", "LaneWeight", "WeightUnit"]
@@ -253,7 +254,11 @@ class WeightUnit(wiring.Component):
         if self._external_buffer:
             wiring.connect(m, ld.buffer, wiring.flipped(self.buffer))
         for j in range(cfg.decode_lanes):
-            wiring.connect(m, fetch.o[j], path.i[j])
+            # (a register slice: the byte the fetch picks from its queue went straight into
+            # the decoder's buffer shift, the longest path on the ECP5)
+            reg = m.submodules[f"byte_slice_{j}"] = RegisterSlice(unsigned(8))
+            wiring.connect(m, fetch.o[j], reg.i)
+            wiring.connect(m, reg.o, path.i[j])
             w, o, ch = path.o[j], self.o[j], fetch.ch[j]
             m.d.comb += [
                 o.valid.eq(w.valid),

@@ -128,7 +128,8 @@ def random_inputs(image, n, seed):
     return [rng.integers(lo, hi + 1, size=image.input_shape) for _ in range(n)]
 
 
-SHAPES = [(2, 2, 2), (4, 4, 2), (2, 3, 1), (3, 2, 2)]
+# (rows, cols, lanes); 1x4 with one lane is the iCE40 shape (one read port a bank: SPRAM).
+SHAPES = [(2, 2, 2), (4, 4, 2), (2, 3, 1), (3, 2, 2), (1, 4, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

@@ -99,7 +99,7 @@ def lane_payloads(cfg, w):
 
 
 def expected_items(cfg, acc, pool):
-    """(channel, addr, acc, first, drop) in the order the drain emits them: tile by tile,
+    """(channel, addr, acc) in the order the drain emits them: tile by tile,
     window by window, the maximum accumulator of each window and channel."""
     out_c, oh, ow = acc.shape
     p = pool or 1
@@ -110,7 +110,7 @@ def expected_items(cfg, acc, pool):
             for px in range(pw):
                 for ch in range(t, min(t + cfg.cols, out_c)):
                     window = acc[ch, py * p:(py + 1) * p, px * p:(px + 1) * p]
-                    items.append((ch, ch * ph * pw + py * pw + px, int(window.max()), 1, 0))
+                    items.append((ch, ch * ph * pw + py * pw + px, int(window.max())))
     return items
 
 
@@ -156,7 +156,7 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
         await ctx.tick()
         items = await stream_get(ctx, dut.o, n_items, rng=rng, stall=stall / 3,
                                  timeout=100_000)
-        got.extend((int(i.channel), int(i.addr), int(i.acc), int(i.first), int(i.drop))
+        got.extend((int(i.channel), int(i.addr), int(i.acc))
                    for i in items)
 
     sim = Simulator(dut)

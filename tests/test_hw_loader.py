@@ -187,11 +187,13 @@ def test_bad_images_then_good():
     (dict(max_code_len=3), LoadError.CAP_CODE_LEN),
     (dict(max_table_symbols=16), LoadError.CAP_TABLE),
     (dict(bw=16), LoadError.CAP_BW),
+    # Both in layer 0's entry: run_bits is reported, as the loader always has.
+    (dict(max_index_bits=2, max_run_bits=1), LoadError.CAP_RUN_BITS),
 ])
 def test_capacity(change, expected):
     """The image is valid but exceeds the build: check_image and the loader both refuse.
     (Image 5's layers: fan-in up to 24, K up to 8, run_bits up to 3, codes up to 6 bits,
-    tables up to 22 symbols; 4 layers; 8 bits.)"""
+    tables up to 22 symbols; 4 layers; 8 bits; layer 0: K 7, run_bits 2.)"""
     cfg = dataclasses.replace(SMALL, **{"acc_width": 48, "image_bytes": 1024, **change})
     data = write_image(random_image(5, 8))
     with pytest.raises(ValueError):
@@ -199,6 +201,48 @@ def test_capacity(change, expected):
     (result,) = load(ImageLoader(cfg), [(data, True, None)], seed=1, stall=0.1)
     assert result[0] == expected
     assert not result[1]
+
+
+@pytest.mark.parametrize("in_c,kernel,expected", [
+    (0x8000, (128, 4), LoadError.CAP_FAN_IN),  # 2^24: 0 from a multiplier that wraps
+    (0xFFFF, (0, 255), LoadError.NONE),  # 0, although in_c · kernel_w saturates
+])
+def test_fan_in_saturates(in_c, kernel, expected):
+    """The fan-in in_c · kernel_h · kernel_w (layer 0 here) comes from a narrow multiplier
+    that saturates: a product above max_fan_in is refused however large, and a zero factor
+    still gives 0 (the hardware does not check the geometry, so that image loads)."""
+    cfg = config(8)
+    data = write_image(random_image(3, 8))
+    bad = patch(patch(data, 20 + 8, "<H", in_c), 20 + 4, "<H", kernel[0] | kernel[1] << 8)
+    (result,) = load(ImageLoader(cfg), [(bad, True, None)], seed=2)
+    assert result[0] == expected
+    if expected == LoadError.NONE:
+        words = descriptor_words(read_image(data))
+        words[0][DescWord.FAN_IN] = 0
+        assert result[4][:len(words) * DESC_WORDS] == [w for layer in words for w in layer]
+
+
+def test_alphabet_bounds():
+    """A symbol must be below the alphabet A = 2^run_bits · K + 2: A - 1 loads (the
+    hardware does not decode the streams), A does not; an entry whose alphabet exceeds
+    65,536 (K 256, run_bits 8) is refused, one just below (K 255) is not for that reason."""
+    cfg = config(8)
+    data = write_image(random_image(5, 8))
+    image = read_image(data)
+    layer, d = image.layers[1], descriptor_words(image)[1]
+    alphabet = (len(layer.codebook) << layer.run_bits) + 2
+    last = d[DescWord.SYMBOLS_ADDR] + 2 * (d[DescWord.N_SYMBOLS] - 1)
+    entry = 20 + 32 * 1
+
+    def bits(k):  # index_bits 8, K k, run_bits 8
+        return patch(patch(data, entry + 23, "<H", 8 | (k & 0xFF) << 8), entry + 25, "<H",
+                     k >> 8 | 8 << 8)
+
+    images = [patch(data, last, "<H", alphabet - 1), patch(data, last, "<H", alphabet),
+              bits(256), bits(255)]
+    results = load(ImageLoader(cfg), [(x, True, None) for x in images], seed=3)
+    assert [r[0] for r in results[:3]] == [LoadError.NONE, LoadError.TABLE, LoadError.ENTRY]
+    assert results[3][0] not in (LoadError.NONE, LoadError.ENTRY)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ layer of real and random images, its setup cycles, and its refusals."""
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib import memory, wiring
@@ -14,8 +15,8 @@ from hw.config import get_preset
 from hw.image_loader import descriptor_words, image_words
 from hw.layer_plan import compute_problems, layer_params, setup_cycles
 from hw.sequencer import RunError, Sequencer
-from tests.imagegen import random_image
-from weights.image import read_image, write_image
+from tests.imagegen import random_image, random_layer
+from weights.image import Image, Kind, read_image, write_image
 
 IMAGES = Path(__file__).resolve().parent.parent / "weights" / "images"
 
@@ -166,3 +167,75 @@ def test_refusals():
     narrow = dataclasses.replace(cfg, tile_depth=256)  # conv2's fan-in is 500
     got = sequence(narrow, data, 1, 1)
     assert got["status"] == RunError.TOO_BIG
+
+
+def _image(layers, input_shape, input_fl=6):
+    return Image(bw=8, input_fl=input_fl, input_shape=input_shape, layers=tuple(layers))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_geometries(seed):
+    """Kernels, strides, paddings and pooling windows the shipped images do not have."""
+    rng = np.random.default_rng(100 + seed)
+    cfg = dataclasses.replace(get_preset("small"), act_depth=1 << 16)
+    shape = (int(rng.integers(1, 4)), int(rng.integers(7, 14)), int(rng.integers(7, 14)))
+    in_fl, layers = 6, []
+    for _ in range(2):
+        kernel = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+        pool = int(rng.choice([0, 2, 3]))
+        layer = random_layer(rng, Kind.CONV, shape, int(rng.integers(1, 7)), in_fl=in_fl,
+                             kernel=kernel, stride=int(rng.integers(1, 4)),
+                             padding=int(rng.integers(0, 3)), pool=pool, pool_stride=pool)
+        if min(layer.out_shape[1:]) < max(pool, 1):
+            layer = dataclasses.replace(layer, pool=0, pool_stride=0)
+        layers.append(layer)
+        shape, in_fl = layer.pooled_shape, layer.out_fl
+    layers.append(random_layer(rng, Kind.FC, shape, 3, in_fl=in_fl))
+    image = _image(layers, layers[0].in_shape)
+    assert all(not compute_problems(cfg, image, i) for i in range(len(layers)))
+    check_layers(cfg, write_image(image), 0, len(layers))
+
+
+@pytest.mark.parametrize("bias_bits", [1, 7, 8, 9, 15, 16, 17, 25, 31, 32])
+def test_bias_widths(bias_bits):
+    """Every bias width the format allows, up to a 32-bit accumulator's."""
+    rng = np.random.default_rng(bias_bits)
+    cfg = dataclasses.replace(get_preset("small"), acc_width=32)
+    layer = random_layer(rng, Kind.FC, (6, 1, 1), 37)
+    half = 1 << (bias_bits - 1)
+    bias = np.concatenate([[-half, half - 1], rng.integers(-half, half, size=35)])
+    layer = dataclasses.replace(layer, bias_bits=bias_bits, bias=bias,
+                                b_fl=6 + layer.w_fl)  # no shift: any width fits
+    check_layers(cfg, write_image(_image([layer], (6, 1, 1))), 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_refusals_match_software(seed):
+    """Each layer of random images alone, on builds too small for some of them: the
+    sequencer refuses exactly the layers ``compute_problems`` lists, with the right error."""
+    rng = np.random.default_rng(200 + seed)
+    image = random_image(seed)
+    layers = list(image.layers)
+    # Biases that overflow the accumulator once aligned.
+    acc_fl = layers[1].out_fl + layers[2].w_fl
+    # bias_bits + shift > 26, the small preset's accumulator
+    shift = 27 - layers[2].bias_bits + int(rng.integers(0, 3))
+    layers[2] = dataclasses.replace(layers[2], b_fl=acc_fl - shift)
+    # A pooling stride unlike the window: alone, as it changes the output shape.
+    pooled = dataclasses.replace(layers[0], pool_stride=int(rng.integers(1, 4)))
+    images = [dataclasses.replace(image, layers=tuple(layers)),
+              dataclasses.replace(image, layers=(pooled,))]
+    base = get_preset("small")
+    for case in images:
+        data = write_image(case)
+        for cfg in (base, dataclasses.replace(base, act_depth=128),
+                    dataclasses.replace(base, tile_depth=16, max_channels=4)):
+            for i in range(len(case.layers)):
+                problems = compute_problems(cfg, case, i)
+                status = sequence(cfg, data, i, 1)["status"]
+                if not problems:
+                    assert status == RunError.NONE, (i, cfg)
+                elif any("max-pool" not in p and "biases" not in p for p in problems):
+                    assert status == RunError.TOO_BIG, (i, problems)
+                else:
+                    assert status == RunError.UNSUPPORTED, (i, problems)
