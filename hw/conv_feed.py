@@ -29,8 +29,10 @@ class ConvParams(data.StructLayout):
     a whole window (the others are dropped by the pooling and never computed); ``tiles`` =
     ``ceil(out_c / cols)``; ``s_in_w`` = ``stride·in_w``; ``p1_stride`` = ``(p-1)·stride``,
     ``p1_s_in_w`` = ``(p-1)·stride·in_w`` and ``p_s_in_w`` = ``p·stride·in_w``: the walker's
-    steps; ``ky_step`` = ``in_w - kw + 1`` and ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw +
-    1``: the address steps of the fan-in counters when ``kx`` and then ``ky`` wrap.
+    steps; ``pad_off`` = ``padding·(in_w + 1)``, how far the first window's first tap lies
+    before the map's first word (the padding); ``ky_step`` = ``in_w - kw + 1`` and
+    ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw + 1``: the address steps of the fan-in
+    counters when ``kx`` and then ``ky`` wrap.
     """
 
     def __init__(self, config):
@@ -52,6 +54,7 @@ class ConvParams(data.StructLayout):
             "p1_stride": signed(w),
             "p1_s_in_w": signed(w),
             "p_s_in_w": signed(w),
+            "pad_off": signed(w),
             "ky_step": signed(w),
             "ci_step": signed(w),
         })
@@ -158,7 +161,7 @@ class ConvFeed(wiring.Component):
             m.d.sync += [
                 wk_m.eq(0), wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
                 wk_iy0.eq(-pad), wk_ix0.eq(-pad),
-                wk_line.eq(-(pad * p.in_w) - pad), wk_off.eq(-(pad * p.in_w) - pad),
+                wk_line.eq(-p.pad_off), wk_off.eq(-p.pad_off),
                 fill.eq(0),
             ]
         with m.Elif(fill != rows):

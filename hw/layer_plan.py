@@ -42,6 +42,7 @@ def layer_params(config, image, index: int) -> dict:
             "positions": ph * pw * p * p, "tiles": -(-layer.out_c // config.cols),
             "s_in_w": layer.stride * w, "p1_stride": (p - 1) * layer.stride,
             "p1_s_in_w": (p - 1) * layer.stride * w, "p_s_in_w": p * layer.stride * w,
+            "pad_off": layer.padding * (w + 1),
             "ky_step": w - kw + 1, "ci_step": h * w - (kh - 1) * w - kw + 1,
         },
         "drain": {"out_c": layer.out_c, "pool_area": p * p, "pooled_hw": ph * pw},
@@ -127,8 +128,9 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     n += 29
     # The multipliers of the derive program's steps, in its order (the two divisions,
     # 16 clocks each and none by 1, come after the eleventh), and the first step's load.
-    muls = [kh, kw, c, h, c, s, p, s, s, p, s, p, p, pw, layer.out_c, pw, p, p, 1, kw, 1, h,
-            kh]
+    pad = layer.padding
+    muls = [kh, kw, c, h, c, s, p, s, s, p, s, p, p, pw, layer.out_c, pw, p, p, pad, pad, 1,
+            kw, 1, h, kh]
     n += 1 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
     n += _bias_cycles(layer.out_c, layer.bias_bits)
     n += 1  # START

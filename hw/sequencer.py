@@ -103,7 +103,7 @@ class Sequencer(wiring.Component):
 
     Each layer costs, before its compute starts: the input's fractional length (2 clocks,
     on the first layer of a run; else 1 to address the entry), the entry (29), the derive
-    program (a clock, then 25 steps of a clock each plus one per bit of the step's
+    program (a clock, then 27 steps of a clock each plus one per bit of the step's
     multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
     that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
     a byte is fetched and a bias emitted in the same clock, and the start (1).
@@ -224,9 +224,9 @@ class Sequencer(wiring.Component):
         # into the dividend's own register, with ``x_r`` as the remainder: 16 clocks (as
         # ``x_b`` is loaded with 1 << 15), none by 1.
         fan_in = Signal(cfg.fan_in_width)
-        s_in_w, p_s_in_w, p1_s_in_w, p1_stride, positions, ky_step = (
+        s_in_w, p_s_in_w, p1_s_in_w, p1_stride, positions, pad_off, ky_step = (
             Signal(ow, name=n) for n in ("s_in_w", "p_s_in_w", "p1_s_in_w", "p1_stride",
-                                         "positions", "ky_step"))
+                                         "positions", "pad_off", "ky_step"))
         pool_area = Signal(16)
         pooled_hw = Signal(cfg.act_addr_width + 1)
         x_r = Signal(dw)  # the last step's result: ci_step
@@ -271,6 +271,8 @@ class Sequencer(wiring.Component):
             ("mul", out_h, out_w, None, None),
             ("mul", res, p_eff, None, None),
             ("mul", res, p_eff, positions, None),  # pooled_hw·p²
+            ("mul", in_w, padding, None, None),
+            ("mac", one, padding, pad_off, None),  # padding·in_w + padding
             ("mul", in_w, one, None, None),
             ("msub", one, kw, None, None),
             ("mac", one, one, ky_step, None),  # in_w - kw + 1
@@ -329,7 +331,7 @@ class Sequencer(wiring.Component):
             cp.pool.eq(p_eff), cp.pooled_w.eq(out_w), cp.positions.eq(positions),
             cp.tiles.eq(t_q + (t_r != 0)), cp.s_in_w.eq(s_in_w), cp.p1_stride.eq(p1_stride),
             cp.p1_s_in_w.eq(p1_s_in_w), cp.p_s_in_w.eq(p_s_in_w),
-            cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:ow]),
+            cp.pad_off.eq(pad_off), cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:ow]),
             dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),
             self.out_c.eq(out_c),
             pp.bias_shift.eq(bias_shift), pp.out_shift.eq(out_shift),

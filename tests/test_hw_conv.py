@@ -38,7 +38,8 @@ def conv_params(cfg, in_shape, out_c, kernel, stride, padding, pool):
         "fan_in": c * kh * kw, "pool": p, "pooled_w": pw, "positions": ph * pw * p * p,
         "tiles": -(-out_c // cfg.cols), "s_in_w": stride * w, "p1_stride": (p - 1) * stride,
         "p1_s_in_w": (p - 1) * stride * w, "p_s_in_w": p * stride * w,
-        "ky_step": w - kw + 1, "ci_step": h * w - (kh - 1) * w - kw + 1,
+        "pad_off": padding * (w + 1), "ky_step": w - kw + 1,
+        "ci_step": h * w - (kh - 1) * w - kw + 1,
     }
     drain = {"out_c": out_c, "pool_area": p * p, "pooled_hw": ph * pw}
     return feed, drain, (oh, ow, ph, pw)
