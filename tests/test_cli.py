@@ -47,6 +47,16 @@ def test_inspect_json_keys(tmp_path, capsys):
     assert sum(r["bytes"] for r in rep["layers"]) + 24 == rep["total_bytes"]
 
 
+def test_python_dash_m():
+    """``python -m espalier`` is the ``espalier`` command."""
+    proc = subprocess.run([sys.executable, "-m", "espalier", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ")
+    proc = subprocess.run([sys.executable, "-m", "espalier", "no-such-command"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
 @pytest.mark.parametrize("cut", [0, 10, 30, -1])
 def test_bad_image_is_one_line_and_exit_2(tmp_path, cut):
     data = write_image(random_image(2))
