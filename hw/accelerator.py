@@ -194,6 +194,9 @@ class AcceleratorCore(wiring.Component):
                 banks[b].wr_en.eq(Mux(running, post.wr_en & (out_bank == b),
                                       ctl.act_wr_en & (b == 0))),
             ]
+            if cfg.drain_width == 2:
+                m.d.comb += [banks[b].wr_data1.eq(post.wr_data1),
+                             banks[b].wr_two.eq(running & post.wr_two)]
         return m
 
 

@@ -17,6 +17,7 @@ __all__ = ["ActivationBank"]
 
 _SPRAM_WORDS = 16384
 _SPRAM_BITS = 16
+_PORTS_A_COPY = 4  # read ports of one Memory (see ActivationBank._copies)
 
 
 def read_signature(config):
@@ -34,6 +35,9 @@ class ActivationBank(wiring.Component):
         ``rd[r]`` (``n`` read ports, flipped ``read_signature``): ``data`` is the word at
             ``addr`` of the last clock with ``en`` high, held while ``en`` is low.
         ``wr_addr``, ``wr_data``, ``wr_en`` (in): the write port.
+        ``wr_data1``, ``wr_two`` (in, ``drain_width`` 2 only): with ``wr_en``, ``wr_two``
+            also writes ``wr_data1`` to word ``wr_addr + 1`` (below ``act_depth``) in the
+            same clock.
 
     The user never reads and writes the bank in the same clock (a layer reads one bank and
     writes the other; the host does one at a time): the SPRAM has a single port, and the
@@ -43,23 +47,34 @@ class ActivationBank(wiring.Component):
     read port, an ``SB_SPRAM256KA`` holding ``16 / bw`` words in each of its 16-bit words
     (``act_depth · bw`` up to 256 kbit); anywhere else (and with more read ports, as the
     SPRAM has one) an ``amaranth.lib.memory.Memory``, one block-RAM copy per read port.
+    With ``drain_width`` 2 the words are two memories of ``act_depth / 2``, the even and
+    the odd addresses (word ``a`` is word ``a >> 1`` of memory ``a & 1``), so two
+    neighbouring words are written in one clock, one to each; a read reads both and
+    keeps the one its address picks.
     """
 
     def __init__(self, config, n_read: int):
         self._config = config
         self._n = n_read
-        super().__init__({
+        ports = {
             "rd": In(read_signature(config)).array(n_read),
             "wr_addr": In(unsigned(config.act_addr_width)),
             "wr_data": In(signed(config.bw)),
             "wr_en": In(1),
-        })
+        }
+        if config.drain_width == 2:
+            ports["wr_data1"] = In(signed(config.bw))
+            ports["wr_two"] = In(1)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
         per_word = _SPRAM_BITS // cfg.bw  # words of bw bits in an SPRAM word
         fits = cfg.act_depth <= _SPRAM_WORDS * per_word
+        if cfg.drain_width == 2:
+            self._split(m)
+            return m
         match platform:
             case SiliconBluePlatform() if self._n == 1 and fits:
                 rd = self.rd[0]
@@ -88,13 +103,51 @@ class ActivationBank(wiring.Component):
                         m.d.sync += r_lane.eq(rd.addr[:sb])
                 m.d.comb += rd.data.eq(dout.word_select(r_lane, cfg.bw).as_signed())
             case _:
-                mem = memory.Memory(shape=signed(cfg.bw), depth=cfg.act_depth, init=[])
-                m.submodules.ram = mem
-                wr = mem.write_port()
-                m.d.comb += [wr.addr.eq(self.wr_addr), wr.data.eq(self.wr_data),
-                             wr.en.eq(self.wr_en)]
-                for r in range(self._n):
-                    port = read_port(m, mem, name=f"rd{r}")
+                ports = self._copies(m, "ram", cfg.act_depth, self.wr_addr, self.wr_data,
+                                     self.wr_en)
+                for r, port in enumerate(ports):
                     m.d.comb += [port.addr.eq(self.rd[r].addr), port.en.eq(self.rd[r].en),
                                  self.rd[r].data.eq(port.data)]
         return m
+
+    def _copies(self, m, name, depth, addr, data, en):
+        """Memories of ``depth`` words written together, with ``n`` read ports between them;
+        the read ports, in order. At most ``_PORTS_A_COPY`` read ports share a memory:
+        Yosys' ``memory_libmap`` (0.70) takes time and memory exponential in a memory's
+        read ports (8: 5 s; 10: 42 s and 540 MB; 13: past the 4 GB of its WebAssembly
+        build, which then fails), and makes one block-RAM copy per read port anyway."""
+        cfg = self._config
+        ports = []
+        for k in range(-(-self._n // _PORTS_A_COPY)):
+            mem = memory.Memory(shape=signed(cfg.bw), depth=depth, init=[])
+            m.submodules[f"{name}_{k}"] = mem
+            wr = mem.write_port()
+            m.d.comb += [wr.addr.eq(addr), wr.data.eq(data), wr.en.eq(en)]
+            for r in range(k * _PORTS_A_COPY, min(self._n, (k + 1) * _PORTS_A_COPY)):
+                ports.append(read_port(m, mem, name=f"{name}_rd{r}"))
+        return ports
+
+    def _split(self, m):
+        """``drain_width`` 2: even and odd words in two memories."""
+        cfg = self._config
+        half = cfg.act_depth // 2
+        a = self.wr_addr
+        odd = a[0]
+        hi = a[1:]
+        # Word a goes to memory a & 1; word a + 1 to the other one, at the same row when
+        # a is even and at the next row when a is odd.
+        even_addr = Signal(range(half))
+        m.d.comb += even_addr.eq(Mux(odd, hi + 1, hi))
+        evens = self._copies(m, "even", half, even_addr,
+                             Mux(odd, self.wr_data1, self.wr_data),
+                             self.wr_en & (~odd | self.wr_two))
+        odds = self._copies(m, "odd", half, hi, Mux(odd, self.wr_data, self.wr_data1),
+                            self.wr_en & (odd | self.wr_two))
+        for r in range(self._n):
+            rd = self.rd[r]
+            pick = Signal(name=f"pick{r}")  # the memory the word on the outputs came from
+            with m.If(rd.en):
+                m.d.sync += pick.eq(rd.addr[0])
+            for port in (evens[r], odds[r]):
+                m.d.comb += [port.addr.eq(rd.addr[1:]), port.en.eq(rd.en)]
+            m.d.comb += rd.data.eq(Mux(pick, odds[r].data, evens[r].data))

@@ -47,7 +47,10 @@ class AcceleratorConfig:
         ``act_depth`` activations (``bw``-bit words) per bank of the ping-pong activation
         buffer (a layer reads one bank and writes the other; the input goes to bank 0);
         ``max_channels`` the most output channels a layer may have (the depth of the bias
-        memory).
+        memory); ``drain_width`` convolution outputs post-processed and written a clock
+        (1 or 2: with 2, the drain emits a channel's results for two neighbouring pooling
+        windows together, and each activation bank is split into even and odd words so
+        both are written in one clock).
     """
 
     rows: int
@@ -65,6 +68,7 @@ class AcceleratorConfig:
     max_layers: int = 16
     act_depth: int = 4096
     max_channels: int = 1024
+    drain_width: int = 1
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
@@ -94,6 +98,9 @@ class AcceleratorConfig:
             if value & (value - 1):
                 raise ValueError(f"{name} must be a power of two (it is a memory depth), "
                                  f"not {value}")
+        if self.drain_width not in (1, 2):
+            raise ValueError(f"drain_width must be 1 or 2 (outputs written a clock), "
+                             f"not {self.drain_width!r}")
         if self.decode_lanes > self.cols:
             raise ValueError(f"{self.decode_lanes} decode lanes for {self.cols} array columns: "
                              f"a lane decodes one column's output channel, so use at most "
@@ -241,8 +248,9 @@ PRESETS = {
     #   SPRAM (``hw.act_bank``): two rows would need two block-RAM copies of each bank,
     #   32 of the 30 EBR. LeNet-5's conv layers run at 82 % and 88 % of the array's peak
     #   (their 20 and 50 channels in tiles of 8), against 99 % and 95 % on 2x4.
-    # - acc_width 32: the SB_MAC16's own accumulator width (free in the DSP); the
-    #   minimum for bw 8 and fan-in 1024 is 26.
+    # - acc_width 26, the minimum for bw 8 and fan-in 1024: the SB_MAC16 only
+    #   multiplies (the accumulator is in fabric, PE by PE), and every accumulator bit
+    #   is carried through the de-skew, the drain and post-processing.
     # - 1 decode lane: a lane is ~ a few hundred LUTs plus 4 EBR; the conv layers reuse each
     #   weight hundreds of times, so one lane keeps up with the 8 MACs there.
     # - image_bytes 64 KB: two of the four SPRAMs (32 KB each); the compressed LeNet-5
@@ -259,21 +267,30 @@ PRESETS = {
     #   LeNets' widest layer has 500 channels. With it the design takes 29 of the 30 EBR
     #   (16 of them the tile buffer's two banks of eight 512-weight columns).
     "icebreaker": dataclasses.replace(
-        DEFAULT, rows=1, cols=8, acc_width=32, decode_lanes=1, image_bytes=64 * 1024,
+        DEFAULT, rows=1, cols=8, acc_width=26, decode_lanes=1, image_bytes=64 * 1024,
         tile_depth=512, max_fan_in=1024, max_table_symbols=1024, max_channels=512),
     # ECP5 LFE5U-85F (ULX3S 85F): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD x 18 kbit.
-    # - 8x8 array: 64 multipliers, a size measured here at 80.75 MHz with 64/156 DSPs.
-    # - acc_width 32: fabric accumulators (nextpnr times the DSPs as combinational, so
-    #   they are registered in fabric); the minimum for bw 8 and fan-in 4096 is 28.
-    # - 8 decode lanes: one per array column, so a fully connected layer (each weight used
-    #   once) gets 8 weights per clock; 8 symbol memories of 2 DP16KD each.
+    # - 13x10 array: 130 multipliers (issue 6 asks for at least 128 PEs), plus the 10
+    #   lanes' fc multipliers: 141 of the 156. Ten columns tile LeNet-5's 20 and 50
+    #   channels and LeNet-300's 300, 100 and 10 exactly; 13 rows tile conv2's 64
+    #   positions in 5 groups (65). drain_width 2: a 2x2-pooled group of 13 positions
+    #   and 10 channels is 33 items for conv1's 25 steps, so one item a clock would hold
+    #   the array to 76 %; two a clock leave it step-bound (docs/results.md, the model's
+    #   shape search).
+    # - acc_width 28: fabric accumulators (nextpnr times the DSPs as combinational, so
+    #   they are registered in fabric), at the minimum for bw 8 and fan-in 4096: every
+    #   accumulator bit is carried through the de-skew, the drain's FIFO and folding
+    #   registers and post-processing, 130 PEs' worth (32 took four more bits of each).
+    # - 10 decode lanes: one per array column, so a fully connected layer (each weight
+    #   used once) gets 10 weights per clock, and a 10-channel layer one channel a lane;
+    #   10 symbol memories of 2 DP16KD each.
     # - image_bytes 128 KB: 64 of the 208 DP16KD; room for images about three times
     #   LeNet-5's.
     # - tile_depth 2048: one DP16KD as 2048 x 9 bits per column.
     # - max_fan_in 4096, max_table_symbols 2048: room for larger nets than the LeNets.
     "ulx3s-85f": dataclasses.replace(
-        DEFAULT, rows=8, cols=8, acc_width=32, decode_lanes=8, image_bytes=128 * 1024,
-        tile_depth=2048, max_fan_in=4096, max_table_symbols=2048),
+        DEFAULT, rows=13, cols=10, acc_width=28, decode_lanes=10, image_bytes=128 * 1024,
+        tile_depth=2048, max_fan_in=4096, max_table_symbols=2048, drain_width=2),
 }
 
 

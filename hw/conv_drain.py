@@ -15,6 +15,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.const_arith import times
 from hw.layouts import PostItem
 from hw.pe_array import AccumulatorVector
 
@@ -51,10 +52,17 @@ class ConvDrain(wiring.Component):
         ``i`` (in stream of ``AccumulatorVector``), ``o`` (out stream of ``PostItem``).
         ``done`` (out): every window of every tile has been emitted (until ``start``).
 
-    Throughput: a vector a clock is folded in; a window's items leave one a clock. A
-    group's ``rows`` vectors leave the array on consecutive clocks, so a FIFO of
+    With ``drain_width`` 2, windows go in pairs: windows ``2k`` and ``2k + 1`` of a tile
+    (``k`` from 0; a tile's last window alone when ``pooled_hw`` is odd) leave together, an
+    item per live channel carrying both (``acc`` for window ``2k`` at ``addr``, ``acc1``
+    for ``2k + 1`` at ``addr + 1``, ``two`` set). The first window of a pair is held while
+    the second is folded, so folding never waits for the emitter on it.
+
+    Throughput: a vector a clock is folded in; a window's (or pair's) items leave one a
+    clock. A group's ``rows`` vectors leave the array on consecutive clocks, so a FIFO of
     ``rows + 1`` vectors takes the burst; the array stalls only when a group's items
-    (``rows · live channels / p²``) outnumber the clocks of a group (``N``).
+    (``rows · live channels / (p² · drain_width)``) outnumber the clocks of a group
+    (``N``).
     """
 
     def __init__(self, config):
@@ -90,8 +98,21 @@ class ConvDrain(wiring.Component):
         closes = Signal()
         m.d.comb += closes.eq(wi + 1 == p.pool_area)
 
+        # -- pairs of windows (drain_width 2): which window of the tile is being folded ----
+        # ``fw_left`` windows of the tile follow the one being folded; ``odd``: it is the
+        # second of a pair. A window opens a pair when it is even and not the tile's last.
+        pairs = cfg.drain_width == 2
+        held = Signal(AccumulatorVector(cfg))  # the folded first window of a pair
+        fw_left = Signal(unsigned(aw + 1))
+        odd = Signal()
+        opens = Signal()
+        if pairs:
+            m.d.comb += opens.eq(~odd & (fw_left != 0))
+
         # -- emitting a window: one item per live channel -----------------------------------
         vec = Signal(AccumulatorVector(cfg))
+        vec1 = Signal(AccumulatorVector(cfg))  # the pair's second window (drain_width 2)
+        two = Signal()  # the emitted item carries a pair
         have = Signal()
         c = Signal(range(cols + 1))
         live = Signal(range(cols + 1))  # channels of the current tile
@@ -109,46 +130,69 @@ class ConvDrain(wiring.Component):
         ]
 
         acc = Signal(signed(cfg.acc_width))
+        acc1 = Signal(signed(cfg.acc_width))
         with m.Switch(c):
             for j in range(cols):
                 with m.Case(j):
-                    m.d.comb += acc.eq(vec.acc[j])
+                    m.d.comb += [acc.eq(vec.acc[j]), acc1.eq(vec1.acc[j])]
         m.d.comb += [
             self.o.valid.eq(have & (c < live)),
             self.o.payload.acc.eq(acc),
             self.o.payload.channel.eq(ch + c),
             self.o.payload.addr.eq(tile_base + col_addr + win),
         ]
+        if pairs:
+            m.d.comb += [self.o.payload.acc1.eq(acc1), self.o.payload.two.eq(two)]
         last_item = Signal()
         m.d.comb += last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live)))
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += [c.eq(c + 1), col_addr.eq(col_addr + p.pooled_hw)]
 
-        # A vector is taken when it does not close its window, or when the emitter is free.
+        # A vector is taken when it does not close its window (or closes the first of a
+        # pair), or when the emitter is free.
         take = Signal()
+        emits = Signal()  # the vector taken closes a window that goes to the emitter
         m.d.comb += [
-            burst.r_en.eq(running & (~closes | ~have | last_item)),
+            burst.r_en.eq(running & (~closes | opens | ~have | last_item)),
             take.eq(burst.r_rdy & burst.r_en),
+            emits.eq(take & closes & ~opens),
         ]
         with m.If(take):
             with m.If(closes):
-                m.d.sync += [vec.eq(folded), have.eq(1), c.eq(0), col_addr.eq(0), wi.eq(0)]
+                m.d.sync += wi.eq(0)
+                with m.If(opens):
+                    m.d.sync += held.eq(folded)
+                with m.Else():
+                    m.d.sync += [have.eq(1), c.eq(0), col_addr.eq(0), two.eq(odd)]
+                    if pairs:
+                        m.d.sync += [vec.eq(Mux(odd, held, folded)), vec1.eq(folded)]
+                    else:
+                        m.d.sync += vec.eq(folded)
+                if pairs:
+                    with m.If(fw_left == 0):
+                        m.d.sync += [fw_left.eq(p.pooled_hw - 1), odd.eq(0)]
+                    with m.Else():
+                        m.d.sync += [fw_left.eq(fw_left - 1), odd.eq(~odd)]
             with m.Else():
                 m.d.sync += [mx.eq(folded), wi.eq(wi + 1)]
-        with m.If(last_item & ~(take & closes)):
+        with m.If(last_item & ~emits):
             m.d.sync += have.eq(0)
 
-        # The window being emitted moves on with its last item.
+        # The window (or pair) being emitted moves on with its last item.
+        step = Signal(unsigned(aw + 2))
+        m.d.comb += step.eq(win + 1 + two)
         with m.If(last_item):
-            with m.If(win + 1 == p.pooled_hw):
+            with m.If(step == p.pooled_hw):
                 m.d.sync += [win.eq(0), ch.eq(ch + cols),
-                             tile_base.eq(tile_base + cols * p.pooled_hw)]
+                             tile_base.eq(tile_base + times(p.pooled_hw, cols))]
                 with m.If(ch + cols >= p.out_c):
                     m.d.sync += running.eq(0)
             with m.Else():
-                m.d.sync += win.eq(win + 1)
+                m.d.sync += win.eq(step)
 
         with m.If(self.start):
             m.d.sync += [running.eq(p.out_c != 0), have.eq(0), c.eq(0), ch.eq(0), wi.eq(0),
-                         tile_base.eq(0), col_addr.eq(0), win.eq(0)]
+                         tile_base.eq(0), col_addr.eq(0), win.eq(0), two.eq(0)]
+            if pairs:
+                m.d.sync += [fw_left.eq(p.pooled_hw - 1), odd.eq(0)]
         return m

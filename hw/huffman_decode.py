@@ -247,11 +247,26 @@ class HuffmanDecoder(wiring.Component):
         m_eos = Signal()
         m_ends = Signal()
         m_over = Signal()
+        # The memory's data comes late in the clock (a block RAM's clock-to-output is over
+        # a third of the period on the ECP5), and "this symbol ends the channel" decides
+        # what stage 1 does in the same clock. So everything in it that does not need the
+        # symbol is formed from registers first: whether ``m_left`` fits a run at all
+        # (``m_small``) and whether a ZRUN ends the channel (``m_zrun_ends``); the symbol
+        # then meets them in one equality of ``max_run_bits`` bits and one small LUT.
+        rb = cfg.max_run_bits
+        m_small = Signal()
+        m_zrun_ends = Signal()
+        m_run_ends = Signal()
         m.d.comb += [
+            m_small.eq(m_left[rb:] == 0),
+            m_zrun_ends.eq(m_left == run_max),
+            # (written as XORs, so that it stays a LUT tree rather than joining the
+            # ``>`` below, on the same operands, in a carry chain)
+            m_run_ends.eq(m_small & ~(entry.run ^ m_left[:rb]).any()),
             m_pair.eq(entry.kind == TokenKind.PAIR),
             m_eos.eq(entry.kind == TokenKind.EOS),
             # a pair covers run + 1 weights, a ZRUN R + 1
-            m_ends.eq(m_eos | Mux(m_pair, entry.run == m_left, m_left == run_max)),
+            m_ends.eq(m_eos | Mux(m_pair, m_run_ends, m_zrun_ends)),
             m_over.eq(~m_eos & Mux(m_pair, entry.run > m_left, run_max > m_left)),
             self.o.valid.eq(m_valid & ~m_over & ok),
             self.o.payload.kind.eq(entry.kind),
@@ -286,7 +301,9 @@ class HuffmanDecoder(wiring.Component):
             go.eq(decoding & d_hit & m_free),
             d_issue.eq(go & ~cancel),
             rd.addr.eq(d_addr),
-            rd.en.eq(d_issue),
+            # (not ``d_issue``: a read that ``cancel`` drops only fills an invalid stage,
+            # and the memory's enable stays off the late path)
+            rd.en.eq(go),
         ]
         with m.If(m_free):
             m.d.sync += m_valid.eq(d_issue)

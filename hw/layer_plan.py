@@ -138,18 +138,22 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
 
 
 def _lane_clocks(layer, lanes: int) -> list[int]:
-    """Decoding clocks of each lane when channels go to the lane with the fewest bytes: a
-    symbol a clock, and a clock for each channel's end (``HuffmanDecoder``)."""
+    """The clock each lane finishes decoding when channels go to the lane with the fewest
+    bytes: a symbol a clock and a clock for each channel's end (``HuffmanDecoder``), from
+    the clock its first channel is dealt (``StreamFetch`` deals one a clock, so lane ``j``
+    of a layer's first ``lanes`` channels starts ``j`` clocks after the first)."""
     from golden.decode import huffman_symbols
 
     load = [0] * lanes
-    clocks = [0] * lanes
-    for stream in layer.streams:
+    clocks = [None] * lanes
+    for dealt, stream in enumerate(layer.streams):
         j = load.index(min(load))
         load[j] += len(stream)
+        if clocks[j] is None:
+            clocks[j] = dealt
         clocks[j] += 1 + len(huffman_symbols(stream, layer.table, layer.alphabet,
                                              layer.fan_in))
-    return clocks
+    return [c or 0 for c in clocks]
 
 
 def table_cycles(layer) -> int:
@@ -177,14 +181,18 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
         for t in range(tiles):
             live = min(config.cols, layer.out_c - t * config.cols)
             # The array's step rate, or the drain's item a clock (one per window and
-            # channel) when a group has more items than steps.
-            per_group = max(n_in, config.rows, -(-config.rows * live // (p * p)))
+            # channel; one per pair of windows and channel with drain_width 2) when a
+            # group has more items than steps.
+            per_group = max(n_in, config.rows,
+                            -(-config.rows * live // (p * p * config.drain_width)))
             n += config.rows + 2 + groups * per_group
         n += config.cols + config.rows + 8  # the array, the drain and post-processing
     else:
         # One symbol a clock per lane, and a clock per channel end. StreamFetch deals
         # each channel to the lane with the fewest stream bytes left; modelled as the
-        # least bytes dealt so far, so a lane's time is that of the channels it drew.
-        # Then the pipeline's tail.
-        n += max(_lane_clocks(layer, lanes)) + 12
+        # least bytes dealt so far, so a lane's time is that of the channels it drew,
+        # from its first deal. Then the pipeline's tail: 24 clocks, the median excess
+        # over the lanes' decoding of the shipped fc layers on all three presets (16-33,
+        # fetch start-up and the fc path's pipeline; docs/results.md).
+        n += max(_lane_clocks(layer, lanes)) + 24
     return n + 1  # NEXT

@@ -97,14 +97,21 @@ class PostItem(data.StructLayout):
 
     ``channel`` selects the bias; ``addr`` is the output's word in the output bank (after
     pooling: a pooled layer's item is its window's largest accumulator).
+
+    With ``drain_width`` 2 an item can carry a second accumulator of the same channel:
+    ``two`` set, ``acc1`` goes to word ``addr + 1`` (the next pooling window).
     """
 
     def __init__(self, config):
-        super().__init__({
+        fields = {
             "acc": signed(config.acc_width),
             "channel": unsigned(config.channel_width),
             "addr": unsigned(config.act_addr_width),
-        })
+        }
+        if config.drain_width == 2:
+            fields["acc1"] = signed(config.acc_width)
+            fields["two"] = unsigned(1)
+        super().__init__(fields)
 
 
 class PostParams(data.StructLayout):

@@ -33,6 +33,8 @@ class PostProcess(wiring.Component):
         ``i`` (in stream of ``PostItem``): accumulators with their bias ``channel`` and
             output word ``addr``.
         ``wr_addr``, ``wr_data``, ``wr_en`` (out): the output bank's write port.
+        ``wr_data1``, ``wr_two`` (out, ``drain_width`` 2 only): an item's second result
+            (``acc1``, to ``wr_addr + 1``) and whether it is written (``two``).
         ``idle`` (out): no accepted item is in the pipeline, and every write has landed.
 
     Precondition (the sequencer checks it): every bias shifted left by ``bias_shift`` fits
@@ -44,13 +46,15 @@ class PostProcess(wiring.Component):
     ``e_`` saturated and ReLU-ed, and written.
     Latency: an item accepted in clock 0 is written (``wr_en``) in clock 5; ``idle`` rises
     in clock 6 after the last item, when the bank holds it.
-    Throughput: one item per clock. Back-pressure: none; the pipeline advances every clock
-    and writes never stall, so ``i.ready`` is always 1.
+    Throughput: one item per clock (two results with ``drain_width`` 2: the second goes
+    through its own copy of stages ``b``-``e``, with the same bias).
+    Back-pressure: none; the pipeline advances every clock and writes never stall, so
+    ``i.ready`` is always 1.
     """
 
     def __init__(self, config):
         self._config = config
-        super().__init__({
+        ports = {
             "params": In(PostParams(config)),
             "bias_wr_addr": In(unsigned(config.channel_width)),
             "bias_wr_data": In(signed(config.acc_width)),
@@ -60,7 +64,11 @@ class PostProcess(wiring.Component):
             "wr_data": Out(signed(config.bw)),
             "wr_en": Out(1),
             "idle": Out(1),
-        })
+        }
+        if config.drain_width == 2:
+            ports["wr_data1"] = Out(signed(config.bw))
+            ports["wr_two"] = Out(1)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self._config
@@ -92,8 +100,15 @@ class PostProcess(wiring.Component):
         m.d.comb += self.idle.eq(~Cat(*valid.values()).any())
 
         # -- a: the bias word is being read ------------------------------------------------
+        pairs = cfg.drain_width == 2
         a_acc = Signal(signed(acc_w))
         m.d.sync += a_acc.eq(self.i.payload.acc)
+        two = {s: Signal(name=f"{s}_two") for s in stages}
+        if pairs:
+            a_acc1 = Signal(signed(acc_w))
+            m.d.sync += [a_acc1.eq(self.i.payload.acc1), two["a"].eq(self.i.payload.two)]
+            for prev, cur in pairwise(stages):
+                m.d.sync += two[cur].eq(two[prev])
 
         # The shift amounts, clamped to what the widths need, are registered once (the
         # parameters are steady for a layer), so no comparison sits in front of a shifter.
@@ -116,34 +131,42 @@ class PostProcess(wiring.Component):
         # -- b: golden.fixedpoint.align_bias: b << (acc_fl - b_fl), exact ------------------
         # The precondition makes the truncation to acc_width bits exact and lets the shift
         # amount be taken modulo the width of l_bias_sh (see the class docstring).
-        b_acc = Signal(signed(acc_w))
         b_bias = Signal(signed(acc_w))
-        m.d.sync += [
-            b_acc.eq(a_acc),
-            b_bias.eq((bias_rd.data << l_bias_sh)[:acc_w].as_signed()),
-        ]
+        m.d.sync += b_bias.eq((bias_rd.data << l_bias_sh)[:acc_w].as_signed())
 
-        # -- c: acc + aligned bias, exact in acc_width + 1 bits ---------------------------
-        c_sum = Signal(signed(sum_w))
-        m.d.sync += c_sum.eq(b_acc + b_bias)
+        def result(a_acc, k):
+            """Stages b-e of one accumulator (``k`` names its signals); the output."""
+            b_acc = Signal(signed(acc_w), name=f"b_acc{k}")
+            m.d.sync += b_acc.eq(a_acc)
 
-        # -- d: golden.fixedpoint.round_shift: round half up (requantize before saturate) --
-        # (x + 2^(s-1)) >> s == ((2x >> s) + 1) >> 1 with arithmetic shifts; that is x for
-        # s == 0 and the exact x << -s for s < 0 (2x << -s is even).
-        scaled = Cat(Const(0, pre + 1), c_sum).as_signed()  # 2x · 2^pre
-        halves = Signal(signed(len(scaled)))
-        m.d.comb += halves.eq(scaled >> l_shift)
-        d_r = Signal(signed(len(scaled)))
-        m.d.sync += d_r.eq((halves + 1) >> 1)
+            # -- c: acc + aligned bias, exact in acc_width + 1 bits -----------------------
+            c_sum = Signal(signed(sum_w), name=f"c_sum{k}")
+            m.d.sync += c_sum.eq(b_acc + b_bias)
 
-        # -- e: golden.fixedpoint.saturate to bw bits, then golden.fixedpoint.relu ---------
-        # d_r fits bw bits when its bits from bw - 1 up are all equal to its sign.
-        d_top = d_r[cfg.bw - 1:]
-        d_neg = d_r[-1]
-        e_y = Signal(signed(cfg.bw))
-        m.d.sync += e_y.eq(Mux(p.relu & d_neg, 0,
-                               Mux(d_top.all() | ~d_top.any(), d_r[:cfg.bw].as_signed(),
-                                   Mux(d_neg, lo, hi))))
+            # -- d: golden.fixedpoint.round_shift: round half up (requantize before
+            # saturate). (x + 2^(s-1)) >> s == ((2x >> s) + 1) >> 1 with arithmetic
+            # shifts; that is x for s == 0 and the exact x << -s for s < 0 (2x << -s is
+            # even).
+            scaled = Cat(Const(0, pre + 1), c_sum).as_signed()  # 2x · 2^pre
+            halves = Signal(signed(len(scaled)), name=f"halves{k}")
+            m.d.comb += halves.eq(scaled >> l_shift)
+            d_r = Signal(signed(len(scaled)), name=f"d_r{k}")
+            m.d.sync += d_r.eq((halves + 1) >> 1)
+
+            # -- e: golden.fixedpoint.saturate to bw bits, then golden.fixedpoint.relu -----
+            # d_r fits bw bits when its bits from bw - 1 up are all equal to its sign.
+            d_top = d_r[cfg.bw - 1:]
+            d_neg = d_r[-1]
+            e_y = Signal(signed(cfg.bw), name=f"e_y{k}")
+            m.d.sync += e_y.eq(Mux(p.relu & d_neg, 0,
+                                   Mux(d_top.all() | ~d_top.any(), d_r[:cfg.bw].as_signed(),
+                                       Mux(d_neg, lo, hi))))
+            return e_y
+
+        e_y = result(a_acc, "")
+        if pairs:
+            m.d.comb += [self.wr_data1.eq(result(a_acc1, "1")),
+                         self.wr_two.eq(valid["e"] & two["e"])]
 
         m.d.comb += [
             self.wr_addr.eq(addr["e"]),

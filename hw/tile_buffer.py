@@ -9,6 +9,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.const_arith import reciprocal, times
 from hw.pe_array import WeightVector
 from hw.ram import read_port
 from hw.weight_unit import LaneWeight
@@ -17,12 +18,16 @@ __all__ = ["TileBuffer"]
 
 
 def tile_and_column(channel, cols: int):
-    """``(channel // cols, channel % cols)`` for a constant ``cols``; shifts when it is a power
-    of two (every preset), a constant divider otherwise."""
+    """``(channel // cols, channel % cols)`` for a constant ``cols``: shifts when it is a
+    power of two, else a multiplication by the reciprocal (``reciprocal``; Yosys builds
+    ``//`` by a constant as a whole divider) and a subtraction, in shifts and adders."""
     if cols & (cols - 1) == 0:
         s = (cols - 1).bit_length()
         return channel >> s, channel[:s] if s else 0
-    return channel // cols, channel % cols
+    mul, shift = reciprocal(cols, len(channel))
+    t = times(channel, mul) >> shift
+    t = t[:max(1, len(channel) - cols.bit_length() + 1)]
+    return t, (channel - times(t, cols))[:(cols - 1).bit_length()]
 
 
 class TileBuffer(wiring.Component):
@@ -52,6 +57,8 @@ class TileBuffer(wiring.Component):
             the head moves on.
 
     Throughput: one weight per clock per lane; one weight vector read per clock.
+    Latency: a weight accepted in clock 0 is written in clock 1 (at the earliest), and
+    counts for ``head_ready`` from clock 2.
     """
 
     def __init__(self, config):
@@ -98,27 +105,42 @@ class TileBuffer(wiring.Component):
             m.d.comb += left.eq(self.out_c - t * cols)
             return Mux(left >= cols, cols, Mux(left < 0, 0, left))
 
-        lasts = [Signal(range(lanes + 1), name=f"lasts{b}") for b in range(2)]
-        for b in range(2):
-            terms = []
-            for j in range(lanes):
-                p = self.i[j].payload
-                t, _ = tile_and_column(p.channel, cols)
-                terms.append(self.i[j].valid & self.i[j].ready & p.last & (t[0] == b))
-            m.d.comb += lasts[b].eq(sum(terms))
 
+        # Each lane's weight waits one clock in a register with its tile and column (a
+        # division by cols unless it is a power of two), then is written when its tile is
+        # the head or the next one.
+        ch_w = cfg.channel_width
+        go = []
         for j in range(lanes):
             lane = self.i[j]
             p = lane.payload
-            t, c = tile_and_column(p.channel, cols)
+            t_in, c_in = tile_and_column(p.channel[:ch_w], cols)
+            s_valid = Signal(name=f"s_valid{j}")
+            s_k = Signal.like(p.k, name=f"s_k{j}")
+            s_w = Signal.like(p.weight, name=f"s_w{j}")
+            s_last = Signal(name=f"s_last{j}")
+            s_t = Signal(unsigned(ch_w + 1), name=f"s_t{j}")
+            s_c = Signal(range(cols), name=f"s_c{j}")
             ok = Signal(name=f"ok{j}")
-            m.d.comb += [ok.eq(t < head + 2), lane.ready.eq(ok)]
+            m.d.comb += [ok.eq(s_valid & (s_t < head + 2)), lane.ready.eq(~s_valid | ok)]
+            with m.If(lane.valid & lane.ready):
+                m.d.sync += [s_valid.eq(1), s_k.eq(p.k), s_w.eq(p.weight), s_last.eq(p.last),
+                             s_t.eq(t_in), s_c.eq(c_in)]
+            with m.Elif(ok):
+                m.d.sync += s_valid.eq(0)
+            with m.If(self.start):
+                m.d.sync += s_valid.eq(0)
+            go.append((ok, s_t, s_c, s_last))
             for b in range(2):
                 for cc in range(cols):
-                    hit = lane.valid & ok & (t[0] == b) & (c == cc)
-                    with m.If(hit):
-                        m.d.comb += [wrs[b][cc].addr.eq(p.k), wrs[b][cc].data.eq(p.weight),
+                    with m.If(ok & (s_t[0] == b) & (s_c == cc)):
+                        m.d.comb += [wrs[b][cc].addr.eq(s_k), wrs[b][cc].data.eq(s_w),
                                      wrs[b][cc].en.eq(1)]
+
+        lasts = [Signal(range(lanes + 1), name=f"lasts{b}") for b in range(2)]
+        for b in range(2):
+            m.d.comb += lasts[b].eq(sum(ok & s_last & (s_t[0] == b)
+                                        for ok, s_t, _, s_last in go))
 
         for c in range(cols):
             for b in range(2):

@@ -128,16 +128,19 @@ def random_inputs(image, n, seed):
     return [rng.integers(lo, hi + 1, size=image.input_shape) for _ in range(n)]
 
 
-# (rows, cols, lanes); 1x4 with one lane is the iCE40 shape (one read port a bank: SPRAM).
-SHAPES = [(2, 2, 2), (4, 4, 2), (2, 3, 1), (3, 2, 2), (1, 4, 1)]
+# (rows, cols, lanes, drain_width); 1x4 with one lane is the iCE40 shape (one read port a
+# bank: SPRAM); drain_width 2 is the ECP5 preset's two-item drain (split banks).
+SHAPES = [(2, 2, 2, 1), (4, 4, 2, 1), (2, 3, 1, 1), (3, 2, 2, 1), (1, 4, 1, 1),
+          (3, 4, 2, 2), (2, 3, 3, 2)]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:3])) +
+                         ("-dw2" if s[3] == 2 else ""))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_network(shape, seed):
-    rows, cols, lanes = shape
+    rows, cols, lanes, drain_width = shape
     cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
-                              act_depth=1024, max_channels=64)
+                              act_depth=1024, max_channels=64, drain_width=drain_width)
     image = random_image(seed + 10 * rows + cols)
     assert not any(compute_problems(cfg, image, i) for i in range(len(image.layers)))
     check_network(cfg, write_image(image), random_inputs(image, 1, seed))
@@ -225,9 +228,10 @@ def test_compressed_random_network(seed):
     image, data, x = compressed_network(seed)
     golden = GoldenModel(image)
     inputs = [golden.quantize_input(x[:1])[0], golden.quantize_input(4 * x[1:2])[0]]
-    for rows, cols, lanes in ((2, 2, 2), (2, 3, 3)):
+    for rows, cols, lanes, dw in ((2, 2, 2, 1), (2, 3, 3, 1), (3, 2, 2, 2)):
         cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols,
-                                  decode_lanes=lanes, act_depth=1024, max_channels=64)
+                                  decode_lanes=lanes, act_depth=1024, max_channels=64,
+                                  drain_width=dw)
         check_network(cfg, data, inputs)
     lo, hi = int_range(image.bw)
     outs = [o for v in inputs for o in golden.forward(v[None])]

@@ -100,19 +100,39 @@ def lane_payloads(cfg, w):
 
 
 def expected_items(cfg, acc, pool):
-    """(channel, addr, acc) in the order the drain emits them: tile by tile,
-    window by window, the maximum accumulator of each window and channel."""
+    """The items in the order the drain emits them: tile by tile, window by window, the
+    maximum accumulator of each window and channel, as (channel, addr, acc); with
+    ``drain_width`` 2, pairs of windows (2k, 2k + 1; a tile's last alone when the count is
+    odd), as (channel, addr, acc, two, acc1 or None)."""
     out_c, oh, ow = acc.shape
     p = pool or 1
     ph, pw = oh // p, ow // p
+    n = ph * pw
+
+    def peak(ch, w):
+        py, px = divmod(w, pw)
+        return int(acc[ch, py * p:(py + 1) * p, px * p:(px + 1) * p].max())
+
     items = []
     for t in range(0, out_c, cfg.cols):
-        for py in range(ph):
-            for px in range(pw):
-                for ch in range(t, min(t + cfg.cols, out_c)):
-                    window = acc[ch, py * p:(py + 1) * p, px * p:(px + 1) * p]
-                    items.append((ch, ch * ph * pw + py * pw + px, int(window.max())))
+        w = 0
+        while w < n:
+            two = cfg.drain_width == 2 and w + 1 < n
+            for ch in range(t, min(t + cfg.cols, out_c)):
+                if cfg.drain_width == 1:
+                    items.append((ch, ch * n + w, peak(ch, w)))
+                else:
+                    items.append((ch, ch * n + w, peak(ch, w), int(two),
+                                  peak(ch, w + 1) if two else None))
+            w += 1 + two
     return items
+
+
+def item_tuple(cfg, i):
+    if cfg.drain_width == 1:
+        return (int(i.channel), int(i.addr), int(i.acc))
+    return (int(i.channel), int(i.addr), int(i.acc), int(i.two),
+            int(i.acc1) if i.two else None)
 
 
 def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
@@ -157,8 +177,7 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
         await ctx.tick()
         items = await stream_get(ctx, dut.o, n_items, rng=rng, stall=stall / 3,
                                  timeout=100_000)
-        got.extend((int(i.channel), int(i.addr), int(i.acc))
-                   for i in items)
+        got.extend(item_tuple(cfg, i) for i in items)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -177,10 +196,11 @@ def conv_out(x, kernel, stride, padding):
             (w + 2 * padding - kernel[1]) // stride + 1)
 
 
-def make_cfg(rows, cols, lanes, bw=8):
+def make_cfg(rows, cols, lanes, bw=8, drain_width=1):
     small = get_preset("small")
     return dataclasses.replace(small, rows=rows, cols=cols, decode_lanes=lanes, bw=bw,
-                               acc_width=max(small.acc_width, 2 * bw + 10), act_depth=1024)
+                               acc_width=max(small.acc_width, 2 * bw + 10), act_depth=1024,
+                               drain_width=drain_width)
 
 
 CASES = [
@@ -191,13 +211,15 @@ CASES = [
     ((2, 3, 3), (2, 6, 7), 7, (2, 2), 1, 0, 3),
     ((3, 2, 2), (1, 4, 4), 2, (1, 1), 1, 0, 0),
     ((2, 2, 2), (4, 3, 3), 3, (3, 3), 1, 0, 0),  # one output position: a partial group
+    ((3, 2, 2), (1, 7, 7), 3, (2, 2), 1, 0, 2),  # 3x3 windows: an odd count a channel
 ]
 
 
+@pytest.mark.parametrize("drain_width", [1, 2])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
-def test_conv_path_matches_golden(case):
+def test_conv_path_matches_golden(case, drain_width):
     (rows, cols, lanes), in_shape, out_c, kernel, stride, padding, pool = case
-    cfg = make_cfg(rows, cols, lanes)
+    cfg = make_cfg(rows, cols, lanes, drain_width=drain_width)
     rng = np.random.default_rng(rows * 100 + cols * 10 + out_c)
     lo, hi = int_range(cfg.bw)
     x = rng.integers(lo, hi + 1, size=in_shape)
@@ -230,3 +252,46 @@ def test_conv_path_keeps_the_array_busy():
     assert got == expected_items(cfg, acc, 0)
     ideal = 2 * (36 // 2) * 18  # tiles x groups x N (no pooling: 36 positions)
     assert cycles < ideal * 1.1, (cycles, ideal)
+
+
+def test_two_item_drain_speeds_up_a_drain_bound_layer():
+    """4x8 PEs, 2x2 pooling and a fan-in of 4: a group's 4 positions x 8 channels make
+    8 items for 4 steps, so one item a clock holds the array to half its rate; with two a
+    clock (``drain_width`` 2) the steps bound it again."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, size=(4, 8, 8))
+    w = rng.integers(-128, 128, size=(8, 4))
+    acc = conv_accumulate(x[None], w, (1, 1), 1, 0, 8)[0]
+    cycles = {}
+    for dw in (1, 2):
+        cfg = make_cfg(4, 8, 2, drain_width=dw)
+        got, cycles[dw] = run_conv(cfg, x, w, (1, 1), 1, 0, 2, stall=0)
+        assert got == expected_items(cfg, acc, 2)
+    groups = 64 // 4
+    assert cycles[1] >= groups * 8, cycles  # drain-bound: 8 items a group
+    assert cycles[2] <= cycles[1] - groups * 2, cycles  # at least 2 of the 4 extra clocks
+
+
+@pytest.mark.parametrize("cols", [3, 8, 10, 13])
+def test_tile_and_column_every_channel(cols):
+    """The tile buffer's division by a constant column count, for every 11-bit channel."""
+    from amaranth.hdl import Signal
+
+    from hw.tile_buffer import tile_and_column
+
+    m = Module()
+    ch = Signal(11)
+    t, c = tile_and_column(ch, cols)
+    t_s, c_s = Signal(11), Signal(8)
+    m.d.comb += [t_s.eq(t), c_s.eq(c)]
+    got = []
+
+    async def bench(ctx):
+        for x in range(1 << 11):
+            ctx.set(ch, x)
+            got.append((ctx.get(t_s), ctx.get(c_s)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [divmod(x, cols) for x in range(1 << 11)]

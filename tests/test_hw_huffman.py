@@ -215,6 +215,31 @@ def test_full_index_and_run_width():
     check_case(case, seed=4, stall=0.1)
 
 
+def test_run_matches_low_bits_of_remaining_fan_in():
+    """The channel-end test compares a run with the low ``max_run_bits`` bits of the
+    remaining fan-in and checks the high bits apart: a pair whose run equals those low
+    bits while more than ``2^max_run_bits`` weights remain must not end the channel
+    (fan-in 300: 299 left at the first symbol, 299 mod 256 = 43). Then runs of exactly
+    the weights left (a pair of run 255, a ZRUN or EOS over the last 256)."""
+    fan_in, k, run_bits = 300, 2, 8
+    assert SMALL.max_run_bits == run_bits and fan_in - 1 >= 1 << run_bits
+    idx = np.full((3, fan_in), -1)
+    idx[:, 43] = [0, 1, 1]
+    idx[0, fan_in - 1] = 1  # pair (255, 1) ends channel 0 with 255 left
+    idx[2, 43 + 2] = 0  # channel 2: a run of 1, then 254 zeros to the end
+    alpha = Alphabet(k, run_bits)
+    chans = [alpha.encode_channel(row) for row in idx]
+    freqs = np.bincount(np.concatenate([np.asarray(c, dtype=np.int64) for c in chans]),
+                        minlength=alpha.size)
+    table = Table.from_lengths(code_lengths(freqs, 16))
+    case = Case(fan_in, k, run_bits, table, tuple(encode(c, table)[0] for c in chans),
+                np.array([3, -5]))
+    first = case.tokens()[0]
+    assert first["kind"] == TokenKind.PAIR and first["run"] == 43 and not first["last"]
+    check_case(case, seed=8, stall=0.2)
+    check_case(case, seed=9, stall=0.0)
+
+
 def test_back_to_back_layers():
     """A second start loads a new table; nothing of the first layer leaks into it."""
     cases = [imagegen_case(11, run_bits=1),

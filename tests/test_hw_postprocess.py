@@ -19,7 +19,10 @@ from tests.streams import stream_put
 SMALL = PRESETS["small"]
 # bw 16 at the tightest legal accumulator width (min_acc_width).
 WIDE = dataclasses.replace(SMALL, bw=16, acc_width=2 * 16 + (SMALL.max_fan_in - 1).bit_length())
-CONFIGS = {"bw8": SMALL, "bw16": WIDE}
+# drain_width 2: items carry a second accumulator for the next word (same channel).
+CONFIGS = {"bw8": SMALL, "bw16": WIDE,
+           "bw8pairs": dataclasses.replace(SMALL, drain_width=2),
+           "bw16pairs": dataclasses.replace(WIDE, drain_width=2)}
 STALL = 0.3
 LATENCY = 5  # clocks from an item's acceptance to its write
 
@@ -39,7 +42,28 @@ class _WithBank(Elaboratable):
         wr = mem.write_port()
         m.d.comb += [wr.addr.eq(post.wr_addr), wr.data.eq(post.wr_data),
                      wr.en.eq(post.wr_en)]
+        if self.cfg.drain_width == 2:
+            wr1 = mem.write_port()
+            m.d.comb += [wr1.addr.eq(post.wr_addr + 1), wr1.data.eq(post.wr_data1),
+                         wr1.en.eq(post.wr_two)]
         return m
+
+
+def pack(cfg, items):
+    """With ``drain_width`` 2, each item and the next one go as one pair item when they
+    share the channel and the next goes to the following word."""
+    if cfg.drain_width == 1:
+        return items
+    out, n = [], 0
+    while n < len(items):
+        a = dict(items[n], two=0, acc1=0)
+        if (n + 1 < len(items) and items[n + 1]["channel"] == a["channel"]
+                and items[n + 1]["addr"] == a["addr"] + 1):
+            a.update(two=1, acc1=items[n + 1]["acc"])
+            n += 1
+        out.append(a)
+        n += 1
+    return out
 
 
 def run(cfg, biases, params, items, *, seed=0, stall=STALL, init=None, timing=None):
@@ -115,7 +139,7 @@ def check_items(cfg, acc, channels, biases, bias_shift, out_shift, use_relu, *, 
     biases = np.asarray(biases, dtype=np.int64)
     items = [{"acc": int(a), "channel": int(c), "addr": n}
              for n, (a, c) in enumerate(zip(acc, channels, strict=True))]
-    bank, init = run(cfg, biases, params, items, seed=seed, stall=stall)
+    bank, init = run(cfg, biases, params, pack(cfg, items), seed=seed, stall=stall)
     want = postprocess(acc[None, :], biases[channels], bw=cfg.bw, use_relu=use_relu, **fls)[0]
     assert bank[: len(acc)] == [int(v) for v in want]
     assert bank[len(acc):] == init[len(acc):]
@@ -132,6 +156,7 @@ def random_case(cfg, seed, bias_shift, out_shift, use_relu, n=40):
     biases = random_biases(rng, cfg, 6, bias_shift)
     channels = rng.integers(0, len(biases), n)
     channels[:4] = [0, 1, 1, 0]
+    channels[7::4] = channels[6::4]  # pairs of one channel, for drain_width 2
     check_items(cfg, acc, channels, biases, bias_shift, out_shift, use_relu, seed=seed)
 
 
@@ -155,7 +180,7 @@ def test_large_shifts(name, out_shift):
     """Right shifts beyond the sum's width (0 everywhere) and left shifts past ``bw`` (every
     nonzero value saturates). The golden model computes left shifts up to about 62 - bw."""
     cfg = CONFIGS[name]
-    bias_shift = {"bw8": 4, "bw16": 9}[name]
+    bias_shift = 4 if cfg.bw == 8 else 9
     random_case(cfg, 3, bias_shift, out_shift, False, n=24)
 
 
@@ -222,20 +247,30 @@ def test_throughput_and_idle():
 
 # -- pooling: whole maps in the conv path's order ----------------------------------------------
 
-def conv_items(acc, p, cols):
+def conv_items(acc, p, cols, drain_width=1):
     """Items for the (C, H, W) map ``acc`` as the conv drain emits them, pooled ``p x p``
-    with stride ``p``: tiles of ``cols`` channels, windows in raster order within a tile,
-    each window's largest accumulator (partial windows at the bottom and right dropped)."""
+    with stride ``p``: tiles of ``cols`` channels, windows in raster order within a tile
+    (with ``drain_width`` 2, pairs of them), each window's largest accumulator (partial
+    windows at the bottom and right dropped)."""
     c_n, h, w = acc.shape
     ph, pw = h // p, w // p
+    n = ph * pw
+
+    def peak(ch, k):
+        py, px = divmod(k, pw)
+        return int(acc[ch, py * p:(py + 1) * p, px * p:(px + 1) * p].max())
+
     items = []
     for t in range(0, c_n, cols):
-        for py in range(ph):
-            for px in range(pw):
-                for ch in range(t, min(t + cols, c_n)):
-                    window = acc[ch, py * p:(py + 1) * p, px * p:(px + 1) * p]
-                    items.append({"acc": int(window.max()), "channel": ch,
-                                  "addr": ch * ph * pw + py * pw + px})
+        k = 0
+        while k < n:
+            two = drain_width == 2 and k + 1 < n
+            for ch in range(t, min(t + cols, c_n)):
+                item = {"acc": peak(ch, k), "channel": ch, "addr": ch * n + k}
+                if drain_width == 2:
+                    item.update(two=int(two), acc1=peak(ch, k + 1) if two else 0)
+                items.append(item)
+            k += 1 + two
     return items
 
 
@@ -246,7 +281,8 @@ def check_map(cfg, shape, p, *, seed, bias_shift=2, out_shift=6, use_relu=True, 
     acc = rng.integers(-spread, spread, shape)
     biases = random_biases(rng, cfg, shape[0], bias_shift) >> (cfg.acc_width - 2 * cfg.bw)
     params, fls = layer_params(bias_shift, out_shift, use_relu)
-    bank, init = run(cfg, biases, params, conv_items(acc, p, cfg.cols), seed=seed, stall=stall)
+    bank, init = run(cfg, biases, params, conv_items(acc, p, cfg.cols, cfg.drain_width),
+                     seed=seed, stall=stall)
     want = postprocess(acc[None], biases, bw=cfg.bw, use_relu=use_relu,
                        pool=p if p > 1 else 0, pool_stride=p if p > 1 else 0, **fls)[0]
     size = want.size

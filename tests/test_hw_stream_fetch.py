@@ -272,9 +272,9 @@ def test_sizes_at_every_alignment():
 
 
 def test_deals_a_channel_a_clock():
-    """With room on every lane, the scheduler deals a channel every clock: eight lanes,
-    one-byte channels; the first deal comes 3 clocks after ``start`` (a clock to ask for
-    the first word of sizes, one to receive it)."""
+    """With room on every lane, the scheduler deals a channel every clock: the ECP5
+    preset's lanes, one-byte channels; the first deal comes 3 clocks after ``start`` (a
+    clock to ask for the first word of sizes, one to receive it)."""
     cfg = get_preset("ulx3s-85f")
     rng = np.random.default_rng(3)
     image, layers = make_image(rng, 4096, [[1] * 48])
@@ -286,9 +286,11 @@ def test_deals_a_channel_a_clock():
 
 
 def test_first_bytes():
-    """Eight lanes, channels longer than the 2W bytes that leave a lane room: the first
-    eight go one a lane, and lane j's first byte is on o[j] 6 + j clocks after start."""
+    """The ECP5 preset's lanes (10), channels longer than the 2W bytes that leave a lane
+    room: the first ``lanes`` go one a lane, and lane j's first byte is on o[j] 6 + j clocks
+    after start."""
     cfg = get_preset("ulx3s-85f")
+    lanes = cfg.decode_lanes
     rng = np.random.default_rng(4)
     image, _ = make_image(rng, 4096, [])
     data = bytearray(image + bytes(cfg.image_bytes - len(image)))
@@ -297,8 +299,8 @@ def test_first_bytes():
         data[a + 2 * i:a + 2 * i + 2] = s.to_bytes(2, "little")
     layer = (a, a + 2 * len(sizes), sizes)
     (r,) = run_fetch(cfg, bytes(data), [layer])
-    assert [d[1] for d in r["deals"][:8]] == list(range(8))
-    assert [p[0] - r["start"] for p in r["pops"]] == [6 + j for j in range(8)]
+    assert [d[1] for d in r["deals"][:lanes]] == list(range(lanes))
+    assert [p[0] - r["start"] for p in r["pops"]] == [6 + j for j in range(lanes)]
     check_layer(cfg, bytes(data), layer, r)
 
 

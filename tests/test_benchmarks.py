@@ -1,0 +1,32 @@
+"""The benchmark scripts under benchmarks/ run and print what they claim."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hw.config import get_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shapes_model_search():
+    """The two-item drain is what lifts LeNet-5 conv1 on 13x10 past 80 % (issue 5), and
+    the shipped ``ulx3s-85f`` preset is that shape."""
+    cfg = get_preset("ulx3s-85f")
+    ours = f"{cfg.rows}x{cfg.cols}x{cfg.drain_width}"
+    out = subprocess.run([sys.executable, "benchmarks/shapes.py", "--json", "--shapes",
+                          f"{ours},{cfg.rows}x{cfg.cols}x1"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    two, one = json.loads(out)
+    assert two["pes"] >= 128
+    assert all(u >= 0.8 for u in two["networks"]["lenet5"]["conv_utilization"])
+    assert one["networks"]["lenet5"]["conv_utilization"][0] < 0.8
+    assert two["networks"]["lenet5"]["cycles"] < one["networks"]["lenet5"]["cycles"]
+
+
+def test_shapes_refuses_a_bad_shape():
+    proc = subprocess.run([sys.executable, "benchmarks/shapes.py", "--shapes", "8by8"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not ROWSxCOLSxDRAIN" in proc.stderr
