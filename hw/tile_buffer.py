@@ -102,9 +102,8 @@ class TileBuffer(wiring.Component):
         def tile_channels(t):
             """Channels of tile ``t``: ``min(cols, out_c - t·cols)``."""
             left = Signal(signed(cfg.channel_width + 2 + cols.bit_length()), name="left")
-            m.d.comb += left.eq(self.out_c - t * cols)
+            m.d.comb += left.eq(self.out_c - times(t, cols))  # (no multiplier block)
             return Mux(left >= cols, cols, Mux(left < 0, 0, left))
-
 
         # Each lane's weight waits one clock in a register with its tile and column (a
         # division by cols unless it is a power of two), then is written when its tile is
