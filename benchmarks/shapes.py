@@ -1,12 +1,13 @@
 """Array shapes for a preset, by the cycle model: each shipped network's convolution
-utilization and cycles per inference on ``rows x cols`` PEs with ``cols`` decode lanes and
-a drain of one or two items a clock.
+utilization and cycles per inference on ``rows x cols`` PEs with ``cols`` (or a given
+number of) decode lanes and a drain of one or two items a clock.
 
     .venv/bin/python benchmarks/shapes.py [--preset ulx3s-85f] [--json]
-    .venv/bin/python benchmarks/shapes.py --shapes 8x8x1,13x10x2
+    .venv/bin/python benchmarks/shapes.py --shapes 8x8x1,13x10x2,13x10x2x8
 
-A shape is ``ROWSxCOLSxDRAIN``. The figures are ``hw.layer_plan.predict_cycles`` (within
-5 % of the simulated RTL on every shipped layer, docs/results.md), not simulations:
+A shape is ``ROWSxCOLSxDRAIN`` (``cols`` decode lanes) or ``ROWSxCOLSxDRAINxLANES``.
+The figures are ``hw.layer_plan.predict_cycles`` (within 5 % of the simulated RTL on
+every shipped layer, docs/results.md), not simulations:
 utilization is a convolution's dense MACs ÷ (PEs × predicted cycles).
 """
 
@@ -27,10 +28,13 @@ DEFAULT_SHAPES = ("8x8x1", "8x8x2", "16x8x1", "16x8x2", "12x12x2", "13x10x1", "1
                   "14x10x2", "16x10x2")
 
 
-def shape_figures(preset: str, rows: int, cols: int, drain_width: int) -> dict:
+def shape_figures(preset: str, rows: int, cols: int, drain_width: int,
+                  lanes: int | None = None) -> dict:
     """The model's figures for one shape, as a dict (``rows``, ``cols``, ``pes``,
-    ``drain_width``, ``networks``: name -> ``cycles``, ``conv_utilization`` list)."""
-    cfg = dataclasses.replace(get_preset(preset), rows=rows, cols=cols, decode_lanes=cols,
+    ``drain_width``, ``lanes`` (default ``cols``), ``networks``: name -> ``cycles``,
+    ``conv_utilization`` list)."""
+    lanes = cols if lanes is None else lanes
+    cfg = dataclasses.replace(get_preset(preset), rows=rows, cols=cols, decode_lanes=lanes,
                               drain_width=drain_width)
     networks = {}
     for path in sorted(IMAGES.glob("*.img")):
@@ -48,15 +52,17 @@ def shape_figures(preset: str, rows: int, cols: int, drain_width: int) -> dict:
                 util.append(layer.out_c * oh * ow * layer.fan_in / (rows * cols * n))
         networks[path.stem] = {"cycles": total, "conv_utilization": util}
     return {"rows": rows, "cols": cols, "pes": rows * cols, "drain_width": drain_width,
-            "networks": networks}
+            "lanes": lanes, "networks": networks}
 
 
-def _shape(text: str) -> tuple[int, int, int]:
+def _shape(text: str) -> tuple[int, ...]:
     try:
-        rows, cols, dw = (int(v) for v in text.lower().split("x"))
+        values = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not ROWSxCOLSxDRAIN: {text!r}") from None
-    return rows, cols, dw
+        values = ()
+    if len(values) not in (3, 4):
+        raise argparse.ArgumentTypeError(f"not ROWSxCOLSxDRAIN[xLANES]: {text!r}")
+    return values
 
 
 def main(argv=None) -> int:
@@ -64,7 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="ulx3s-85f",
                         help="the preset whose other fields (buffers, widths) are kept")
     parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                        help="comma-separated ROWSxCOLSxDRAIN (drain: 1 or 2 items a clock)")
+                        help="comma-separated ROWSxCOLSxDRAIN[xLANES] (drain: 1 or 2 items a "
+                             "clock; lanes: decode lanes, default COLS)")
     parser.add_argument("--json", action="store_true", help="print a JSON list")
     args = parser.parse_args(argv)
     try:
@@ -77,16 +84,16 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     names = list(rows[0]["networks"])
-    print("| shape | PEs | drain | " + " | ".join(
+    print("| shape | PEs | drain | lanes | " + " | ".join(
         f"{n} cycles | {n} conv util" for n in names) + " |")
-    print("|---|---|---|" + "---|---|" * len(names))
+    print("|---|---|---|---|" + "---|---|" * len(names))
     for r in rows:
         cells = []
         for n in names:
             f = r["networks"][n]
             util = " / ".join(f"{u:.1%}" for u in f["conv_utilization"]) or "—"
             cells += [f"{f['cycles']:,}", util]
-        print(f"| {r['rows']}x{r['cols']} | {r['pes']} | {r['drain_width']} | "
+        print(f"| {r['rows']}x{r['cols']} | {r['pes']} | {r['drain_width']} | {r['lanes']} | "
               + " | ".join(cells) + " |")
     return 0
 

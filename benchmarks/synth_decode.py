@@ -3,7 +3,7 @@ weight-decompression path (``hw.weight_unit.WeightUnit``: image loader and buffe
 fetch, decode lanes), or any block of the accelerator by name.
 
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker [--json] [--no-pnr]
-    .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f [--json]
+    .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f [--json] [--router router2]
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decode_path
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decoder,conv_feed
 
@@ -157,10 +157,12 @@ def _yosys_stat(text: str, family: str) -> dict:
             "dsps": cells(r"MULT18X18D"), "carries": cells(r"CCU2C")}
 
 
-def synth(board: str, *, block: str = "unit", pnr: bool = True, progress=print) -> dict:
+def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | None = None,
+          progress=print) -> dict:
     """Synthesise (and place and route) ``block`` built from the board's preset; return the
     figures. A design that does not fit the device gets ``fmax_mhz`` None and the
-    placer's utilisation under ``placed``."""
+    placer's utilisation under ``placed``. ``router``: nextpnr's ``--router`` (its default
+    when None)."""
     spec = BOARDS[board]
     cfg = get_preset(board)
     build = Path("build") / "synth_decode" / f"{board}-{block}"
@@ -180,7 +182,8 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, progress=print) 
         t = time.perf_counter()
         progress(f"{board}: nextpnr ...")
         try:
-            text = _run(spec["pnr"], build / "nextpnr.log", build, env)
+            extra = ["--router", router] if router else []
+            text = _run(spec["pnr"] + extra, build / "nextpnr.log", build, env)
         except RuntimeError as e:
             text = (build / "nextpnr.log").read_text()
             figures["pnr_error"] = str(e)
@@ -200,12 +203,15 @@ def main(argv=None) -> int:
                              f"comma-separated, of: {', '.join(BLOCKS)}")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--no-pnr", action="store_true", help="synthesis only (no Fmax)")
+    parser.add_argument("--router", choices=("router1", "router2"),
+                        help="nextpnr's router (default: nextpnr's own, router1; the "
+                             "ULX3S board build uses router2)")
     args = parser.parse_args(argv)
     blocks = args.block.split(",")
     unknown = [b for b in blocks if b not in BLOCKS]
     if unknown:
         parser.error(f"unknown block {', '.join(unknown)}; known: {', '.join(BLOCKS)}")
-    results = [synth(args.board, block=b, pnr=not args.no_pnr,
+    results = [synth(args.board, block=b, pnr=not args.no_pnr, router=args.router,
                      progress=lambda s: print(s, file=sys.stderr, flush=True))
                for b in blocks]
     if args.json:

@@ -154,9 +154,11 @@ class AcceleratorConfig:
     @property
     def image_word_bytes(self) -> int:
         """Bytes in one word of the image buffer: the least power of two that is at least
-        4 and at least twice the decode lanes, so that lanes reading it in turn (one word a
-        clock between them) each get a byte a clock with room to spare."""
-        return 1 << max(2, (2 * self.decode_lanes - 1).bit_length())
+        4 and at least 1.5 bytes a decode lane, so that lanes reading it in turn (one word
+        a clock between them) each get more than the byte a clock a decoder can take (16
+        for 8 and for 10 lanes: 32-byte words made the 10-lane fetch a quarter of the
+        ULX3S design and its read bus the worst congestion, docs/results.md)."""
+        return 1 << max(2, (3 * self.decode_lanes // 2 - 1).bit_length())
 
     @property
     def image_words(self) -> int:

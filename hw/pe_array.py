@@ -11,9 +11,10 @@ MeshWithDelays layering (here ``PE`` -> ``PEArray`` with ``Skew`` at the edges).
 import functools
 import operator
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.vendor import LatticeECP5Platform
 
 from hw.pe import PE, ActivationLane
 from hw.skew import Skew
@@ -105,6 +106,15 @@ class PEArray(wiring.Component):
         # the fixed timing between PEs (which replaces handshakes inside the array) holds.
         step = Signal()
         m.d.comb += step.eq(~self.o.valid | self.o.ready)
+        # The enable reaches every register of the array (thousands on 13x10): on the ECP5
+        # it goes through a global buffer (a DCCA), as routed in the fabric it was, after
+        # the reset, the most congested net of the 13x10 build. Logic uses ``step`` itself.
+        en = Signal()
+        match platform:
+            case LatticeECP5Platform():
+                m.submodules.en_buf = Instance("DCCA", i_CLKI=step, i_CE=Const(1), o_CLKO=en)
+            case _:
+                m.d.comb += en.eq(step)
 
         # Enabled clocks until another `last` may enter: a group's rows leave the columns
         # one per clock, so two groups' `last`s closer than `rows` would collide on the
@@ -127,7 +137,7 @@ class PEArray(wiring.Component):
         m.submodules.a_skew = a_skew = Skew(ActivationLane(cfg), rows)
         m.submodules.w_skew = w_skew = Skew(signed(cfg.bw), cols)
         m.submodules.o_deskew = o_deskew = Skew(_ColumnResult(cfg), cols, reverse=True)
-        m.d.comb += [a_skew.en.eq(step), w_skew.en.eq(step), o_deskew.en.eq(step)]
+        m.d.comb += [a_skew.en.eq(en), w_skew.en.eq(en), o_deskew.en.eq(en)]
         for r in range(rows):
             lane = a_skew.i[r]
             m.d.comb += [
@@ -146,7 +156,7 @@ class PEArray(wiring.Component):
                 pe = pes[r][c]
                 m.submodules[f"pe_{r}_{c}"] = pe
                 m.d.comb += [
-                    pe.en.eq(step),
+                    pe.en.eq(en),
                     pe.a_i.eq(a_skew.o[r] if c == 0 else pes[r][c - 1].a_o),
                     pe.w_i.eq(w_skew.o[c] if r == 0 else pes[r - 1][c].w_o),
                 ]
@@ -163,7 +173,7 @@ class PEArray(wiring.Component):
             ]
 
         # The output register (the last column's de-skew delay is 0).
-        with m.If(step):
+        with m.If(en):
             m.d.sync += self.o.valid.eq(o_deskew.o[0].valid)
             for c in range(cols):
                 m.d.sync += self.o.payload.acc[c].eq(o_deskew.o[c].acc)

@@ -227,14 +227,23 @@ class BoardTop(wiring.Component):
         m.submodules.lock_sync = FFSynchronizer(lock, locked, o_domain="por")
         delay = int(15e-6 * self.clk_hz)
         timer = Signal(range(delay + 1))
-        ready = Signal()
+        reset = Signal(init=1)
         with m.If(~locked):
-            m.d.por += [timer.eq(0), ready.eq(0)]
+            m.d.por += [timer.eq(0), reset.eq(1)]
         with m.Elif(timer == delay):
-            m.d.por += ready.eq(1)
+            m.d.por += reset.eq(0)
         with m.Else():
             m.d.por += timer.eq(timer + 1)
-        m.d.comb += ResetSignal("sync").eq(~ready)
+        if isinstance(platform, LatticeECP5Platform):
+            # The reset reaches every flip-flop of the design: on the ECP5 it goes through a
+            # global buffer (a DCCA; nextpnr promotes only clocks by itself). Routed in the
+            # fabric it was the most congested net of the 13x10 build, which did not route.
+            g_reset = Signal()
+            m.submodules.reset_buf = Instance("DCCA", i_CLKI=reset, i_CE=Const(1),
+                                              o_CLKO=g_reset)
+            m.d.comb += ResetSignal("sync").eq(g_reset)
+        else:
+            m.d.comb += ResetSignal("sync").eq(reset)
 
     def elaborate(self, platform):
         m = Module()

@@ -25,6 +25,20 @@ def test_shapes_model_search():
     assert two["networks"]["lenet5"]["cycles"] < one["networks"]["lenet5"]["cycles"]
 
 
+def test_shapes_takes_a_lane_count():
+    """Fewer decode lanes than columns: the fully connected layers get slower, and the
+    table says how many lanes each row has."""
+    out = subprocess.run([sys.executable, "benchmarks/shapes.py", "--json", "--shapes",
+                          "13x10x2,13x10x2x5"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    ten, five = json.loads(out)
+    assert (ten["lanes"], five["lanes"]) == (10, 5)
+    assert five["networks"]["lenet300"]["cycles"] > ten["networks"]["lenet300"]["cycles"]
+    table = subprocess.run([sys.executable, "benchmarks/shapes.py", "--shapes", "13x10x2x5"],
+                           cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert "| 13x10 | 130 | 2 | 5 |" in table
+
+
 def test_shapes_refuses_a_bad_shape():
     proc = subprocess.run([sys.executable, "benchmarks/shapes.py", "--shapes", "8by8"],
                           cwd=ROOT, capture_output=True, text=True)

@@ -304,14 +304,19 @@ def test_first_bytes():
     check_layer(cfg, bytes(data), layer, r)
 
 
-@pytest.mark.parametrize("preset", ["small", "ulx3s-85f"])
-def test_keeps_lanes_fed_on_short_channels(preset):
+@pytest.mark.parametrize(("preset", "starved", "slower"),
+                         [("small", 0.03, 0.08), ("ulx3s-85f", 0.08, 0.12)])
+def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     """Short channels (1 to 24 bytes, about 10 symbols: LeNet-5 conv1 has 9) on every lane
     of a preset, each consumer taking a byte with probability 3/4 a clock (a decoder on
-    codes of about 6 bits): no lane waits for bytes in more than 3 % of the clocks of
-    its work, and the layer takes within 8 % of the clocks the bytes need. The fetch
-    that read each size a byte at a time (three clocks a channel) starved 8 lanes
-    here."""
+    codes of about 6 bits): lanes wait for bytes in at most ``starved`` of the clocks of
+    their work, and the layer takes at most ``slower`` more clocks than the bytes need.
+    The fetch that read each size a byte at a time (three clocks a channel) starved 8
+    lanes here. ``ulx3s-85f`` reads 16-byte words for 10 lanes (1.6 bytes a lane a clock,
+    less where short channels end inside a word): this worst case starves its lanes 7.0 % of
+    the time and takes 393 clocks (0.7 % and 368 with 32-byte words), while on the shipped
+    images the decode rate is the same within 0.005 symbols a clock (docs/results.md) and
+    the fetch is 4,700 LUT4 smaller."""
     cfg = get_preset(preset)
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(5)
@@ -321,6 +326,6 @@ def test_keeps_lanes_fed_on_short_channels(preset):
     (r,) = run_fetch(cfg, image, layers, seed=5, stall=0.25)
     check_layer(cfg, image, layers[0], r)
     work = [p[-1] - p[0] + 1 for p in r["pops"]]
-    assert sum(r["starved"]) <= 0.03 * sum(work), (r["starved"], work)
+    assert sum(r["starved"]) <= starved * sum(work), (r["starved"], work)
     need = sum(int(s) for s in sizes) / (0.75 * lanes)
-    assert r["clocks"] <= 1.08 * need + 30, (r["clocks"], need)
+    assert r["clocks"] <= (1 + slower) * need + 30, (r["clocks"], need)
