@@ -44,3 +44,22 @@ def test_shapes_refuses_a_bad_shape():
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "not ROWSxCOLSxDRAIN" in proc.stderr
+
+
+def test_fc_budget_splits_each_fc_layer():
+    """Setup + table + core is the model's whole layer, and hiding setup and table can
+    only lower the ratio; an unknown preset is refused with the known ones."""
+    out = subprocess.run([sys.executable, "benchmarks/fc_budget.py", "--json", "--presets",
+                          "small,ulx3s-85f"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    result = json.loads(out)
+    assert set(result) == {"small", "ulx3s-85f"}
+    rows = result["ulx3s-85f"]
+    assert len(rows) == 5  # LeNet-300's three fc layers, LeNet-5's two
+    for r in rows:
+        assert r["lanes"] == 10 and r["share"] == r["nonzero"] / 10
+        assert 0 < r["core_ratio"] < r["ratio"]
+        assert r["ratio"] == r["cycles"] / r["share"]
+    proc = subprocess.run([sys.executable, "benchmarks/fc_budget.py", "--presets", "nope"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "known: small" in proc.stderr
