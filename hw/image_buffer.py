@@ -45,9 +45,7 @@ class ImageBuffer(wiring.Component):
         bus = self.bus
         bits = 8 * cfg.image_word_bytes
         spram = self._spram_model or isinstance(platform, SiliconBluePlatform)
-        if spram and bits % _SPRAM_BITS:
-            raise ValueError(f"SPRAM needs a word of a multiple of {_SPRAM_BITS} bits, "
-                             f"not {bits}")
+        assert bits % _SPRAM_BITS == 0  # image_word_bytes >= 4
         if spram:
             rows = -(-cfg.image_words // _SPRAM_WORDS)
             cols = bits // _SPRAM_BITS

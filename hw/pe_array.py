@@ -11,11 +11,11 @@ MeshWithDelays layering (here ``PE`` -> ``PEArray`` with ``Skew`` at the edges).
 import functools
 import operator
 
-from amaranth.hdl import Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.vendor import LatticeECP5Platform
 
+from hw.global_buffer import global_buffer
 from hw.pe import PE, ActivationLane
 from hw.skew import Skew
 
@@ -109,12 +109,7 @@ class PEArray(wiring.Component):
         # The enable reaches every register of the array (thousands on 13x10): on the ECP5
         # it goes through a global buffer (a DCCA), as routed in the fabric it was, after
         # the reset, the most congested net of the 13x10 build. Logic uses ``step`` itself.
-        en = Signal()
-        match platform:
-            case LatticeECP5Platform():
-                m.submodules.en_buf = Instance("DCCA", i_CLKI=step, i_CE=Const(1), o_CLKO=en)
-            case _:
-                m.d.comb += en.eq(step)
+        en = global_buffer(m, platform, step, "en_buf")
 
         # Enabled clocks until another `last` may enter: a group's rows leave the columns
         # one per clock, so two groups' `last`s closer than `rows` would collide on the

@@ -22,6 +22,7 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from hw.accelerator import Accelerator
 from hw.config import get_preset
+from hw.global_buffer import global_buffer
 from hw.image_loader import LoadError
 from hw.uart import UARTRx, UARTTx
 from platforms.pll import ecp5_pll, ice40_pll
@@ -234,16 +235,10 @@ class BoardTop(wiring.Component):
             m.d.por += reset.eq(0)
         with m.Else():
             m.d.por += timer.eq(timer + 1)
-        if isinstance(platform, LatticeECP5Platform):
-            # The reset reaches every flip-flop of the design: on the ECP5 it goes through a
-            # global buffer (a DCCA; nextpnr promotes only clocks by itself). Routed in the
-            # fabric it was the most congested net of the 13x10 build, which did not route.
-            g_reset = Signal()
-            m.submodules.reset_buf = Instance("DCCA", i_CLKI=reset, i_CE=Const(1),
-                                              o_CLKO=g_reset)
-            m.d.comb += ResetSignal("sync").eq(g_reset)
-        else:
-            m.d.comb += ResetSignal("sync").eq(reset)
+        # The reset reaches every flip-flop of the design: on the ECP5 it goes through a
+        # global buffer. Routed in the fabric it was the most congested net of the 13x10
+        # build.
+        m.d.comb += ResetSignal("sync").eq(global_buffer(m, platform, reset, "reset_buf"))
 
     def elaborate(self, platform):
         m = Module()

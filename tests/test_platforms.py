@@ -107,6 +107,20 @@ def test_board_top_elaborates_on_its_platform(name):
     Fragment.get(BoardTop(board), board.platform())
 
 
+def _instances(frag, kind):
+    found = [sub for sub, *_ in frag.subfragments if getattr(sub, "type", None) == kind]
+    return found + [i for sub, *_ in frag.subfragments for i in _instances(sub, kind)]
+
+
+@pytest.mark.parametrize(("name", "dccas"), [("ulx3s-85f", 2), ("icebreaker", 0)])
+def test_reset_and_array_enable_on_global_buffers(name, dccas):
+    """On the ECP5 the sync reset and the PE array's enable go through DCCAs
+    (hw.global_buffer): two in the top; none on the iCE40."""
+    board = BOARDS[name]
+    frag = Fragment.get(BoardTop(board, config=get_preset("small")), board.platform())
+    assert len(_instances(frag, "DCCA")) == dccas
+
+
 @pytest.mark.parametrize("name", list(BOARDS))
 def test_board_top_elaborates_in_simulation(name):
     Fragment.get(BoardTop(BOARDS[name]), None)
