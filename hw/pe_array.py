@@ -82,11 +82,16 @@ class PEArray(wiring.Component):
     (``N >= rows``). A ``last`` vector is accepted at least ``rows`` clocks after the
     previous one, because a group puts up to ``rows`` vectors on the single output stream,
     so shorter reductions run at ``N / rows`` vectors per clock.
-    Back-pressure: the whole array (skews, PEs, output register) advances only in clocks
-    where the output register is empty or being read (``step``); when ``o`` stalls, the
-    array stops and ``i`` and ``w`` are not ready. Nothing is dropped or overwritten.
-    ``o.valid`` never depends on ``o.ready``; ``i.ready`` and ``w.ready`` depend on
-    ``o.ready`` and on the other input's ``valid`` (and ``i.ready`` on ``i.payload.last``).
+    Back-pressure: the whole array (skews, PEs) advances only in clocks where ``step`` is
+    high, and ``step`` is a register: high when the two-entry output queue (``o``'s payload
+    register and one skid register behind it) will have a free entry in the clock it
+    governs, whatever the array pushes into it in the current one. So ``o.ready`` reaches
+    only the queue and that one flip-flop, never the array's thousands of registers
+    through logic; when ``o`` stalls, the array runs one clock more (into the skid
+    register), then stops, and ``i`` and ``w`` are not ready. Nothing is dropped or
+    overwritten. ``o.valid`` never depends on ``o.ready``; ``i.ready`` and ``w.ready``
+    depend on the other input's ``valid`` (and ``i.ready`` on ``i.payload.last``), not on
+    ``o.ready``.
     """
 
     def __init__(self, config):
@@ -104,8 +109,10 @@ class PEArray(wiring.Component):
 
         # One clock enable for everything: a stalled output freezes the whole pipeline, so
         # the fixed timing between PEs (which replaces handshakes inside the array) holds.
-        step = Signal()
-        m.d.comb += step.eq(~self.o.valid | self.o.ready)
+        # It is a register, set from the output queue's fill: `o.ready` decided the enable
+        # combinationally before, and on the 13x10 ECP5 build that path (through the
+        # enable's global buffer to every PE) was the slowest (docs/results.md).
+        step = Signal(init=1)
         # The enable reaches every register of the array (thousands on 13x10): on the ECP5
         # it goes through a global buffer (a DCCA), as routed in the fabric it was, after
         # the reset, the most congested net of the 13x10 build. Logic uses ``step`` itself.
@@ -167,9 +174,32 @@ class PEArray(wiring.Component):
                 o_deskew.i[c].valid.eq(functools.reduce(operator.or_, (pe.done for pe in col))),
             ]
 
-        # The output register (the last column's de-skew delay is 0).
-        with m.If(en):
-            m.d.sync += self.o.valid.eq(o_deskew.o[0].valid)
-            for c in range(cols):
-                m.d.sync += self.o.payload.acc[c].eq(o_deskew.o[c].acc)
+        # The output queue: `o`'s payload register, then a skid register. The array pushes
+        # at most one vector in a clock with `step` high (the last column's de-skew delay
+        # is 0). `step` is registered from the queue's fill after this clock, so the array
+        # only steps into a clock that starts with a free entry.
+        push = Signal()
+        pop = Signal()
+        full = Signal()  # the skid register holds a vector (behind the one on `o`)
+        skid = Signal(AccumulatorVector(cfg))
+        new = Signal(AccumulatorVector(cfg))
+        m.d.comb += [
+            push.eq(step & o_deskew.o[0].valid),
+            pop.eq(self.o.valid & self.o.ready),
+        ]
+        for c in range(cols):
+            m.d.comb += new.acc[c].eq(o_deskew.o[c].acc)
+        with m.If(full):
+            # (no push: `step` is low while the skid register is full)
+            with m.If(pop):
+                m.d.sync += [self.o.payload.eq(skid), full.eq(0)]
+        with m.Elif(self.o.valid & ~pop):
+            with m.If(push):
+                m.d.sync += [skid.eq(new), full.eq(1)]
+        with m.Else():
+            m.d.sync += self.o.valid.eq(push)
+            with m.If(push):
+                m.d.sync += self.o.payload.eq(new)
+        # Entries after this clock: (o.valid + full) + push - pop; step iff at most one.
+        m.d.sync += step.eq(~(full & ~pop) & ~(self.o.valid & ~pop & push))
         return m
