@@ -315,18 +315,20 @@ class StreamFetch(wiring.Component):
                     m.d.sync += f_addr.eq(job_start)
 
             pop = Signal(name=f"pop_{j}")
-            h_data = Signal(8 * wb, name=f"q{j}_h_data")
+            h_byte = Signal(8, name=f"q{j}_h_byte")
             h_pos = Signal(range(wb), name=f"q{j}_h_pos")
             h_end = Signal(range(wb + 1), name=f"q{j}_h_end")
+            # Each slot picks its next byte, then the head slot's is taken: a byte-wide
+            # multiplexer after the slots rather than a word-wide one before the byte pick.
             with m.Switch(head):
                 for k in range(_SLOTS):
                     with m.Case(k):
-                        m.d.comb += [h_data.eq(e_data[k]), h_pos.eq(e_pos[k]),
-                                     h_end.eq(e_end[k])]
+                        m.d.comb += [h_byte.eq(e_data[k].word_select(e_pos[k], 8)),
+                                     h_pos.eq(e_pos[k]), h_end.eq(e_end[k])]
             h_last = Signal(name=f"q{j}_h_last")  # the head word's last byte
             m.d.comb += [
                 out.valid.eq(used != 0),
-                out.payload.eq(h_data.word_select(h_pos, 8)),
+                out.payload.eq(h_byte),
                 pop.eq(out.valid & out.ready),
                 h_last.eq(h_pos + 1 == h_end),
             ]

@@ -5,6 +5,9 @@ Ref: docs/architecture.md ("Convolution: tiles"); the tile of output channels is
 systolic array's ``cols`` columns (docs/pe-array.md).
 """
 
+import functools
+import operator
+
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -109,7 +112,7 @@ class TileBuffer(wiring.Component):
         # division by cols unless it is a power of two), then is written when its tile is
         # the head or the next one.
         ch_w = cfg.channel_width
-        go = []
+        go, sels, held = [], [], []
         for j in range(lanes):
             lane = self.i[j]
             p = lane.payload
@@ -130,11 +133,24 @@ class TileBuffer(wiring.Component):
             with m.If(self.start):
                 m.d.sync += s_valid.eq(0)
             go.append((ok, s_t, s_c, s_last))
-            for b in range(2):
-                for cc in range(cols):
-                    with m.If(ok & (s_t[0] == b) & (s_c == cc)):
-                        m.d.comb += [wrs[b][cc].addr.eq(s_k), wrs[b][cc].data.eq(s_w),
-                                     wrs[b][cc].en.eq(1)]
+            sels.append([[ok & (s_t[0] == b) & (s_c == cc) for cc in range(cols)]
+                         for b in range(2)])
+            held.append((s_k, s_w))
+
+        # Each memory's write port takes the one lane that selects it (two lanes never
+        # select the same one, see above), through AND-OR selects rather than a priority
+        # chain of `lanes` multiplexers.
+        for b in range(2):
+            for cc in range(cols):
+                sel = [Signal(name=f"sel{j}_b{b}_c{cc}") for j in range(lanes)]
+                m.d.comb += [sel[j].eq(sels[j][b][cc]) for j in range(lanes)]
+                m.d.comb += [
+                    wrs[b][cc].en.eq(functools.reduce(operator.or_, sel)),
+                    wrs[b][cc].addr.eq(functools.reduce(
+                        operator.or_, (Mux(sel[j], held[j][0], 0) for j in range(lanes)))),
+                    wrs[b][cc].data.eq(functools.reduce(
+                        operator.or_, (Mux(sel[j], held[j][1], 0) for j in range(lanes)))),
+                ]
 
         lasts = [Signal(range(lanes + 1), name=f"lasts{b}") for b in range(2)]
         for b in range(2):
