@@ -48,7 +48,9 @@ class StreamFetch(wiring.Component):
     bytes: ``W/2`` sizes) into a window of three words, keeps their running sum (each
     channel's start) and deals a channel a clock: as a job (start, size), to the lane with
     the fewest bytes left (dealt and not yet delivered on ``o[j]``) among those with
-    room, the lowest such lane on a tie. A lane has room while fewer than ``2W`` of its
+    room, the lowest such lane on a tie. With more than one lane that choice is a
+    register: it is made from the lanes' bytes and room in the clock before the deal,
+    leaving out the lane dealt to in that clock. A lane has room while fewer than ``2W`` of its
     bytes are left and its FIFOs (four jobs besides the one being read, sixteen channel
     numbers) have space, so a channel goes to the lane that will run dry first rather
     than being committed long before it is needed: dealing channels in turn left lanes
@@ -85,7 +87,8 @@ class StreamFetch(wiring.Component):
     and a stalled lane only stops asking for words. ``ch[j]`` comes from a FIFO.
 
     ``probe`` (for tests): ``deal`` (a channel is dealt this clock), ``lane`` (to which
-    lane), ``room`` (a bit a lane) and ``pend[j]`` (lane ``j``'s bytes left).
+    lane; chosen in the clock before with more than one lane), ``room`` (a bit a lane) and
+    ``pend[j]`` (lane ``j``'s bytes left).
     """
 
     def __init__(self, config):
@@ -202,12 +205,25 @@ class StreamFetch(wiring.Component):
         # together; channels are not dealt in turn.
         pick = self.probe.lane
         any_room = Signal()
+        s_deal = self.probe.deal
         # A tree of comparisons (a lane without room counts as the fullest; ties go to
         # the lower lane): log2(n) comparators deep, as the deal repeats every clock.
         # A lane with room has fewer than 2W bytes left, so only pend's low bits are
         # compared (short comparators: this tree was the block's critical path).
         pw = (2 * wb - 1).bit_length()
-        cands = [(room[j], pend[j][:pw], Const(j, range(lanes))) for j in range(lanes)]
+        if lanes > 1:
+            # The tree's answer is registered, for the next clock's deal: the tree and
+            # the deal it steers (a lane's FIFO writes, its job taken at once) in one
+            # clock were this block's critical path, 26.5 ns at ten lanes (about three
+            # quarters of it routing). So the tree sees each lane's room and bytes as
+            # they are in the clock before its deal, and leaves out the lane being dealt
+            # to in that clock: that lane's room may be used up by this deal, while the
+            # others' only grows (their bytes leave, their FIFOs drain).
+            dealt = Mux(s_deal, 1 << pick, 0)
+            ok = [room[j] & ~dealt[j] for j in range(lanes)]
+        else:
+            ok = [room[0]]
+        cands = [(ok[j], pend[j][:pw], Const(j, range(lanes))) for j in range(lanes)]
         while len(cands) > 1:
             nxt = []
             for a, b in zip(cands[0::2], cands[1::2], strict=False):
@@ -216,9 +232,12 @@ class StreamFetch(wiring.Component):
             if len(cands) % 2:
                 nxt.append(cands[-1])
             cands = nxt
-        m.d.comb += [any_room.eq(cands[0][0]), pick.eq(cands[0][2])]
+        if lanes > 1:
+            m.d.sync += [any_room.eq(cands[0][0]), pick.eq(cands[0][2])]
+        else:
+            # (one lane: no tree; its room is read in the clock it is dealt to)
+            m.d.comb += [any_room.eq(cands[0][0]), pick.eq(0)]
 
-        s_deal = self.probe.deal
         s_cross = Signal()  # the next size starts in the next word
         m.d.comb += [
             s_deal.eq(s_busy & s_have & any_room),

@@ -82,9 +82,10 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
     as a decode lane does after the channel's last weight.
 
     Returns, per layer, a dict: ``lanes`` (per lane, ``(channel, bytes)`` in the order
-    received), ``deals`` (per channel dealt, in order: the clock, the lane, and every
-    lane's bytes left and room then, from ``StreamFetch.probe``), ``pops`` (per lane, the
-    clock of each byte taken), ``taken`` (per lane, the clock each channel number was
+    received), ``deals`` (per channel dealt, in order: the clock, the lane, every lane's
+    bytes left and room then, and the same in the clock before with the lane dealt to
+    then, from ``StreamFetch.probe``), ``pops`` (per lane, the clock of each byte taken),
+    ``taken`` (per lane, the clock each channel number was
     taken), ``start`` (the clock of the ``start`` pulse), ``clocks``
     (from ``start`` until ``idle``) and ``starved``
     (per lane, the clocks between its first and its last byte in which its consumer was
@@ -111,10 +112,13 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
             deals = []
             ticks = ctx.tick().sample(now, probe.deal, probe.lane, probe.room, dut.idle,
                                       *probe.pend).__aiter__()
+            before = None  # the clock before's bytes left, room and the lane dealt to
             while True:
                 _, _, t, deal, lane, room, idle, *pend = await ticks.__anext__()
+                room = [(room >> j) & 1 for j in range(lanes)]
                 if deal:
-                    deals.append((t, lane, pend, [(room >> j) & 1 for j in range(lanes)]))
+                    deals.append((t, lane, pend, room, before))
+                before = (pend, room, lane if deal else None)
                 if idle:
                     break
                 assert t - t0 < timeout, f"layer {n}: not idle after {timeout} clocks"
@@ -201,11 +205,18 @@ def check_layer(cfg, image: bytes, layer, r) -> None:
     # The deal: to the lane with the fewest bytes left (dealt and not yet taken from
     # o[j], counted here from the deals and the consumers' transfers) among the lanes
     # with room, the lowest such lane on a tie; a lane has no room with 2W bytes left.
-    for t, lane, pend, room in deals:
+    # With several lanes the choice is made in the clock before the deal, from that
+    # clock's bytes left and room, without the lane dealt to in that clock.
+    for t, lane, pend, room, before in deals:
         left = [sum(sizes[k] for k, d in enumerate(deals) if d[1] == j and d[0] < t)
                 - sum(p < t for p in r["pops"][j]) for j in range(lanes)]
         assert pend == left, f"clock {t}: bytes left"
         assert all(left[j] < 2 * cfg.image_word_bytes for j in range(lanes) if room[j])
+        assert room[lane], f"clock {t}: dealt to lane {lane} without room"
+        if lanes > 1:
+            assert before is not None, f"clock {t}: a deal in the clock after start"
+            left, room, excluded = before
+            room = [room[j] and j != excluded for j in range(lanes)]
         fewest = min(left[j] for j in range(lanes) if room[j])
         assert lane == min(j for j in range(lanes) if room[j] and left[j] == fewest), \
             f"clock {t}: dealt to lane {lane}, bytes left {left}, room {room}"
@@ -245,7 +256,7 @@ def test_stalled_channel_numbers():
     check_layer(cfg, image, layers[0], r)
     waiting = max(sum(d[1] == j and d[0] <= t for d in r["deals"])
                   - sum(k < t for k in r["taken"][j])
-                  for j in range(2) for t, _, _, _ in r["deals"])
+                  for j in range(2) for t, *_ in r["deals"])
     assert waiting == 16
 
 
@@ -305,7 +316,7 @@ def test_first_bytes():
 
 
 @pytest.mark.parametrize(("preset", "starved", "slower"),
-                         [("small", 0.03, 0.08), ("ulx3s-85f", 0.08, 0.12)])
+                         [("small", 0.03, 0.08), ("ulx3s-85f", 0.08, 0.13)])
 def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     """Short channels (1 to 24 bytes, about 10 symbols: LeNet-5 conv1 has 9) on every lane
     of a preset, each consumer taking a byte with probability 3/4 a clock (a decoder on
@@ -316,7 +327,9 @@ def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     less where short channels end inside a word): this worst case starves its lanes 7.0 % of
     the time and takes 393 clocks (0.7 % and 368 with 32-byte words), while on the shipped
     images the decode rate is the same within 0.005 symbols a clock (docs/results.md) and
-    the fetch is 4,700 LUT4 smaller."""
+    the fetch is 4,700 LUT4 smaller. The deal chosen a clock ahead (session 6) takes 402
+    clocks here, and on the shipped images decodes slightly faster (0.898 / 0.909 symbols
+    a clock a lane, against 0.893 / 0.908)."""
     cfg = get_preset(preset)
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(5)
