@@ -1,5 +1,6 @@
 """The benchmark scripts under benchmarks/ run and print what they claim."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -63,3 +64,31 @@ def test_fc_budget_splits_each_fc_layer():
     proc = subprocess.run([sys.executable, "benchmarks/fc_budget.py", "--presets", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "known: small" in proc.stderr
+
+
+def test_deal_order_model():
+    """The deal model's busiest lane on a known case (a long channel dealt last lands on a
+    lane that already has one: 8 clocks; dealt first: 6), and on the shipped images: the
+    rates are at most 1, dropping the end clock never lowers one, and a bad lane count is
+    refused."""
+    spec = importlib.util.spec_from_file_location("deal_order",
+                                                  ROOT / "benchmarks" / "deal_order.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _busiest = module._busiest
+    sizes = symbols = [1, 1, 5]
+    assert _busiest(sizes, symbols, [0, 1, 2], 2, 1) == 8
+    assert _busiest(sizes, symbols, [2, 0, 1], 2, 1) == 6
+    assert _busiest(sizes, symbols, [2, 0, 1], 2, 0) == 5
+    out = subprocess.run([sys.executable, "benchmarks/deal_order.py", "--json", "--lanes",
+                          "10"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out)
+    assert set(result) == {"lenet300", "lenet5"}
+    for r in result.values():
+        assert r["lanes"] == 10
+        for row in [*r["layers"], r]:
+            assert 0 < row["stored"] <= 1 and 0 < row["longest_first"] <= 1
+            assert row["longest_first"] <= row["no_end_clock"] <= 1
+    proc = subprocess.run([sys.executable, "benchmarks/deal_order.py", "--lanes", "0"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "at least 1" in proc.stderr
