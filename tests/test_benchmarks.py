@@ -92,3 +92,28 @@ def test_deal_order_model():
     proc = subprocess.run([sys.executable, "benchmarks/deal_order.py", "--lanes", "0"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "at least 1" in proc.stderr
+
+
+def test_heatmap_summary(tmp_path):
+    """A made-up pair of router2 heatmap files: per block, per group of nets (numbers as
+    N) and per 8 x 8-tile window; a missing iteration is refused."""
+    prefix = tmp_path / "hm"
+    (tmp_path / "hm_congestion_by_net_3.csv").write_text(
+        "accel.core.tiles.s_k1[4],10\naccel.core.tiles.s_k7[0],5\n"
+        "accel.core.unit.path.decoder_2.buf_LUT4_Z[1],4\nrst,1\n")
+    grid = [[0] * 12 for _ in range(20)]
+    grid[17][9], grid[3][2] = 7, 2
+    (tmp_path / "hm_congestion_by_coordinate_3.csv").write_text(
+        "".join(",".join(map(str, row)) + ",\n" for row in grid))
+    out = subprocess.run([sys.executable, "benchmarks/heatmap.py", str(prefix), "--iter", "3",
+                          "--json"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    r = json.loads(out)
+    assert r["overused"] == 20
+    assert r["blocks"][0] == ["accel.core.tiles", 15]
+    assert ["accel.core.tiles.s_kN[N]", 15, 2] in r["groups"]
+    assert ["accel.core.unit.path.decoder_N", 4, 1] in r["groups"]
+    assert r["windows"][:2] == [[16, 8, 7], [0, 0, 2]]
+    proc = subprocess.run([sys.executable, "benchmarks/heatmap.py", str(prefix), "--iter",
+                           "4"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no heatmap file" in proc.stderr
