@@ -110,8 +110,9 @@ class PEArray(wiring.Component):
         # One clock enable for everything: a stalled output freezes the whole pipeline, so
         # the fixed timing between PEs (which replaces handshakes inside the array) holds.
         # It is a register, set from the output queue's fill: `o.ready` decided the enable
-        # combinationally before, and on the 13x10 ECP5 build that path (through the
-        # enable's global buffer to every PE) was the slowest (docs/results.md).
+        # combinationally before, through the enable's global buffer to every PE (adding
+        # the buffer cost the 13x10 ECP5 build's placement estimate 34.8 -> 29.1 MHz;
+        # docs/pe-array.md).
         step = Signal(init=1)
         # The enable reaches every register of the array (thousands on 13x10): on the ECP5
         # it goes through a global buffer (a DCCA), as routed in the fabric it was, after
