@@ -10,9 +10,9 @@ channel's end costs the decoder, docs/decoder.md), starting ``j`` clocks late on
 (a deal a clock). The layer's rate is its symbols ÷ (lanes × its busiest lane's clocks);
 an image's is its symbols ÷ (lanes × the sum of its layers' clocks), as ``espalier bench
 decode`` reports it. Two orders: ``stored`` (channel order, as the image holds them: what
-the hardware does) and ``longest_first`` (by decreasing stream size: the LPT rule, which an
-image could get by permuting a layer's output channels and the next layer's inputs, with
-the same network function). ``no_end_clock`` is ``longest_first`` without the clock a
+the hardware does) and ``longest_first`` (by decreasing stream size: the LPT rule). Since
+session 7 the compressor stores every hidden layer longest first (``weights/order.py``), so
+the two differ only in each network's last layer, whose channel order is the output's. ``no_end_clock`` is ``longest_first`` without the clock a
 channel end costs.
 """
 

@@ -21,6 +21,7 @@ from golden.fixedpoint import BIT_WIDTHS, accumulate, int_range, quantize
 from golden.model import conv_accumulate, postprocess
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Activation, Image, Kind, Layer, encode_streams, write_image
+from weights.order import order_channels
 from weights.prune import magnitude_mask
 from weights.train import Recipe, train
 
@@ -83,6 +84,8 @@ class CompressConfig:
     each layer (the largest magnitudes among the previous round's survivors), then retrains
     ``retrain_epochs`` epochs with the masks held. Weight sharing clusters each layer's kept
     weights (``kmeans_init``), then fine-tunes the centroids ``finetune_epochs`` epochs.
+    ``longest_first`` stores each hidden layer's channels longest first (``weights.order``:
+    the same network, dealt better to the accelerator's decode lanes).
     """
 
     plans: tuple[LayerPlan, ...]
@@ -97,6 +100,7 @@ class CompressConfig:
     kmeans_iters: int = 50
     max_code_len: int = MAX_CODE_LENGTH
     calib_size: int = 2000
+    longest_first: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -527,6 +531,9 @@ def compress(model: nn.Module, train_data, calib_data, config: CompressConfig,
             streams=streams))
     image = Image(bw=config.bw, input_fl=input_fl, input_shape=input_shape,
                   layers=tuple(layers))
+    # 6. Hidden channels stored longest first, for the decode lanes' deal (weights/order.py).
+    if config.longest_first:
+        image = order_channels(image, config.max_code_len)
     data = write_image(image)
     report = dict(seconds=time.perf_counter() - t0, bytes=len(data),
                   config=dataclasses.asdict(config),
