@@ -12,8 +12,8 @@ an image's is its symbols ÷ (lanes × the sum of its layers' clocks), as ``espa
 decode`` reports it. Two orders: ``stored`` (channel order, as the image holds them: what
 the hardware does) and ``longest_first`` (by decreasing stream size: the LPT rule). Since
 session 7 the compressor stores every hidden layer longest first (``weights/order.py``), so
-the two differ only in each network's last layer, whose channel order is the output's. ``no_end_clock`` is ``longest_first`` without the clock a
-channel end costs.
+the two differ only in each network's last layer, whose channel order is the output's.
+``no_end_clock`` is ``longest_first`` without the clock a channel end costs.
 """
 
 import argparse

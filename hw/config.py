@@ -154,11 +154,13 @@ class AcceleratorConfig:
     @property
     def image_word_bytes(self) -> int:
         """Bytes in one word of the image buffer: the least power of two that is at least
-        4 and at least 1.5 bytes a decode lane, so that lanes reading it in turn (one word
-        a clock between them) each get more than the byte a clock a decoder can take (16
-        for 8 and for 10 lanes: 32-byte words made the 10-lane fetch a quarter of the
-        ULX3S design and its read bus the worst congestion, docs/results.md)."""
-        return 1 << max(2, (3 * self.decode_lanes // 2 - 1).bit_length())
+        4 and at least 2 bytes a decode lane, so that lanes reading it in turn (one word a
+        clock between them) each get more than the byte a clock a decoder can take, but at
+        most 16 (32-byte words made the 10-lane fetch a quarter of the ULX3S design and its
+        read bus the worst congestion, docs/results.md). 1.5 bytes a lane starved the
+        lanes at channel starts: 5 lanes on 8-byte words decoded the shipped LeNet-5 at
+        0.950 symbols a clock a lane, on 16-byte words at 0.955 (docs/decoder.md)."""
+        return 1 << min(4, max(2, (2 * self.decode_lanes - 1).bit_length()))
 
     @property
     def image_words(self) -> int:
@@ -272,8 +274,8 @@ PRESETS = {
         DEFAULT, rows=1, cols=8, acc_width=26, decode_lanes=1, image_bytes=64 * 1024,
         tile_depth=512, max_fan_in=1024, max_table_symbols=1024, max_channels=512),
     # ECP5 LFE5U-85F (ULX3S 85F): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD x 18 kbit.
-    # - 13x10 array: 130 multipliers (issue 6 asks for at least 128 PEs), plus the 10
-    #   lanes' fc multipliers: 141 of the 156. Ten columns tile LeNet-5's 20 and 50
+    # - 13x10 array: 130 multipliers (issue 6 asks for at least 128 PEs), plus the 5
+    #   lanes' fc multipliers: 135 of the 156. Ten columns tile LeNet-5's 20 and 50
     #   channels and LeNet-300's 300, 100 and 10 exactly; 13 rows tile conv2's 64
     #   positions in 5 groups (65). drain_width 2: a 2x2-pooled group of 13 positions
     #   and 10 channels is 33 items for conv1's 25 steps, so one item a clock would hold
@@ -283,15 +285,19 @@ PRESETS = {
     #   they are registered in fabric), at the minimum for bw 8 and fan-in 4096: every
     #   accumulator bit is carried through the de-skew, the drain's FIFO and folding
     #   registers and post-processing, 130 PEs' worth (32 took four more bits of each).
-    # - 10 decode lanes: one per array column, so a fully connected layer (each weight
-    #   used once) gets 10 weights per clock, and a 10-channel layer one channel a lane;
-    #   10 symbol memories of 2 DP16KD each.
+    # - 5 decode lanes, 16-byte image words: a fully connected layer (each weight used
+    #   once) gets 5 weights a clock. Ten lanes (sessions 4-6, one per column) gave twice
+    #   that, but decoded the shipped images at 0.93 / 0.91 symbols a clock a lane (the
+    #   deal of whole channels, and a clock at each channel's end, weigh more the fewer
+    #   channels a lane gets; issue 4 asks 0.95), took 38,301 logic LUT4 against 25,406
+    #   and did not route (docs/results.md). Five decode them at 0.958 / 0.955; LeNet-5
+    #   takes about 15 % more clocks, LeNet-300-100 (all fc) about 40 %.
     # - image_bytes 128 KB: 64 of the 208 DP16KD; room for images about three times
     #   LeNet-5's.
     # - tile_depth 2048: one DP16KD as 2048 x 9 bits per column.
     # - max_fan_in 4096, max_table_symbols 2048: room for larger nets than the LeNets.
     "ulx3s-85f": dataclasses.replace(
-        DEFAULT, rows=13, cols=10, acc_width=28, decode_lanes=10, image_bytes=128 * 1024,
+        DEFAULT, rows=13, cols=10, acc_width=28, decode_lanes=5, image_bytes=128 * 1024,
         tile_depth=2048, max_fan_in=4096, max_table_symbols=2048, drain_width=2),
 }
 

@@ -70,11 +70,12 @@ class StreamFetch(wiring.Component):
 
     Throughput: a channel a clock from the scheduler; the lanes together up to ``W``
     bytes a clock (one word; less where a channel ends inside a word), each lane up to a
-    word in ``n`` clocks when all ask (``W >= 1.5 n``, ``AcceleratorConfig.image_word_bytes``:
-    more than the byte a clock a decoder takes). With channels of 1 to 24 bytes and
-    consumers taking 3 bytes in 4 clocks, lanes wait for bytes in 0.7 % of their clocks on
-    ten lanes with 32-byte words, 7.0 % with 16-byte words (``ulx3s-85f``), and under 3 %
-    on two lanes with 4-byte words (``tests/test_hw_stream_fetch.py``); the fetch that read
+    word in ``n`` clocks when all ask (``W >= 2 n`` up to 16 bytes,
+    ``AcceleratorConfig.image_word_bytes``: more than the byte a clock a decoder takes).
+    With channels of 1 to 24 bytes and consumers taking 3 bytes in 4 clocks, lanes wait for
+    bytes in 0.4 % of their clocks on five lanes with 16-byte words (``ulx3s-85f``), under
+    3 % on two lanes with 4-byte words (``tests/test_hw_stream_fetch.py``), and, on ten
+    lanes, 0.7 % with 32-byte words and 7.0 % with 16-byte ones; the fetch that read
     each size a byte at a time, three clocks a channel, starved eight lanes a third of the
     time.
 

@@ -132,11 +132,12 @@ def test_shipped_images_fit(preset):
 
 
 def test_image_words():
-    # The smallest power of two of at least 1.5 bytes a lane (and 4): 2, 1 and 10 lanes.
+    # The smallest power of two of at least 2 bytes a lane and 4, at most 16: 2, 1 and 5
+    # lanes.
     assert [get_preset(p).image_word_bytes for p in ("small", "icebreaker", "ulx3s-85f")] == [
         4, 4, 16]
     assert [dataclasses.replace(DEFAULT, decode_lanes=n, cols=16).image_word_bytes
-            for n in (3, 8, 11, 12, 16)] == [4, 16, 16, 32, 32]
+            for n in (1, 2, 3, 4, 5, 8, 9, 16)] == [4, 4, 8, 8, 16, 16, 16, 16]
     assert get_preset("ulx3s-85f").image_words * 16 == get_preset("ulx3s-85f").image_bytes
     with pytest.raises(ValueError, match="drain_width must be 1 or 2"):
         dataclasses.replace(DEFAULT, drain_width=3)
