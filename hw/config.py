@@ -159,7 +159,7 @@ class AcceleratorConfig:
         most 16 (32-byte words made the 10-lane fetch a quarter of the ULX3S design and its
         read bus the worst congestion, docs/results.md). 1.5 bytes a lane starved the
         lanes at channel starts: 5 lanes on 8-byte words decoded the shipped LeNet-5 at
-        0.950 symbols a clock a lane, on 16-byte words at 0.955 (docs/decoder.md)."""
+        0.9495 symbols a clock a lane, on 16-byte words at 0.955 (docs/results.md)."""
         return 1 << min(4, max(2, (2 * self.decode_lanes - 1).bit_length()))
 
     @property
