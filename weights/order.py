@@ -51,9 +51,14 @@ def channel_order(layer: Layer) -> np.ndarray:
     return np.lexsort((np.arange(len(sizes)), -symbols, -sizes))
 
 
-def _reencode(layer: Layer, idx: np.ndarray, bias: np.ndarray, max_code_len: int) -> Layer:
-    table, streams = encode_streams(idx, len(layer.codebook), layer.run_bits, max_code_len)
-    return dataclasses.replace(layer, table=table, streams=streams, bias=bias, _cache={})
+def _permute_inputs(layer: Layer, perm: np.ndarray, max_code_len: int) -> Layer:
+    """``layer`` with its input channels reordered as ``perm`` (each a block of columns),
+    re-encoded: its zero runs, and so its symbols and Huffman table, change."""
+    blocks = len(perm)
+    idx = _indices(layer).reshape(layer.out_c, blocks, -1)[:, perm, :]
+    table, streams = encode_streams(idx.reshape(layer.out_c, -1), len(layer.codebook),
+                                    layer.run_bits, max_code_len)
+    return dataclasses.replace(layer, table=table, streams=streams, _cache={})
 
 
 def order_channels(image: Image, max_code_len: int = MAX_CODE_LENGTH) -> Image:
@@ -69,19 +74,20 @@ def order_channels(image: Image, max_code_len: int = MAX_CODE_LENGTH) -> Image:
     layers = list(image.layers)
     perm = None  # the previous layer's new channel order: new channel k was channel perm[k]
     for i, layer in enumerate(layers):
-        idx = _indices(layer)
-        bias = np.asarray(layer.bias)
         if perm is not None:
             if layer.fan_in % len(perm):
                 raise ValueError(f"layer {i + 1}: fan-in {layer.fan_in} is not a whole number "
                                  f"of blocks for the previous layer's {len(perm)} channels")
-            idx = idx.reshape(layer.out_c, len(perm), -1)[:, perm, :].reshape(layer.out_c, -1)
-            layer = _reencode(layer, idx, bias, max_code_len)
+            layer = _permute_inputs(layer, perm, max_code_len)
         perm = None
         if i + 1 < len(layers):
             order = channel_order(layer)
             if not np.array_equal(order, np.arange(len(order))):
+                # Moving whole channels keeps the layer's symbols, so its table and streams
+                # stay; only their order and the biases' change.
                 perm = order
-                layer = _reencode(layer, idx[order], bias[order], max_code_len)
+                layer = dataclasses.replace(
+                    layer, streams=tuple(layer.streams[k] for k in order),
+                    bias=np.asarray(layer.bias)[order], _cache={})
         layers[i] = layer
     return dataclasses.replace(image, layers=tuple(layers))
