@@ -4,7 +4,7 @@ control port, and the same behind the host command interface's byte streams.
 Ref: docs/architecture.md (block diagram, memory map, dataflow, cycle model).
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -135,6 +135,17 @@ class AcceleratorCore(wiring.Component):
         wiring.connect(m, feed.i, array.i)
         wiring.connect(m, feed.w, array.w)
         wiring.connect(m, array.o, drain.i)
+        if cfg.fc_on_array:
+            # Lane j's multiplies on PE (0, j)'s multiplier: the array's operands while a
+            # convolution runs, the fc lane's while a fully connected layer does.
+            for j in range(lanes):
+                product = Signal(signed(2 * cfg.bw), name=f"shared_product{j}")
+                m.d.comb += [
+                    product.eq(Mux(conv, array.mul_a[j], fc.mul_a[j])
+                               * Mux(conv, array.mul_b[j], fc.mul_b[j])),
+                    array.mul_p[j].eq(product),
+                    fc.mul_p[j].eq(product),
+                ]
 
         # -- post-processing: from the drain (conv) or the fc path --------------------------
         m.d.comb += [

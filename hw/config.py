@@ -51,6 +51,19 @@ class AcceleratorConfig:
         (1 or 2: with 2, the drain emits a channel's results for two neighbouring pooling
         windows together, and each activation bank is split into even and odd words so
         both are written in one clock).
+    Array dataflow:
+        ``row_broadcast``: each row's activation reaches all ``cols`` PEs of the row in the
+        same clock (a fan-out of ``cols``) instead of moving east one PE a clock. The
+        weights then enter every column together, so there is no weight skew, and a row's
+        accumulators finish together, so there is no output de-skew: ``cols (cols - 1) / 2``
+        weights and as many ``acc_width``-bit results of registers fewer, and ``cols - 1``
+        clocks less latency. Weights still move south one PE a clock. For small arrays on
+        devices short of flip-flops (the 1x8 iCE40 array: 980 of them).
+        ``fc_on_array``: the fully connected path's lane ``j`` multiplies on PE ``(0, j)``'s
+        multiplier (a fully connected layer does not use the array) instead of its own:
+        ``decode_lanes`` multipliers fewer, for a multiplexer in front of those PEs'
+        multipliers. For devices whose multipliers are all in the array (the UP5K's 8
+        SB_MAC16).
     """
 
     rows: int
@@ -69,6 +82,8 @@ class AcceleratorConfig:
     act_depth: int = 4096
     max_channels: int = 1024
     drain_width: int = 1
+    row_broadcast: bool = False
+    fc_on_array: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
@@ -101,6 +116,10 @@ class AcceleratorConfig:
         if self.drain_width not in (1, 2):
             raise ValueError(f"drain_width must be 1 or 2 (outputs written a clock), "
                              f"not {self.drain_width!r}")
+        for name in ("row_broadcast", "fc_on_array"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, not "
+                                 f"{getattr(self, name)!r}")
         if self.decode_lanes > self.cols:
             raise ValueError(f"{self.decode_lanes} decode lanes for {self.cols} array columns: "
                              f"a lane decodes one column's output channel, so use at most "
@@ -181,6 +200,14 @@ class AcceleratorConfig:
     def tile_addr_width(self) -> int:
         """Address bits of one column of the weight tile buffer."""
         return max(1, (self.tile_depth - 1).bit_length())
+
+    @property
+    def row_clocks(self) -> int:
+        """Clocks between a row's activation entering the array and its accumulators
+        leaving the output de-skew, beyond the PE's own three: ``cols`` in the systolic
+        dataflow (east through ``cols`` PEs and back through the de-skew), 1 with
+        ``row_broadcast``."""
+        return 1 if self.row_broadcast else self.cols
 
     # -- checks against an image ----------------------------------------------------------
 
@@ -270,9 +297,15 @@ PRESETS = {
     # - max_channels 512: a 512 x 32-bit bias memory, 4 EBR (1024 took 8); the shipped
     #   LeNets' widest layer has 500 channels. With it the design takes 29 of the 30 EBR
     #   (16 of them the tile buffer's two banks of eight 512-weight columns).
+    # - fc_on_array: the fc lane multiplies on PE (0, 0)'s SB_MAC16, so the array has all
+    #   8 (its own took a ninth).
+    # - row_broadcast: the one row's activation goes to the eight PEs in the same clock
+    #   (a fan-out of 8), which removes the weight skew and the output de-skew, 980
+    #   flip-flops (14,112 -> 13,157 logic cells), and 7 clocks a conv layer.
     "icebreaker": dataclasses.replace(
         DEFAULT, rows=1, cols=8, acc_width=26, decode_lanes=1, image_bytes=64 * 1024,
-        tile_depth=512, max_fan_in=1024, max_table_symbols=1024, max_channels=512),
+        tile_depth=512, max_fan_in=1024, max_table_symbols=1024, max_channels=512,
+        row_broadcast=True, fc_on_array=True),
     # ECP5 LFE5U-85F (ULX3S 85F): 83,640 LUT4, 156 MULT18X18D, 208 DP16KD x 18 kbit.
     # - 13x10 array: 130 multipliers (issue 6 asks for at least 128 PEs), plus the 5
     #   lanes' fc multipliers: 135 of the 156. Ten columns tile LeNet-5's 20 and 50

@@ -60,7 +60,8 @@ class ConvDrain(wiring.Component):
 
     Throughput: a vector a clock is folded in; a window's (or pair's) items leave one a
     clock. A group's ``rows`` vectors leave the array on consecutive clocks, so a FIFO of
-    ``rows + 1`` vectors takes the burst; the array stalls only when a group's items
+    ``rows + 1`` vectors takes the burst (with one row there is no FIFO: ``i`` is read
+    directly, its ``ready`` the read enable); the array stalls only when a group's items
     (``rows · live channels / (p² · drain_width)``) outnumber the clocks of a group
     (``N``).
     """
@@ -82,11 +83,19 @@ class ConvDrain(wiring.Component):
         aw = cfg.act_addr_width
         m = Module()
 
-        m.submodules.burst = burst = fifo.SyncFIFOBuffered(
-            width=AccumulatorVector(cfg).size, depth=cfg.rows + 1)
-        m.d.comb += [burst.w_data.eq(self.i.payload), burst.w_en.eq(self.i.valid),
-                     self.i.ready.eq(burst.w_rdy)]
-        src = AccumulatorVector(cfg)(burst.r_data)
+        if cfg.rows > 1:
+            m.submodules.burst = burst = fifo.SyncFIFOBuffered(
+                width=AccumulatorVector(cfg).size, depth=cfg.rows + 1)
+            m.d.comb += [burst.w_data.eq(self.i.payload), burst.w_en.eq(self.i.valid),
+                         self.i.ready.eq(burst.w_rdy)]
+            src = AccumulatorVector(cfg)(burst.r_data)
+            r_rdy, r_en = burst.r_rdy, burst.r_en
+        else:
+            # One row: a group is one vector, and the array's two-entry output queue is the
+            # burst buffer; the drain reads ``i`` directly (``i.ready`` is the read enable;
+            # the array's ``o.ready`` reaches only its queue and its ``step`` register).
+            src = self.i.payload
+            r_rdy, r_en = self.i.valid, self.i.ready
 
         # -- folding a window: the running maximum of its vectors ---------------------------
         mx = Signal(AccumulatorVector(cfg))
@@ -153,8 +162,8 @@ class ConvDrain(wiring.Component):
         take = Signal()
         emits = Signal()  # the vector taken closes a window that goes to the emitter
         m.d.comb += [
-            burst.r_en.eq(running & (~closes | opens | ~have | last_item)),
-            take.eq(burst.r_rdy & burst.r_en),
+            r_en.eq(running & (~closes | opens | ~have | last_item)),
+            take.eq(r_rdy & r_en),
             emits.eq(take & closes & ~opens),
         ]
         with m.If(take):

@@ -186,7 +186,7 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
             per_group = max(n_in, config.rows,
                             -(-config.rows * live // (p * p * config.drain_width)))
             n += config.rows + 2 + groups * per_group
-        n += config.cols + config.rows + 8  # the array, the drain and post-processing
+        n += config.row_clocks + config.rows + 8  # the array, the drain and post-processing
     else:
         # One symbol a clock per lane, and a clock per channel end. StreamFetch deals
         # each channel to the lane with the fewest stream bytes left; modelled as the

@@ -47,11 +47,18 @@ class PE(wiring.Component):
     exactly (``golden.fixedpoint.accumulate``: no rounding, no saturation) into
     ``acc_width`` bits. ``AcceleratorConfig`` guarantees ``acc_width >= min_acc_width``, which
     holds any sum of ``max_fan_in`` products, so the sum cannot wrap for a legal layer.
+
+    With ``shared=True`` the PE has no multiplier of its own: it shows its multiplier's
+    operands on ``mul_a`` and ``mul_b`` (out, its input registers) and takes the product on
+    ``mul_p`` (in, signed ``2 bw``, combinational from them), so that the accelerator can
+    let another user (``SparseFC``, ``AcceleratorConfig.fc_on_array``) share the device's
+    multiplier while the array is idle.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, shared: bool = False):
         self._config = config
-        super().__init__({
+        self._shared = shared
+        ports = {
             "en": In(1),
             "a_i": In(ActivationLane(config)),
             "a_o": Out(ActivationLane(config)),
@@ -59,7 +66,11 @@ class PE(wiring.Component):
             "w_o": Out(signed(config.bw)),
             "acc": Out(signed(config.acc_width)),
             "done": Out(1),
-        })
+        }
+        if shared:
+            ports.update({"mul_a": Out(signed(config.bw)), "mul_b": Out(signed(config.bw)),
+                          "mul_p": In(signed(2 * config.bw))})
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self._config
@@ -85,7 +96,7 @@ class PE(wiring.Component):
             m.d.sync += [
                 d_a.eq(self.a_i),
                 d_w.eq(self.w_i),
-                x_prod.eq(d_a.x * d_w),
+                x_prod.eq(self.mul_p if self._shared else d_a.x * d_w),
                 x_valid.eq(d_a.valid),
                 x_first.eq(d_a.first),
                 x_last.eq(d_a.last),
@@ -100,6 +111,8 @@ class PE(wiring.Component):
                 with m.Else():
                     m.d.sync += acc.eq(acc + x_prod)
 
+        if self._shared:
+            m.d.comb += [self.mul_a.eq(d_a.x), self.mul_b.eq(d_w)]
         m.d.comb += [
             self.a_o.eq(d_a),
             self.w_o.eq(d_w),

@@ -76,8 +76,17 @@ class PEArray(wiring.Component):
             ``w`` transfer together (each one's ``ready`` looks at the other's ``valid``).
         ``o`` (out stream, ``AccumulatorVector``): ``popcount(mask)`` vectors per group.
 
-    Latency: the first output vector of a group is valid ``cols + 3`` clocks after the
-    transfer of its ``last`` input vector; row ``r``'s vector ``r`` clocks after that.
+    With ``row_broadcast`` (``AcceleratorConfig``), a row's activation goes to all its PEs
+    in the same clock, the weights enter the columns unskewed and there is no de-skew.
+
+    With ``fc_on_array``, ``mul_a[j]``, ``mul_b[j]`` (out) and ``mul_p[j]`` (in) are PE
+    ``(0, j)``'s multiplier, outside the array (``PE``'s ``shared``), for ``j`` below
+    ``decode_lanes``; whoever instantiates the array must return ``mul_a[j] · mul_b[j]`` on
+    ``mul_p[j]`` in the same clock whenever the array runs.
+
+    Latency: the first output vector of a group is valid ``row_clocks + 3`` clocks after the
+    transfer of its ``last`` input vector (``AcceleratorConfig.row_clocks``: ``cols``, or 1
+    with ``row_broadcast``); row ``r``'s vector ``r`` clocks after that.
     Throughput: one input vector per clock while reductions are at least ``rows`` long
     (``N >= rows``). A ``last`` vector is accepted at least ``rows`` clocks after the
     previous one, because a group puts up to ``rows`` vectors on the single output stream,
@@ -96,11 +105,18 @@ class PEArray(wiring.Component):
 
     def __init__(self, config):
         self._config = config
-        super().__init__({
+        ports = {
             "i": In(stream.Signature(ActivationVector(config))),
             "w": In(stream.Signature(WeightVector(config))),
             "o": Out(stream.Signature(AccumulatorVector(config))),
-        })
+        }
+        if config.fc_on_array:
+            # PE (0, j)'s multiplier, for decode lane j's sparse fc multiplies.
+            n = config.decode_lanes
+            ports.update({"mul_a": Out(signed(config.bw)).array(n),
+                          "mul_b": Out(signed(config.bw)).array(n),
+                          "mul_p": In(signed(2 * config.bw)).array(n)})
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self._config
@@ -138,9 +154,18 @@ class PEArray(wiring.Component):
                 m.d.sync += gap.eq(gap - 1)
 
         m.submodules.a_skew = a_skew = Skew(ActivationLane(cfg), rows)
-        m.submodules.w_skew = w_skew = Skew(signed(cfg.bw), cols)
-        m.submodules.o_deskew = o_deskew = Skew(_ColumnResult(cfg), cols, reverse=True)
-        m.d.comb += [a_skew.en.eq(en), w_skew.en.eq(en), o_deskew.en.eq(en)]
+        m.d.comb += a_skew.en.eq(en)
+        if cfg.row_broadcast:
+            # Every column sees a row's activation in the same clock: the weights need no
+            # skew and the columns' results no de-skew (they finish together).
+            w_in = self.w.payload.w
+            results = [Signal(_ColumnResult(cfg), name=f"result_{c}") for c in range(cols)]
+            out = results
+        else:
+            m.submodules.w_skew = w_skew = Skew(signed(cfg.bw), cols)
+            m.submodules.o_deskew = o_deskew = Skew(_ColumnResult(cfg), cols, reverse=True)
+            m.d.comb += [w_skew.en.eq(en), o_deskew.en.eq(en)]
+            w_in, results, out = w_skew.o, o_deskew.i, o_deskew.o
         for r in range(rows):
             lane = a_skew.i[r]
             m.d.comb += [
@@ -149,19 +174,30 @@ class PEArray(wiring.Component):
                 lane.first.eq(self.i.payload.first),
                 lane.last.eq(self.i.payload.last),
             ]
-        for c in range(cols):
-            # Weights enter every enabled clock; without `take` they meet no valid activation.
-            m.d.comb += w_skew.i[c].eq(self.w.payload.w[c])
+        if not cfg.row_broadcast:
+            for c in range(cols):
+                # Weights enter every enabled clock; without `take` they meet no valid
+                # activation.
+                m.d.comb += w_skew.i[c].eq(self.w.payload.w[c])
 
-        pes = [[PE(cfg) for _ in range(cols)] for _ in range(rows)]
+        # With fc_on_array, the first row's first decode_lanes PEs show their multipliers'
+        # operands on mul_a / mul_b and take the product from mul_p: the accelerator
+        # multiplies there, for the array or for the fc path, whichever runs.
+        shared = cfg.decode_lanes if cfg.fc_on_array else 0
+        pes = [[PE(cfg, shared=r == 0 and c < shared) for c in range(cols)]
+               for r in range(rows)]
+        for j in range(shared):
+            m.d.comb += [self.mul_a[j].eq(pes[0][j].mul_a), self.mul_b[j].eq(pes[0][j].mul_b),
+                         pes[0][j].mul_p.eq(self.mul_p[j])]
         for r in range(rows):
             for c in range(cols):
                 pe = pes[r][c]
                 m.submodules[f"pe_{r}_{c}"] = pe
                 m.d.comb += [
                     pe.en.eq(en),
-                    pe.a_i.eq(a_skew.o[r] if c == 0 else pes[r][c - 1].a_o),
-                    pe.w_i.eq(w_skew.o[c] if r == 0 else pes[r - 1][c].w_o),
+                    pe.a_i.eq(a_skew.o[r] if c == 0 or cfg.row_broadcast
+                              else pes[r][c - 1].a_o),
+                    pe.w_i.eq(w_in[c] if r == 0 else pes[r - 1][c].w_o),
                 ]
 
         # Column buses: row r of a group finishes in clock t + r + c, so in any clock at
@@ -169,10 +205,14 @@ class PEArray(wiring.Component):
         # AND-OR mux reads it.
         for c in range(cols):
             col = [pes[r][c] for r in range(rows)]
+            if rows == 1:
+                # One PE a column: its accumulator is the bus (read only with `done`).
+                m.d.comb += [results[c].acc.eq(col[0].acc), results[c].valid.eq(col[0].done)]
+                continue
             m.d.comb += [
-                o_deskew.i[c].acc.eq(
+                results[c].acc.eq(
                     functools.reduce(operator.or_, (Mux(pe.done, pe.acc, 0) for pe in col))),
-                o_deskew.i[c].valid.eq(functools.reduce(operator.or_, (pe.done for pe in col))),
+                results[c].valid.eq(functools.reduce(operator.or_, (pe.done for pe in col))),
             ]
 
         # The output queue: `o`'s payload register, then a skid register. The array pushes
@@ -185,11 +225,11 @@ class PEArray(wiring.Component):
         skid = Signal(AccumulatorVector(cfg))
         new = Signal(AccumulatorVector(cfg))
         m.d.comb += [
-            push.eq(step & o_deskew.o[0].valid),
+            push.eq(step & out[0].valid),
             pop.eq(self.o.valid & self.o.ready),
         ]
         for c in range(cols):
-            m.d.comb += new.acc[c].eq(o_deskew.o[c].acc)
+            m.d.comb += new.acc[c].eq(out[c].acc)
         with m.If(full):
             # (no push: `step` is low while the skid register is full)
             with m.If(pop):

@@ -58,12 +58,17 @@ class SparseFC(wiring.Component):
     last entry reaches the accumulator while the lane's holding register is still full and
     is not leaving in that clock; ``o.valid`` and ``o.payload`` are registers. ``i[j].ready``
     depends on ``o.ready`` (through the arbiter); it is low during ``start``.
+
+    With ``AcceleratorConfig.fc_on_array`` the lanes have no multipliers of their own: lane
+    ``j`` shows its multiplier's inputs on ``mul_a[j]`` and ``mul_b[j]`` (out) and takes
+    the product on ``mul_p[j]`` (in, combinational), which the accelerator computes on PE
+    ``(0, j)``'s multiplier (``PEArray``) while a fully connected layer runs.
     """
 
     def __init__(self, config):
         self._config = config
         lanes = config.decode_lanes
-        super().__init__({
+        ports = {
             "start": In(1),
             "i": In(stream.Signature(LaneWeight(config))).array(lanes),
             "x_addr": Out(unsigned(config.act_addr_width)).array(lanes),
@@ -71,7 +76,12 @@ class SparseFC(wiring.Component):
             "x_data": In(signed(config.bw)).array(lanes),
             "o": Out(stream.Signature(PostItem(config))),
             "idle": Out(1),
-        })
+        }
+        if config.fc_on_array:
+            ports.update({"mul_a": Out(signed(config.bw)).array(lanes),
+                          "mul_b": Out(signed(config.bw)).array(lanes),
+                          "mul_p": In(signed(2 * config.bw)).array(lanes)})
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self._config
@@ -124,6 +134,8 @@ class SparseFC(wiring.Component):
             h_channel = Signal(cfg.channel_width, name=f"h_channel_{j}")
             busy += [r_valid, m_valid, p_valid]
 
+            if cfg.fc_on_array:
+                m.d.comb += [self.mul_a[j].eq(m_x), self.mul_b[j].eq(m_w)]
             m.d.comb += [
                 go.eq(~(p_valid & p_last & h_full[j] & ~h_take[j])),
                 i.ready.eq(go & ~self.start),
@@ -148,7 +160,7 @@ class SparseFC(wiring.Component):
                     m_last.eq(r_last),
                     m_channel.eq(r_channel),
                     p_valid.eq(m_valid),
-                    p_prod.eq(m_x * m_w),
+                    p_prod.eq(self.mul_p[j] if cfg.fc_on_array else m_x * m_w),
                     p_first.eq(m_first),
                     p_last.eq(m_last),
                     p_channel.eq(m_channel),

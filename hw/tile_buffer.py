@@ -140,10 +140,17 @@ class TileBuffer(wiring.Component):
         # Each memory's write port takes the one lane that selects it (two lanes never
         # select the same one, see above), through AND-OR selects rather than a priority
         # chain of `lanes` multiplexers.
+        # With one lane, every memory takes the lane's address and weight as they are (only
+        # the enables select): the AND-OR would be 2·cols·(address + weight) LUTs for
+        # nothing (272 LUT4 on the 1x8 iCE40 array).
         for b in range(2):
             for cc in range(cols):
                 sel = [Signal(name=f"sel{j}_b{b}_c{cc}") for j in range(lanes)]
                 m.d.comb += [sel[j].eq(sels[j][b][cc]) for j in range(lanes)]
+                if lanes == 1:
+                    m.d.comb += [wrs[b][cc].en.eq(sel[0]), wrs[b][cc].addr.eq(held[0][0]),
+                                 wrs[b][cc].data.eq(held[0][1])]
+                    continue
                 m.d.comb += [
                     wrs[b][cc].en.eq(functools.reduce(operator.or_, sel)),
                     wrs[b][cc].addr.eq(functools.reduce(

@@ -128,19 +128,26 @@ def random_inputs(image, n, seed):
     return [rng.integers(lo, hi + 1, size=image.input_shape) for _ in range(n)]
 
 
-# (rows, cols, lanes, drain_width); 1x4 with one lane is the iCE40 shape (one read port a
-# bank: SPRAM); drain_width 2 is the ECP5 preset's two-item drain (split banks).
-SHAPES = [(2, 2, 2, 1), (4, 4, 2, 1), (2, 3, 1, 1), (3, 2, 2, 1), (1, 4, 1, 1),
-          (3, 4, 2, 2), (2, 3, 3, 2)]
+# (rows, cols, lanes, drain_width, ice); 1x4 with one lane is the iCE40 shape (one read port
+# a bank: SPRAM); drain_width 2 is the ECP5 preset's two-item drain (split banks); ice: the
+# icebreaker preset's row_broadcast and fc_on_array (the fc lanes multiply on the array's
+# first row).
+SHAPES = [(2, 2, 2, 1, False), (4, 4, 2, 1, False), (2, 3, 1, 1, False), (3, 2, 2, 1, False),
+          (1, 4, 1, 1, True), (3, 4, 2, 1, True), (3, 4, 2, 2, False), (2, 3, 3, 2, False)]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:3])) +
-                         ("-dw2" if s[3] == 2 else ""))
+def shape_id(shape):
+    return ("x".join(map(str, shape[:3])) + ("-dw2" if shape[3] == 2 else "")
+            + ("-ice" if shape[4] else ""))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_network(shape, seed):
-    rows, cols, lanes, drain_width = shape
+    rows, cols, lanes, drain_width, ice = shape
     cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
-                              act_depth=1024, max_channels=64, drain_width=drain_width)
+                              act_depth=1024, max_channels=64, drain_width=drain_width,
+                              row_broadcast=ice, fc_on_array=ice)
     image = random_image(seed + 10 * rows + cols)
     assert not any(compute_problems(cfg, image, i) for i in range(len(image.layers)))
     check_network(cfg, write_image(image), random_inputs(image, 1, seed))
@@ -228,10 +235,11 @@ def test_compressed_random_network(seed):
     image, data, x = compressed_network(seed)
     golden = GoldenModel(image)
     inputs = [golden.quantize_input(x[:1])[0], golden.quantize_input(4 * x[1:2])[0]]
-    for rows, cols, lanes, dw in ((2, 2, 2, 1), (2, 3, 3, 1), (3, 2, 2, 2)):
+    for rows, cols, lanes, dw, ice in ((2, 2, 2, 1, False), (2, 3, 3, 1, False),
+                                       (3, 2, 2, 2, False), (1, 4, 1, 1, True)):
         cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols,
                                   decode_lanes=lanes, act_depth=1024, max_channels=64,
-                                  drain_width=dw)
+                                  drain_width=dw, row_broadcast=ice, fc_on_array=ice)
         check_network(cfg, data, inputs)
     lo, hi = int_range(image.bw)
     outs = [o for v in inputs for o in golden.forward(v[None])]

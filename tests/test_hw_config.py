@@ -39,6 +39,8 @@ def test_keyword_only_and_frozen():
     (dict(tile_depth=100), "tile_depth must be a power of two"),
     (dict(max_table_symbols=0), "max_table_symbols must be a whole number"),
     (dict(decode_lanes=5), "use at most 4"),
+    (dict(row_broadcast=1), "row_broadcast must be True or False"),
+    (dict(fc_on_array="yes"), "fc_on_array must be True or False"),
 ])
 def test_validation(change, message):
     with pytest.raises(ValueError, match=message):

@@ -212,6 +212,8 @@ CASES = [
     ((3, 2, 2), (1, 4, 4), 2, (1, 1), 1, 0, 0),
     ((2, 2, 2), (4, 3, 3), 3, (3, 3), 1, 0, 0),  # one output position: a partial group
     ((3, 2, 2), (1, 7, 7), 3, (2, 2), 1, 0, 2),  # 3x3 windows: an odd count a channel
+    ((1, 4, 1), (2, 6, 6), 6, (3, 3), 1, 0, 2),  # one row: the drain has no burst FIFO
+    ((1, 3, 1), (1, 5, 5), 4, (2, 2), 1, 1, 0),  # one row, no pooling, a partial tile
 ]
 
 

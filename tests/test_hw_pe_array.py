@@ -16,13 +16,15 @@ from tests.streams import stream_get, stream_put
 STALL = 0.3
 
 
-def array_config(rows, cols, bw, max_fan_in=64):
+def array_config(rows, cols, bw, max_fan_in=64, broadcast=False):
     """A ``rows`` x ``cols`` build whose accumulator is exactly as wide as ``max_fan_in``
-    needs, so the extreme-value tests sit at the edge of the accumulator's range."""
+    needs, so the extreme-value tests sit at the edge of the accumulator's range;
+    ``broadcast`` is its ``row_broadcast``."""
     small = get_preset("small")
     fan_in_bits = (max_fan_in - 1).bit_length()
     return dataclasses.replace(small, rows=rows, cols=cols, bw=bw, decode_lanes=1,
-                               max_fan_in=max_fan_in, acc_width=2 * bw + fan_in_bits)
+                               max_fan_in=max_fan_in, acc_width=2 * bw + fan_in_bits,
+                               row_broadcast=broadcast)
 
 
 def input_vectors(cfg, x, w):
@@ -114,15 +116,17 @@ def check(cfg, x, w, **kwargs):
     np.testing.assert_array_equal(got, accumulate(x, w, cfg.bw))
 
 
-SHAPES = [(2, 2), (4, 4), (2, 3)]
+# (rows, cols, row_broadcast): the systolic dataflow, and rows broadcast to their columns
+# (the icebreaker preset's 1x8), square and not.
+SHAPES = [(2, 2, False), (4, 4, False), (2, 3, False), (1, 4, True), (3, 2, True)]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("bw", [8, 16])
-@pytest.mark.parametrize("rows,cols", SHAPES)
-def test_random(rows, cols, bw, seed):
+@pytest.mark.parametrize("rows,cols,broadcast", SHAPES)
+def test_random(rows, cols, broadcast, bw, seed):
     """M not a multiple of rows; N shorter than, equal to and longer than the array."""
-    cfg = array_config(rows, cols, bw)
+    cfg = array_config(rows, cols, bw, broadcast=broadcast)
     rng = np.random.default_rng(100 * seed + 10 * rows + cols + bw)
     for n in sorted({1, max(rows - 1, 1), rows, 2 * rows + 3}):
         m = 2 * rows + 1 + int(rng.integers(0, rows))
@@ -131,11 +135,11 @@ def test_random(rows, cols, bw, seed):
 
 
 @pytest.mark.parametrize("bw", [8, 16])
-@pytest.mark.parametrize("rows,cols", SHAPES)
-def test_extremes(rows, cols, bw):
+@pytest.mark.parametrize("rows,cols,broadcast", SHAPES)
+def test_extremes(rows, cols, broadcast, bw):
     """-2^(bw-1) everywhere at the largest fan-in: the largest sum, which needs every bit of
     the tightest legal accumulator; then the most negative one."""
-    cfg = array_config(rows, cols, bw, max_fan_in=32)
+    cfg = array_config(rows, cols, bw, max_fan_in=32, broadcast=broadcast)
     lo, hi = int_range(bw)
     n = cfg.max_fan_in
     x = np.full((rows + 1, n), lo)
@@ -147,28 +151,31 @@ def test_extremes(rows, cols, bw):
     check(cfg, x, w, seed=3)
 
 
-def test_back_to_back_reductions_of_one():
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_back_to_back_reductions_of_one(broadcast):
     """N = 1 everywhere: every vector is first and last; the array must space the groups."""
-    cfg = array_config(4, 2, 8)
+    cfg = array_config(4, 2, 8, broadcast=broadcast)
     rng = np.random.default_rng(7)
     x, w = random_case(cfg, 11, 1, rng)
     check(cfg, x, w, stall=0.0)
     check(cfg, x, w, seed=7, stall=0.5)
 
 
-def test_heavy_output_stall():
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_heavy_output_stall(broadcast):
     """The output is rarely ready: the array must stop, not drop or corrupt results."""
-    cfg = array_config(2, 3, 8)
+    cfg = array_config(2, 3, 8, broadcast=broadcast)
     rng = np.random.default_rng(9)
     x, w = random_case(cfg, 5, 6, rng)
     check(cfg, x, w, seed=9, stall=0.0, out_stall=0.8)
     check(cfg, x, w, seed=10, stall=0.2, out_stall=0.8)
 
 
-@pytest.mark.parametrize("rows,cols", SHAPES)
-def test_utilisation_and_cycle_count(rows, cols):
+@pytest.mark.parametrize("rows,cols,broadcast", SHAPES)
+def test_utilisation_and_cycle_count(rows, cols, broadcast):
     """No stalls, N >= rows: one input vector per clock, and the documented latency."""
-    cfg = array_config(rows, cols, 8)
+    cfg = array_config(rows, cols, 8, broadcast=broadcast)
+    span = 1 if broadcast else cols  # cfg.row_clocks, spelled out
     rng = np.random.default_rng(11)
     groups, n = 3, rows + 2
     x, w = random_case(cfg, groups * rows, n, rng)
@@ -177,16 +184,19 @@ def test_utilisation_and_cycle_count(rows, cols):
     np.testing.assert_array_equal(got, accumulate(x, w, cfg.bw))
     # Every vector was accepted in consecutive clocks, from the first clock on.
     assert in_cycles == list(range(groups * n))
-    # Group g's row r leaves cols + 3 + r clocks after its `last` was accepted.
-    expected = [(g + 1) * n - 1 + cols + 3 + r for g in range(groups) for r in range(rows)]
+    # Group g's row r leaves cols + 3 + r clocks after its `last` was accepted (1 + 3 + r
+    # with row_broadcast).
+    expected = [(g + 1) * n - 1 + span + 3 + r for g in range(groups) for r in range(rows)]
     assert out_cycles == expected
     # docs/pe-array.md: cycles = G·N + rows + cols + 2, first input to last output inclusive.
-    assert out_cycles[-1] + 1 == groups * n + rows + cols + 2
+    assert out_cycles[-1] + 1 == groups * n + rows + span + 2
+    assert cfg.row_clocks == span
 
 
-def test_short_reductions_throughput():
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_short_reductions_throughput(broadcast):
     """N < rows: a `last` is accepted once every `rows` clocks (docs/pe-array.md)."""
-    cfg = array_config(4, 2, 8)
+    cfg = array_config(4, 2, 8, broadcast=broadcast)
     rng = np.random.default_rng(12)
     groups, n = 3, 2
     x, w = random_case(cfg, groups * 4, n, rng)
@@ -199,12 +209,14 @@ def test_short_reductions_throughput():
     starts = [0] + [c + 1 for c in lasts[:-1]]
     assert in_cycles == [c for g in range(groups)
                          for c in [*range(starts[g], starts[g] + n - 1), lasts[g]]]
-    assert out_cycles == [lasts[g] + cfg.cols + 3 + r for g in range(groups) for r in range(4)]
+    span = 1 if broadcast else cfg.cols
+    assert out_cycles == [lasts[g] + span + 3 + r for g in range(groups) for r in range(4)]
 
 
-def test_sparse_mask():
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_sparse_mask(broadcast):
     """Rows whose mask bit is clear neither accumulate nor emit, wherever they are."""
-    cfg = array_config(4, 3, 8)
+    cfg = array_config(4, 3, 8, broadcast=broadcast)
     rng = np.random.default_rng(13)
     n, masks = 5, [0b1010, 0b0001, 0b0000, 0b1111, 0b0110]
     lo, hi = int_range(cfg.bw)
