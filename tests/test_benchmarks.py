@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hw.config import get_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +120,44 @@ def test_heatmap_summary(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/heatmap.py", str(prefix), "--iter",
                            "4"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "no heatmap file" in proc.stderr
+
+
+def test_hierarchy_parses_yosys_stat():
+    """A made-up `stat` of a two-level design: each block's own cells, the hierarchy
+    summary skipped; an unknown board is refused with the known ones."""
+    spec = importlib.util.spec_from_file_location("hierarchy",
+                                                  ROOT / "benchmarks" / "hierarchy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parse_stat = module.parse_stat
+    text = ("=== top ===\n\n   Number of cells: 5\n     3   SB_LUT4\n     2   SB_DFFESR\n\n"
+            "=== top.accel.core.array.pe_0_0 ===\n\n     1   SB_MAC16\n    29   SB_LUT4\n"
+            "    40   SB_DFFE\n    25   SB_DFFESR\n     2   SB_RAM40_4K\n\n"
+            "=== design hierarchy ===\n\n    99   SB_LUT4\n")
+    assert parse_stat(text, "ice40") == [
+        {"block": "top", "lut4": 3, "ff": 2, "dsp": 0, "bram": 0},
+        {"block": "top.accel.core.array.pe_0_0", "lut4": 29, "ff": 65, "dsp": 1, "bram": 2}]
+    ecp5 = "=== top ===\n\n    7   LUT4\n    4   TRELLIS_FF\n    1   MULT18X18D\n"
+    assert parse_stat(ecp5, "ecp5") == [
+        {"block": "top", "lut4": 7, "ff": 4, "dsp": 1, "bram": 0}]
+    proc = subprocess.run([sys.executable, "benchmarks/hierarchy.py", "--board", "nope"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "known boards: icebreaker, ulx3s-85f" in proc.stderr
+
+
+@pytest.mark.slow
+def test_hierarchy_of_the_icebreaker_build():
+    """The real synthesis (about 2 minutes): the UP5K's 8 SB_MAC16 are all the array's
+    (fc_on_array): seven in their PEs, PE (0, 0)'s in the core, where the fc lane shares
+    it; the fc path has none."""
+    out = subprocess.run([sys.executable, "benchmarks/hierarchy.py", "--board", "icebreaker",
+                          "--json"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    rows = {r["block"]: r for r in json.loads(out)}
+    pes = [b for b in rows if ".array.pe_" in b]
+    assert len(pes) == 8 and sum(rows[b]["dsp"] for b in pes) == 7
+    assert rows["top.accel.core.array.pe_0_0"]["dsp"] == 0
+    assert rows["top.accel.core"]["dsp"] == 1 and rows["top.accel.core.fc"]["dsp"] == 0
+    assert sum(r["dsp"] for r in rows.values()) == 8
+    assert rows["top.accel.core.unit.path.decoder_0"]["lut4"] > 0
+    assert sum(r["lut4"] for r in rows.values()) > 1000
