@@ -9,7 +9,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["PE", "ActivationLane"]
+__all__ = ["PE", "ActivationLane", "multiplier_ports"]
 
 
 class ActivationLane(data.StructLayout):
@@ -20,6 +20,15 @@ class ActivationLane(data.StructLayout):
 
     def __init__(self, config):
         super().__init__({"x": signed(config.bw), "valid": 1, "first": 1, "last": 1})
+
+
+def multiplier_ports(config, n=None) -> dict:
+    """The ports of a multiplier kept outside its user (``AcceleratorConfig.fc_on_array``):
+    the operands ``mul_a``, ``mul_b`` (out, signed ``bw``) and the product ``mul_p`` (in,
+    signed ``2 bw``); ``n`` of each (arrays) unless ``n`` is None."""
+    ports = {"mul_a": Out(signed(config.bw)), "mul_b": Out(signed(config.bw)),
+             "mul_p": In(signed(2 * config.bw))}
+    return ports if n is None else {k: v.array(n) for k, v in ports.items()}
 
 
 class PE(wiring.Component):
@@ -68,8 +77,7 @@ class PE(wiring.Component):
             "done": Out(1),
         }
         if shared:
-            ports.update({"mul_a": Out(signed(config.bw)), "mul_b": Out(signed(config.bw)),
-                          "mul_p": In(signed(2 * config.bw))})
+            ports.update(multiplier_ports(config))
         super().__init__(ports)
 
     def elaborate(self, platform):

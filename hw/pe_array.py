@@ -16,7 +16,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.global_buffer import global_buffer
-from hw.pe import PE, ActivationLane
+from hw.pe import PE, ActivationLane, multiplier_ports
 from hw.skew import Skew
 
 __all__ = ["AccumulatorVector", "ActivationVector", "PEArray", "WeightVector"]
@@ -112,10 +112,7 @@ class PEArray(wiring.Component):
         }
         if config.fc_on_array:
             # PE (0, j)'s multiplier, for decode lane j's sparse fc multiplies.
-            n = config.decode_lanes
-            ports.update({"mul_a": Out(signed(config.bw)).array(n),
-                          "mul_b": Out(signed(config.bw)).array(n),
-                          "mul_p": In(signed(2 * config.bw)).array(n)})
+            ports.update(multiplier_ports(config, config.decode_lanes))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -200,9 +197,9 @@ class PEArray(wiring.Component):
                     pe.w_i.eq(w_in[c] if r == 0 else pes[r - 1][c].w_o),
                 ]
 
-        # Column buses: row r of a group finishes in clock t + r + c, so in any clock at
-        # most one PE of a column has `done` (the `gap` rule keeps groups apart), and an
-        # AND-OR mux reads it.
+        # Column buses: row r of a group finishes in clock t + r + c (t + r with
+        # row_broadcast), so in any clock at most one PE of a column has `done` (the `gap`
+        # rule keeps groups apart), and an AND-OR mux reads it.
         for c in range(cols):
             col = [pes[r][c] for r in range(rows)]
             if rows == 1:

@@ -14,6 +14,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.layouts import PostItem
+from hw.pe import multiplier_ports
 from hw.weight_unit import LaneWeight
 
 __all__ = ["SparseFC"]
@@ -78,9 +79,7 @@ class SparseFC(wiring.Component):
             "idle": Out(1),
         }
         if config.fc_on_array:
-            ports.update({"mul_a": Out(signed(config.bw)).array(lanes),
-                          "mul_b": Out(signed(config.bw)).array(lanes),
-                          "mul_p": In(signed(2 * config.bw)).array(lanes)})
+            ports.update(multiplier_ports(config, lanes))
         super().__init__(ports)
 
     def elaborate(self, platform):
