@@ -58,8 +58,16 @@ class ConvDrain(wiring.Component):
     for ``2k + 1`` at ``addr + 1``, ``two`` set). The first window of a pair is held while
     the second is folded, so folding never waits for the emitter on it.
 
-    Throughput: a vector a clock is folded in; a window's (or pair's) items leave one a
-    clock. A group's ``rows`` vectors leave the array on consecutive clocks, so a FIFO of
+    One row with ``drain_width`` 1 (the ``icebreaker`` preset) folds channel by channel
+    instead: a vector stays at ``i`` for ``cols`` clocks, one a channel, in which channel
+    ``c``'s running maximum is updated and, when the vector closes its window, its item
+    leaves (``o.valid`` then follows ``i.valid``; the vector is taken with its last
+    channel). One comparator and no copy of the window's vector: the array's output comes
+    only once in ``N`` clocks there, so with ``N >= cols`` it never waits for the drain.
+
+    Throughput: a vector a clock is folded in (one row, one width: a vector in ``cols``
+    clocks); a window's (or pair's) items leave one a clock. A group's ``rows`` vectors
+    leave the array on consecutive clocks, so a FIFO of
     ``rows + 1`` vectors takes the burst (with one row there is no FIFO: ``i`` is read
     directly, its ``ready`` the read enable); the array stalls only when a group's items
     (``rows · live channels / (p² · drain_width)``) outnumber the clocks of a group
@@ -82,6 +90,9 @@ class ConvDrain(wiring.Component):
         p = self.params
         aw = cfg.act_addr_width
         m = Module()
+        if cfg.rows == 1 and cfg.drain_width == 1:
+            self._channel_by_channel(m)
+            return m
 
         if cfg.rows > 1:
             m.submodules.burst = burst = fifo.SyncFIFOBuffered(
@@ -205,3 +216,70 @@ class ConvDrain(wiring.Component):
             if pairs:
                 m.d.sync += [fw_left.eq(p.pooled_hw - 1), odd.eq(0)]
         return m
+
+    def _channel_by_channel(self, m):
+        """One row, one item a clock: the vector at ``i`` is folded a channel a clock."""
+        cfg = self._config
+        cols = cfg.cols
+        p = self.params
+        aw = cfg.act_addr_width
+        src = self.i.payload
+
+        c = Signal(range(cols))  # the channel being folded
+        wi = Signal(16)  # the window's vectors folded before this one
+        # The running maxima rotate a place a clock, so that channel c's is always in
+        # ``mx[0]`` when c is folded (no multiplexer or write decoder on them).
+        mx = [Signal(signed(cfg.acc_width), name=f"mx_{j}") for j in range(cols)]
+        x = Signal(signed(cfg.acc_width))
+        with m.Switch(c):
+            for j in range(cols):
+                with m.Case(j):
+                    m.d.comb += x.eq(src.acc[j])
+        folded = Signal(signed(cfg.acc_width))
+        m.d.comb += folded.eq(Mux((wi == 0) | (x > mx[0]), x, mx[0]))
+
+        running = Signal()
+        ch = Signal(unsigned(cfg.channel_width + 1))  # t·cols
+        tile_base = Signal(unsigned(aw + 8))  # t·cols·pooled_hw
+        col_addr = Signal(unsigned(aw + 8))  # c·pooled_hw
+        win = Signal(unsigned(aw + 1))
+        left = Signal(signed(cfg.channel_width + 2))
+        closes = Signal()
+        emit = Signal()  # this channel of a closing vector is live: its item leaves
+        step = Signal()  # the channel is done this clock
+        last_c = Signal()
+        m.d.comb += [
+            left.eq(p.out_c - ch),
+            closes.eq(wi + 1 == p.pool_area),
+            emit.eq(closes & (left > c)),
+            step.eq(running & self.i.valid & (~emit | self.o.ready)),
+            last_c.eq(c == cols - 1),
+            self.i.ready.eq(step & last_c),
+            self.o.valid.eq(running & self.i.valid & emit),
+            self.o.payload.acc.eq(folded),
+            self.o.payload.channel.eq(ch + c),
+            self.o.payload.addr.eq(tile_base + col_addr + win),
+            self.done.eq(~running),
+        ]
+        with m.If(step):
+            m.d.sync += [mx[j].eq(mx[j + 1]) for j in range(cols - 1)]
+            m.d.sync += mx[cols - 1].eq(folded)
+            with m.If(last_c):
+                m.d.sync += [c.eq(0), col_addr.eq(0)]
+                with m.If(closes):
+                    m.d.sync += wi.eq(0)
+                    with m.If(win + 1 == p.pooled_hw):
+                        m.d.sync += [win.eq(0), ch.eq(ch + cols),
+                                     tile_base.eq(tile_base + times(p.pooled_hw, cols))]
+                        with m.If(ch + cols >= p.out_c):
+                            m.d.sync += running.eq(0)
+                    with m.Else():
+                        m.d.sync += win.eq(win + 1)
+                with m.Else():
+                    m.d.sync += wi.eq(wi + 1)
+            with m.Else():
+                m.d.sync += [c.eq(c + 1), col_addr.eq(col_addr + p.pooled_hw)]
+
+        with m.If(self.start):
+            m.d.sync += [running.eq(p.out_c != 0), c.eq(0), ch.eq(0), wi.eq(0),
+                         tile_base.eq(0), col_addr.eq(0), win.eq(0)]

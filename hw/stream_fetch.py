@@ -34,8 +34,10 @@ class StreamFetch(wiring.Component):
     """Deals a layer's channels to the decode lanes and feeds each lane its channels' bytes.
 
     Ports:
-        ``start`` (in): one-cycle pulse; begins a layer whose ``out_c``, ``sizes_addr`` and
-            ``streams_addr`` (byte addresses in the image buffer) are steady from then on.
+        ``start`` (in): one-cycle pulse; begins a layer whose ``out_c``, ``sizes_addr``,
+            ``streams_addr`` (byte addresses in the image buffer) and ``streams_bytes`` (the
+            sum of the stream sizes) are steady from then on. With several lanes the sizes
+            are read and ``streams_bytes`` is not used; one lane uses no size.
         ``rd_addr`` (out), ``rd_data`` (in): a read port of the image buffer (word address;
             the word of ``image_word_bytes`` bytes arrives a clock later, byte ``a`` of the
             image at byte lane ``a mod W``).
@@ -79,6 +81,16 @@ class StreamFetch(wiring.Component):
     each size a byte at a time, three clocks a channel, starved eight lanes a third of the
     time.
 
+    One lane (``decode_lanes`` 1, the ``icebreaker`` preset) needs none of that: its
+    channels are all of the layer's, in order, and their streams lie back to back in the
+    image, so its bytes are the ``streams_bytes`` bytes from ``streams_addr`` and its
+    channel numbers count from 0 to ``out_c - 1``; there is no scheduler, no job and no
+    size read, and the queue holds two words. It delivers a byte a clock from the third
+    clock after ``start`` (two clocks for the first word; then a word is asked for as soon
+    as a slot is free and arrives before the other slot's ``W >= 4`` bytes are out). It may
+    read up to two words past the streams (the image buffer's contents, never delivered).
+    ``probe`` is ``None``.
+
     Latency: the first deal comes 3 clocks after ``start`` (4 when the first size
     straddles two words); when the first ``n`` channels go one a lane (channels of at
     least ``2W`` bytes), lane ``j``'s first byte is on ``o[j]`` ``6 + j`` clocks after
@@ -100,6 +112,7 @@ class StreamFetch(wiring.Component):
             "out_c": In(unsigned(16)),
             "sizes_addr": In(unsigned(aw)),
             "streams_addr": In(unsigned(aw)),
+            "streams_bytes": In(unsigned(aw)),
             "rd_addr": Out(range(config.image_words)),
             "rd_data": In(8 * config.image_word_bytes),
             "o": Out(stream.Signature(unsigned(8))).array(config.decode_lanes),
@@ -107,13 +120,17 @@ class StreamFetch(wiring.Component):
             "idle": Out(1),
         })
         lanes = config.decode_lanes
-        self.probe = _Probe(deal=Signal(), lane=Signal(range(lanes)), room=Signal(lanes),
-                            pend=[Signal(aw + 1, name=f"pend_{j}") for j in range(lanes)])
+        self.probe = None if lanes == 1 else _Probe(
+            deal=Signal(), lane=Signal(range(lanes)), room=Signal(lanes),
+            pend=[Signal(aw + 1, name=f"pend_{j}") for j in range(lanes)])
 
     def elaborate(self, platform):
         cfg = self._config
         m = Module()
         lanes = cfg.decode_lanes
+        if lanes == 1:
+            self._one_lane(m)
+            return m
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()
         aw = cfg.image_addr_width + 1
@@ -375,3 +392,60 @@ class StreamFetch(wiring.Component):
 
         m.d.comb += self.idle.eq(~s_busy & Cat(*lane_idle).all())
         return m
+
+    def _one_lane(self, m):
+        """The one-lane fetch: a byte counter, a word address and a queue of two words."""
+        cfg = self._config
+        wb = cfg.image_word_bytes
+        ob = (wb - 1).bit_length()  # >= 2: words of at least 4 bytes
+        aw = cfg.image_addr_width + 1
+        out, ch = self.o[0], self.ch[0]
+
+        left = Signal(aw)  # bytes still to deliver
+        w_addr = Signal(aw - ob)  # the next word to read
+        data = [Signal(8 * wb, name=f"q_data{k}") for k in range(2)]
+        head = Signal()  # the slot whose bytes go out
+        tail = Signal()  # the slot the next word goes to
+        used = Signal(range(3))
+        pos = Signal(ob)  # the head word's next byte
+        arrived = Signal()  # the word asked for last clock is on rd_data
+        req = Signal()
+        pop = Signal()
+        m.d.comb += [
+            self.rd_addr.eq(w_addr),
+            req.eq((left != 0) & (used + arrived < 2)),
+            out.valid.eq((used != 0) & (left != 0)),
+            out.payload.eq(Mux(head, data[1], data[0]).word_select(pos, 8)),
+            pop.eq(out.valid & out.ready),
+            self.idle.eq(left == 0),
+        ]
+        m.d.sync += arrived.eq(req)
+        with m.If(req):
+            m.d.sync += w_addr.eq(w_addr + 1)
+        with m.If(arrived):
+            for k in range(2):
+                with m.If(tail == k):
+                    m.d.sync += data[k].eq(self.rd_data)
+            m.d.sync += tail.eq(~tail)
+        word_done = pop & (pos == wb - 1)
+        with m.If(pop):
+            m.d.sync += [left.eq(left - 1), pos.eq(pos + 1)]
+        with m.If(word_done):
+            m.d.sync += head.eq(~head)
+        m.d.sync += used.eq(used + arrived - word_done)
+
+        # Channel numbers: 0 .. out_c - 1, one taken as each channel's last weight leaves.
+        c_next = Signal(16)
+        running = Signal()
+        m.d.comb += [ch.valid.eq(running & (c_next != self.out_c)), ch.payload.eq(c_next)]
+        with m.If(ch.valid & ch.ready):
+            m.d.sync += c_next.eq(c_next + 1)
+
+        with m.If(self.start):
+            m.d.sync += [
+                left.eq(self.streams_bytes),
+                w_addr.eq(self.streams_addr[ob:]),
+                pos.eq(self.streams_addr[:ob]),
+                head.eq(0), tail.eq(0), used.eq(0), arrived.eq(0),
+                c_next.eq(0), running.eq(1),
+            ]

@@ -43,7 +43,7 @@ class _Q(enum.Enum, shape=3):
 # The descriptor words the sequencer keeps while it decodes a layer.
 _KEEP = (DescWord.FAN_IN, DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.MAX_LEN,
          DescWord.OUT_C, DescWord.N_SYMBOLS, DescWord.CODEBOOK_ADDR, DescWord.TABLE_ADDR,
-         DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR)
+         DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR, DescWord.STREAMS_BYTES)
 
 
 class _Item(data.StructLayout):
@@ -291,6 +291,7 @@ class WeightUnit(wiring.Component):
             fetch.out_c.eq(keep[DescWord.OUT_C]),
             fetch.sizes_addr.eq(keep[DescWord.SIZES_ADDR]),
             fetch.streams_addr.eq(keep[DescWord.STREAMS_ADDR]),
+            fetch.streams_bytes.eq(keep[DescWord.STREAMS_BYTES]),
         ]
 
         with m.If((state == _Q.IDLE) & self.decode & ld.loaded & ~ld.busy

@@ -214,6 +214,9 @@ CASES = [
     ((3, 2, 2), (1, 7, 7), 3, (2, 2), 1, 0, 2),  # 3x3 windows: an odd count a channel
     ((1, 4, 1), (2, 6, 6), 6, (3, 3), 1, 0, 2),  # one row: the drain has no burst FIFO
     ((1, 3, 1), (1, 5, 5), 4, (2, 2), 1, 1, 0),  # one row, no pooling, a partial tile
+    # one row, a fan-in (2) below the columns (5): the array waits for the drain, which
+    # folds a channel a clock; 3x3 pooling, a partial tile
+    ((1, 5, 1), (2, 6, 6), 7, (1, 1), 1, 0, 3),
 ]
 
 

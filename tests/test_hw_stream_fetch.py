@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import Const, Elaboratable, Module, Signal
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
@@ -105,16 +105,19 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
             ctx.set(dut.out_c, len(sizes))
             ctx.set(dut.sizes_addr, sizes_addr)
             ctx.set(dut.streams_addr, streams_addr)
+            ctx.set(dut.streams_bytes, int(sum(sizes)))
             ctx.set(dut.start, 1)
             _, _, t0 = await ctx.tick().sample(now)
             ctx.set(dut.start, 0)
             plan.append(sizes)
             deals = []
-            ticks = ctx.tick().sample(now, probe.deal, probe.lane, probe.room, dut.idle,
-                                      *probe.pend).__aiter__()
+            # (one lane has no deal: its probe is None, and nothing is dealt)
+            probes = ((probe.deal, probe.lane, probe.room, *probe.pend) if probe
+                      else (Const(0), Const(0), Const(0)))
+            ticks = ctx.tick().sample(now, dut.idle, *probes).__aiter__()
             before = None  # the clock before's bytes left, room and the lane dealt to
             while True:
-                _, _, t, deal, lane, room, idle, *pend = await ticks.__anext__()
+                _, _, t, idle, deal, lane, room, *pend = await ticks.__anext__()
                 room = [(room >> j) & 1 for j in range(lanes)]
                 if deal:
                     deals.append((t, lane, pend, room, before))
@@ -194,6 +197,13 @@ def check_layer(cfg, image: bytes, layer, r) -> None:
     sizes_addr, streams_addr, sizes = layer
     lanes = cfg.decode_lanes
     ref = streams_of(image, streams_addr, sizes)
+    if lanes == 1:
+        # One lane: every channel, in order, its bytes; there is no deal.
+        assert [c for c, _ in r["lanes"][0]] == list(range(len(sizes))), "channel numbers"
+        for c, got in r["lanes"][0]:
+            assert got == ref[c], f"channel {c}'s bytes"
+        assert r["deals"] == []
+        return
     deals = r["deals"]
     assert len(deals) == len(sizes), "one deal per channel"
     for j in range(lanes):
@@ -340,3 +350,28 @@ def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     assert sum(r["starved"]) <= starved * sum(work), (r["starved"], work)
     need = sum(int(s) for s in sizes) / (0.75 * lanes)
     assert r["clocks"] <= (1 + slower) * need + 30, (r["clocks"], need)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_one_lane_a_byte_a_clock(offset):
+    """One lane (the ``icebreaker`` preset): the layer's streams read straight through,
+    from any byte of a word: the first byte 3 clocks after ``start``, then a byte every
+    clock to the last, with a consumer that is always ready."""
+    cfg = get_preset("icebreaker")
+    assert cfg.decode_lanes == 1
+    rng = np.random.default_rng(6 + offset)
+    sizes = [int(s) for s in random_sizes(rng, 40)]
+    image, layers = make_image(rng, 8192, [sizes])
+    sizes_addr, _, _ = layers[0]
+    # move the streams to byte ``offset`` of a word (the sizes are not read)
+    streams_addr = (sizes_addr + 2 * len(sizes) + 7) // 8 * 8 + offset
+    data = bytearray(image + bytes(cfg.image_bytes - len(image)))
+    data[streams_addr:streams_addr + sum(sizes)] = rng.integers(
+        0, 256, sum(sizes), dtype=np.uint8).tobytes()
+    layer = (sizes_addr, streams_addr, sizes)
+    (r,) = run_fetch(cfg, bytes(data), [layer])
+    check_layer(cfg, bytes(data), layer, r)
+    pops = r["pops"][0]
+    assert pops[0] - r["start"] == 3
+    assert pops == list(range(pops[0], pops[0] + int(sum(sizes)))), "a byte every clock"
+    assert r["starved"] == [0]
