@@ -10,13 +10,14 @@ from amaranth.lib.wiring import In, Out
 
 from hw.pe_array import ActivationVector, WeightVector
 
-__all__ = ["ConvFeed", "ConvParams"]
+__all__ = ["ConvFeed", "ConvParams", "coord_width"]
 
 
-def offset_width(config) -> int:
-    """Bits of a signed activation offset: an address of the bank, or one up to 255 rows of
-    padding before it."""
-    return config.act_addr_width + 10
+def coord_width(config) -> int:
+    """Bits of a signed input coordinate (a window origin ``iy0``, ``ix0``, or a tap
+    ``iy0 + ky``): a tap of a layer whose input fits the bank lies in ``-padding ..
+    in_dim - 1 + padding``, with ``in_dim <= act_depth`` and ``padding <= 255``."""
+    return max(config.act_addr_width, 8) + 2
 
 
 class ConvParams(data.StructLayout):
@@ -25,18 +26,26 @@ class ConvParams(data.StructLayout):
 
     ``in_h``, ``in_w``: the input map; ``kh``, ``kw``, ``stride``, ``padding``; ``fan_in`` =
     ``in_c·kh·kw``; ``pool`` the pooling window ``p`` (1: none) and ``pooled_w`` the pooled
-    map's width; ``positions`` = ``pooled_h·pooled_w·p²``, the output positions that fall in
-    a whole window (the others are dropped by the pooling and never computed); ``tiles`` =
-    ``ceil(out_c / cols)``; ``s_in_w`` = ``stride·in_w``; ``p1_stride`` = ``(p-1)·stride``,
-    ``p1_s_in_w`` = ``(p-1)·stride·in_w`` and ``p_s_in_w`` = ``p·stride·in_w``: the walker's
-    steps; ``pad_off`` = ``padding·(in_w + 1)``, how far the first window's first tap lies
-    before the map's first word (the padding); ``ky_step`` = ``in_w - kw + 1`` and
+    map's width and ``pooled_hw`` = ``pooled_h·pooled_w`` the windows (the positions in
+    whole windows are computed, the others are dropped by the pooling); ``tiles`` =
+    ``ceil(out_c / cols)``; ``p1_stride`` = ``(p-1)·stride``, ``line_step`` =
+    ``stride·in_w - (p-1)·stride`` (to a window's next line), ``win_step`` = ``stride -
+    (p-1)·stride·in_w`` (to the next window of the row) and ``p_s_in_w`` =
+    ``p·stride·in_w`` (to the next row of windows): the walker's steps; ``pad_off`` =
+    ``padding·(in_w + 1)``, how far the first window's first tap lies before the map's
+    first word (the padding); ``ky_step`` = ``in_w - kw + 1`` and
     ``ci_step`` = ``in_h·in_w - (kh-1)·in_w - kw + 1``: the address steps of the fan-in
     counters when ``kx`` and then ``ky`` wrap.
+
+    Offsets (the fields from ``line_step`` on) are kept modulo the bank's
+    depth, ``2^act_addr_width``: a tap's address is a sum of them, and only an address of a
+    tap inside the map is used, so its low bits are all that matter. ``p1_stride`` also
+    steps the coordinates: it is kept modulo ``2^coord_width``. ``pooled_w`` and
+    ``pooled_hw`` are at most the bank's depth when the output fits it (the sequencer's
+    check).
     """
 
     def __init__(self, config):
-        w = offset_width(config)
         aw = config.act_addr_width
         super().__init__({
             "in_h": unsigned(aw + 1),
@@ -47,27 +56,29 @@ class ConvParams(data.StructLayout):
             "padding": unsigned(8),
             "fan_in": unsigned(config.fan_in_width),
             "pool": unsigned(8),
-            "pooled_w": unsigned(16),
-            "positions": unsigned(w),
+            "pooled_w": unsigned(aw + 1),
+            "pooled_hw": unsigned(aw + 1),
             "tiles": unsigned(config.channel_width + 1),
-            "s_in_w": signed(w),
-            "p1_stride": signed(w),
-            "p1_s_in_w": signed(w),
-            "p_s_in_w": signed(w),
-            "pad_off": signed(w),
-            "ky_step": signed(w),
-            "ci_step": signed(w),
+            "p1_stride": unsigned(coord_width(config)),
+            "line_step": unsigned(aw),
+            "win_step": unsigned(aw),
+            "p_s_in_w": unsigned(aw),
+            "pad_off": unsigned(aw),
+            "ky_step": unsigned(aw),
+            "ci_step": unsigned(aw),
         })
 
 
 class _Pos(data.StructLayout):
     """An output position as the feed needs it: the top-left input coordinate of its window
     (``iy0``, ``ix0``, may be negative in the padding), the window's input offset ``off`` =
-    ``iy0·in_w + ix0``, and ``live`` (the position exists: ``m < positions``)."""
+    ``iy0·in_w + ix0`` (modulo the bank's depth), and ``live`` (the position is in one of
+    the ``pooled_hw`` windows)."""
 
     def __init__(self, config):
-        w = offset_width(config)
-        super().__init__({"iy0": signed(w), "ix0": signed(w), "off": signed(w), "live": 1})
+        cw = coord_width(config)
+        super().__init__({"iy0": signed(cw), "ix0": signed(cw),
+                          "off": unsigned(config.act_addr_width), "live": 1})
 
 
 class _S(enum.Enum, shape=3):
@@ -136,7 +147,9 @@ class ConvFeed(wiring.Component):
         cfg = self._config
         rows = cfg.rows
         p = self.params
-        w = offset_width(cfg)
+        aw = cfg.act_addr_width
+        cw = coord_width(cfg)
+        one_row = rows == 1
         m = Module()
 
         state = Signal(_S)
@@ -144,58 +157,96 @@ class ConvFeed(wiring.Component):
         tile = Signal.like(p.tiles)
 
         # -- the walker: output positions in window order, one per clock -----------------
-        wk_m = Signal(unsigned(w))
+        # (the walker runs at most 2 · rows positions past the last window before the tile
+        # ends, so ``wk_win`` stays below act_depth + 2 · rows)
+        wk_win = Signal(range(cfg.act_depth + 2 * rows + 1))  # the window
         wk_dx = Signal(8)
         wk_dy = Signal(8)
-        wk_px = Signal(16)
-        wk_iy0 = Signal(signed(w))
-        wk_ix0 = Signal(signed(w))
-        wk_line = Signal(signed(w))  # the offset of the row of windows' first position
-        wk_off = Signal(signed(w))
+        wk_px = Signal(aw + 1)
+        wk_iy0 = Signal(signed(cw))
+        wk_ix0 = Signal(signed(cw))
+        wk_line = Signal(aw)  # the offset of the row of windows' first position
+        wk_off = Signal(aw)
         wk_restart = Signal()
+        walk = Signal()  # the walker steps to the next position
         cur = [Signal(_Pos(cfg), name=f"cur{r}") for r in range(rows)]
-        nxt = [Signal(_Pos(cfg), name=f"nxt{r}") for r in range(rows)]
-        fill = Signal(range(rows + 1))
+        if one_row:
+            # The walker's position is the current one; it steps at the group's end, and
+            # ``wk_live`` is whether it is in one of the windows.
+            wk_live = Signal()
+            m.d.comb += [cur[0].iy0.eq(wk_iy0), cur[0].ix0.eq(wk_ix0),
+                         cur[0].off.eq(wk_off), cur[0].live.eq(wk_live)]
+        else:
+            # The walker fills the next group's positions while the current group runs.
+            nxt = [Signal(_Pos(cfg), name=f"nxt{r}") for r in range(rows)]
+            fill = Signal(range(rows + 1))
+            m.d.comb += walk.eq(fill != rows)
         with m.If(wk_restart):
             pad = p.padding
             m.d.sync += [
-                wk_m.eq(0), wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
+                wk_win.eq(0), wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
                 wk_iy0.eq(-pad), wk_ix0.eq(-pad),
                 wk_line.eq(-p.pad_off), wk_off.eq(-p.pad_off),
-                fill.eq(0),
             ]
-        with m.Elif(fill != rows):
-            for r in range(rows):
-                with m.If(fill == r):
-                    m.d.sync += [nxt[r].iy0.eq(wk_iy0), nxt[r].ix0.eq(wk_ix0),
-                                 nxt[r].off.eq(wk_off), nxt[r].live.eq(wk_m < p.positions)]
-            m.d.sync += [fill.eq(fill + 1), wk_m.eq(wk_m + 1)]
-            with m.If(wk_dx + 1 != p.pool):
-                # The next position of the window's line.
-                m.d.sync += [wk_dx.eq(wk_dx + 1), wk_ix0.eq(wk_ix0 + p.stride),
-                             wk_off.eq(wk_off + p.stride)]
-            with m.Elif(wk_dy + 1 != p.pool):
-                # The window's next line.
-                m.d.sync += [wk_dx.eq(0), wk_dy.eq(wk_dy + 1),
-                             wk_ix0.eq(wk_ix0 - p.p1_stride), wk_iy0.eq(wk_iy0 + p.stride),
-                             wk_off.eq(wk_off + p.s_in_w - p.p1_stride)]
-            with m.Elif(wk_px + 1 != p.pooled_w):
-                # The next window of the row.
-                m.d.sync += [wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(wk_px + 1),
-                             wk_ix0.eq(wk_ix0 + p.stride), wk_iy0.eq(wk_iy0 - p.p1_stride),
-                             wk_off.eq(wk_off + p.stride - p.p1_s_in_w)]
-            with m.Else():
-                # The next row of windows.
-                m.d.sync += [wk_dx.eq(0), wk_dy.eq(0), wk_px.eq(0),
-                             wk_ix0.eq(-p.padding), wk_iy0.eq(wk_iy0 + p.stride),
-                             wk_line.eq(wk_line + p.p_s_in_w),
-                             wk_off.eq(wk_line + p.p_s_in_w)]
+            if one_row:
+                m.d.sync += wk_live.eq(p.pooled_hw != 0)
+            else:
+                m.d.sync += fill.eq(0)
+        with m.Elif(walk):
+            if one_row:
+                with m.If((wk_dx + 1 == p.pool) & (wk_dy + 1 == p.pool)):
+                    # The window's last position: the next is the next window's first.
+                    m.d.sync += wk_live.eq(wk_win + 1 != p.pooled_hw)
+            else:
+                for r in range(rows):
+                    with m.If(fill == r):
+                        m.d.sync += [nxt[r].iy0.eq(wk_iy0), nxt[r].ix0.eq(wk_ix0),
+                                     nxt[r].off.eq(wk_off),
+                                     nxt[r].live.eq(wk_win < p.pooled_hw)]
+                m.d.sync += fill.eq(fill + 1)
+            # The step: along the window's line (a), to the window's next line (b), to the
+            # next window of the row (c), or to the next row of windows (d). One adder for
+            # the offset and one for each coordinate, their operands selected.
+            st_a, st_b, st_c, st_d = (Signal(name=f"step_{x}") for x in "abcd")
+            m.d.comb += [
+                st_a.eq(wk_dx + 1 != p.pool),
+                st_b.eq(~st_a & (wk_dy + 1 != p.pool)),
+                st_c.eq(~st_a & ~st_b & (wk_px + 1 != p.pooled_w)),
+                st_d.eq(~st_a & ~st_b & ~st_c),
+            ]
+            off_step = Signal(aw)
+            ix_step = Signal(cw)
+            iy_step = Signal(cw)
+            off_next = Signal(aw)
+            m.d.comb += [
+                off_step.eq(Mux(st_a, p.stride, Mux(st_b, p.line_step,
+                                                    Mux(st_c, p.win_step, p.p_s_in_w)))),
+                ix_step.eq(Mux(st_b, -p.p1_stride, Mux(st_d, -p.padding, p.stride))),
+                iy_step.eq(Mux(st_c, -p.p1_stride, Mux(st_a, 0, p.stride))),
+                off_next.eq(Mux(st_d, wk_line, wk_off) + off_step),
+            ]
+            m.d.sync += [
+                wk_off.eq(off_next),
+                wk_ix0.eq(Mux(st_d, 0, wk_ix0) + ix_step),
+                wk_iy0.eq(wk_iy0 + iy_step),
+                wk_dx.eq(Mux(st_a, wk_dx + 1, 0)),
+            ]
+            with m.If(st_b):
+                m.d.sync += wk_dy.eq(wk_dy + 1)
+            with m.Elif(~st_a):
+                m.d.sync += wk_dy.eq(0)
+            with m.If(st_c):
+                m.d.sync += wk_px.eq(wk_px + 1)
+            with m.Elif(st_d):
+                m.d.sync += [wk_px.eq(0), wk_line.eq(off_next)]
+            with m.If(st_c | st_d):
+                m.d.sync += wk_win.eq(wk_win + 1)
 
         # -- the fan-in counters ------------------------------------------------------------
         k = Signal(unsigned(cfg.fan_in_width))
         kx = Signal(8)
         ky = Signal(8)
-        k_off = Signal(signed(w))  # c·in_h·in_w + ky·in_w + kx
+        k_off = Signal(aw)  # c·in_h·in_w + ky·in_w + kx, modulo the bank's depth
 
         # -- stage B: the step whose reads were issued, waiting for the array ---------------
         b_valid = Signal()
@@ -220,22 +271,23 @@ class ConvFeed(wiring.Component):
 
         issue = Signal()
         m.d.comb += [
-            issue.eq((state == _S.RUN) & adv),
+            # (with one row, a position past the windows ends the tile instead)
+            issue.eq((state == _S.RUN) & adv & (cur[0].live if one_row else 1)),
             self.x_en.eq(issue),
             self.tile_en.eq(issue),
             self.tile_addr.eq(k),
         ]
         inb = Signal(rows)
         for r in range(rows):
-            y = Signal(signed(w), name=f"y{r}")
-            x = Signal(signed(w), name=f"x{r}")
-            addr = Signal(signed(w), name=f"addr{r}")
+            y = Signal(signed(cw), name=f"y{r}")
+            x = Signal(signed(cw), name=f"x{r}")
+            addr = Signal(aw, name=f"addr{r}")
             m.d.comb += [
                 y.eq(cur[r].iy0 + ky),
                 x.eq(cur[r].ix0 + kx),
                 addr.eq(cur[r].off + k_off),
                 inb[r].eq((y >= 0) & (y < p.in_h) & (x >= 0) & (x < p.in_w)),
-                self.x_addr[r].eq(addr[:cfg.act_addr_width]),
+                self.x_addr[r].eq(addr),
             ]
         with m.If(issue):
             m.d.sync += [
@@ -254,17 +306,30 @@ class ConvFeed(wiring.Component):
             with m.If(group_end):
                 m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
             with m.Else():
-                m.d.sync += k.eq(k + 1)
-                with m.If(kx + 1 == p.kw):
-                    m.d.sync += kx.eq(0)
-                    with m.If(ky + 1 == p.kh):
-                        m.d.sync += [ky.eq(0), k_off.eq(k_off + p.ci_step)]
-                    with m.Else():
-                        m.d.sync += [ky.eq(ky + 1), k_off.eq(k_off + p.ky_step)]
+                kx_wrap = kx + 1 == p.kw
+                ky_wrap = ky + 1 == p.kh
+                # (one adder, its operand selected)
+                m.d.sync += [k.eq(k + 1), k_off.eq(k_off + Mux(kx_wrap, Mux(
+                    ky_wrap, p.ci_step, p.ky_step), 1))]
+                with m.If(kx_wrap):
+                    m.d.sync += [kx.eq(0), ky.eq(Mux(ky_wrap, 0, ky + 1))]
                 with m.Else():
-                    m.d.sync += [kx.eq(kx + 1), k_off.eq(k_off + 1)]
+                    m.d.sync += kx.eq(kx + 1)
+
+        if one_row:
+            m.d.comb += walk.eq(group_end)
 
         # -- the tile and group sequence ----------------------------------------------------
+        def release_tile():
+            # The tile's last step is issued (its weights are latched in the read port), so
+            # its bank may take the tile after next.
+            m.d.comb += self.tile_release.eq(1)
+            m.d.sync += tile.eq(tile + 1)
+            with m.If(tile + 1 == p.tiles):
+                m.d.sync += state.eq(_S.IDLE)
+            with m.Else():
+                m.d.sync += state.eq(_S.TILE)
+
         def take_next_group():
             for r in range(rows):
                 m.d.sync += cur[r].eq(nxt[r])
@@ -280,7 +345,14 @@ class ConvFeed(wiring.Component):
             with m.Case(_S.TILE):
                 with m.If(self.tile_head_ready):
                     m.d.comb += wk_restart.eq(1)
-                    m.d.sync += state.eq(_S.FILL)
+                    m.d.sync += state.eq(_S.RUN if one_row else _S.FILL)
+        if one_row:
+            # A group is one position; the walker steps at its end, and the tile ends at
+            # the first position past the windows.
+            with m.If((state == _S.RUN) & ~cur[0].live):
+                release_tile()
+            return m
+        with m.Switch(state):
             with m.Case(_S.FILL):
                 with m.If(fill == rows):
                     take_next_group()
@@ -297,12 +369,5 @@ class ConvFeed(wiring.Component):
                         take_next_group()
                         m.d.sync += state.eq(_S.RUN)
                     with m.Else():
-                        # The tile's last step is issued (its weights are latched in the
-                        # read port), so its bank may take the tile after next.
-                        m.d.comb += self.tile_release.eq(1)
-                        m.d.sync += tile.eq(tile + 1)
-                        with m.If(tile + 1 == p.tiles):
-                            m.d.sync += state.eq(_S.IDLE)
-                        with m.Else():
-                            m.d.sync += state.eq(_S.TILE)
+                        release_tile()
         return m

@@ -8,6 +8,7 @@ run on a build (``RunError.TOO_BIG`` / ``UNSUPPORTED``), so software refuses the
 images the hardware does; ``predict_cycles`` is the cycle model of docs/architecture.md.
 """
 
+from hw.conv_feed import coord_width
 from weights.image import Kind
 
 __all__ = ["check_runnable", "compute_problems", "layer_params", "predict_cycles",
@@ -35,15 +36,20 @@ def layer_params(config, image, index: int) -> dict:
     p = layer.pool or 1
     ph, pw = oh // p, ow // p
     acc_fl = in_fl + layer.w_fl
+    # ConvParams' offsets are kept modulo the bank's depth, its coordinate step modulo
+    # 2^coord_width (hw.conv_feed.ConvParams).
+    off = (1 << config.act_addr_width) - 1
+    crd = (1 << coord_width(config)) - 1
     return {
         "conv": {
             "in_h": h, "in_w": w, "kh": kh, "kw": kw, "stride": layer.stride,
             "padding": layer.padding, "fan_in": layer.fan_in, "pool": p, "pooled_w": pw,
-            "positions": ph * pw * p * p, "tiles": -(-layer.out_c // config.cols),
-            "s_in_w": layer.stride * w, "p1_stride": (p - 1) * layer.stride,
-            "p1_s_in_w": (p - 1) * layer.stride * w, "p_s_in_w": p * layer.stride * w,
-            "pad_off": layer.padding * (w + 1),
-            "ky_step": w - kw + 1, "ci_step": h * w - (kh - 1) * w - kw + 1,
+            "pooled_hw": ph * pw, "tiles": -(-layer.out_c // config.cols),
+            "p1_stride": (p - 1) * layer.stride & crd,
+            "line_step": layer.stride * w - (p - 1) * layer.stride & off,
+            "win_step": layer.stride - (p - 1) * layer.stride * w & off,
+            "p_s_in_w": p * layer.stride * w & off, "pad_off": layer.padding * (w + 1) & off,
+            "ky_step": w - kw + 1 & off, "ci_step": h * w - (kh - 1) * w - kw + 1 & off,
         },
         "drain": {"out_c": layer.out_c, "pool_area": p * p, "pooled_hw": ph * pw},
         "post": {"bias_shift": acc_fl - layer.b_fl, "out_shift": acc_fl - layer.out_fl,
@@ -71,6 +77,11 @@ def compute_problems(config, image, index: int) -> list[str]:
     if layer.kind == Kind.CONV and layer.fan_in > config.tile_depth:
         problems.append(f"a convolution fan-in of {layer.fan_in} exceeds the weight tile "
                         f"buffer's {config.tile_depth}")
+    if ph * pw == 0:
+        # (read_image refuses such a layer; the sequencer checks it all the same, as its
+        # loader does not check the geometry)
+        _, oh, ow = layer.out_shape
+        problems.append(f"its {oh}x{ow} output holds no whole max-pool window")
     if layer.pool and layer.pool != layer.pool_stride:
         problems.append(f"max-pool window {layer.pool} with stride {layer.pool_stride}: the "
                         f"hardware pools with stride equal to the window")
@@ -127,10 +138,12 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     n = 2 if first else 1
     n += 29
     # The multipliers of the derive program's steps, in its order (the two divisions,
-    # 16 clocks each and none by 1, come after the eleventh), and the first step's load.
+    # 16 clocks each and none by 1, come after the fourteenth), and the first step's load.
     pad = layer.padding
-    muls = [kh, kw, c, h, c, s, p, s, s, p, s, p, p, pw, layer.out_c, pw, p, p, pad, pad, 1,
-            kw, 1, h, kh]
+    # (p - 1)·stride as the sequencer holds it, modulo 2^coord_width, as a 16-bit multiplier
+    p1s = (p - 1) * s & ((1 << min(coord_width(config), 16)) - 1)
+    muls = [kh, kw, c, h, c, s, p, s, s, p, s, p1s, s, p1s, p, p, pw, layer.out_c, pad, pad,
+            1, kw, 1, h, kh]
     n += 1 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
     n += _bias_cycles(layer.out_c, layer.bias_bits)
     n += 1  # START
@@ -185,7 +198,10 @@ def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
             # group has more items than steps.
             per_group = max(n_in, config.rows,
                             -(-config.rows * live // (p * p * config.drain_width)))
-            n += config.rows + 2 + groups * per_group
+            # The tile's start: the walker's restart and its first group's positions
+            # (rows + 2); with one row the walker's position is the group's, so a clock
+            # to restart it and one at the tile's end (a position past the windows).
+            n += (2 if config.rows == 1 else config.rows + 2) + groups * per_group
         n += config.row_clocks + config.rows + 8  # the array, the drain and post-processing
     else:
         # One symbol a clock per lane, and a clock per channel end. StreamFetch deals

@@ -45,6 +45,8 @@ class PE(wiring.Component):
             enabled clock, the one in which ``acc`` holds a finished reduction (the sum up to
             and including the product marked ``last``). The next reduction may load ``acc``
             at the end of that clock, so ``acc`` is read while ``done`` is high.
+        ``finishing`` (out): ``done`` rises at the end of the next enabled clock (the
+            product marked ``last`` is being added).
 
     Pipeline: ``d_`` registers hold the inputs (they are also the values passed on to the
     neighbours), ``x_`` registers the product, then the accumulator. An activation that
@@ -75,6 +77,7 @@ class PE(wiring.Component):
             "w_o": Out(signed(config.bw)),
             "acc": Out(signed(config.acc_width)),
             "done": Out(1),
+            "finishing": Out(1),
         }
         if shared:
             ports.update(multiplier_ports(config))
@@ -126,5 +129,6 @@ class PE(wiring.Component):
             self.w_o.eq(d_w),
             self.acc.eq(acc),
             self.done.eq(done),
+            self.finishing.eq(x_valid & x_last),
         ]
         return m

@@ -212,6 +212,10 @@ class PEArray(wiring.Component):
                 results[c].valid.eq(functools.reduce(operator.or_, (pe.done for pe in col))),
             ]
 
+        if rows == 1 and cfg.row_broadcast:
+            self._one_entry_queue(m, step, out, pes[0][0])
+            return m
+
         # The output queue: `o`'s payload register, then a skid register. The array pushes
         # at most one vector in a clock with `step` high (the last column's de-skew delay
         # is 0). `step` is registered from the queue's fill after this clock, so the array
@@ -241,3 +245,32 @@ class PEArray(wiring.Component):
         # Entries after this clock: (o.valid + full) + push - pop; step iff at most one.
         m.d.sync += step.eq(~(full & ~pop) & ~(self.o.valid & ~pop & push))
         return m
+
+    def _one_entry_queue(self, m, step, out, pe):
+        """With one row and ``row_broadcast``: ``o``'s payload register is the whole queue
+        (no skid register, ``cols · acc_width`` flip-flops fewer). The row's PEs finish
+        together and their results go out undelayed, so whether the next clock would push
+        is known a clock ahead (PE ``finishing``, or ``done`` held):
+        ``step`` is low only in a clock that starts with the entry full and a result
+        waiting. The array then waits for the pop and steps in the clock after it; when
+        results come further apart than the consumer takes to pop (``N`` clocks apart, a
+        one-row drain takes a vector in ``cols``), it never waits. ``o.ready`` still
+        reaches only the queue and the ``step`` flip-flop."""
+        cols = self._config.cols
+        push = Signal()
+        pop = Signal()
+        m.d.comb += [
+            push.eq(step & out[0].valid),
+            pop.eq(self.o.valid & self.o.ready),
+        ]
+        # (never a push into a full entry: step is low in a clock that starts full with a
+        # result done)
+        with m.If(push):
+            m.d.sync += [self.o.valid.eq(1)]
+            for c in range(cols):
+                m.d.sync += self.o.payload.acc[c].eq(out[c].acc)
+        with m.Elif(pop):
+            m.d.sync += self.o.valid.eq(0)
+        full_next = push | (self.o.valid & ~pop)
+        done_next = Mux(step, pe.finishing, pe.done)
+        m.d.sync += step.eq(~(full_next & done_next))

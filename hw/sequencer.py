@@ -16,7 +16,7 @@ from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.conv_drain import DrainParams
-from hw.conv_feed import ConvParams, offset_width
+from hw.conv_feed import ConvParams, coord_width
 from hw.image_loader import DESC_WORDS, ENTRY_BYTES, HEADER_BYTES, DescWord, desc_word_width
 from hw.layouts import PostParams
 from hw.tile_buffer import tile_and_column
@@ -46,9 +46,10 @@ def _exceeds(value, limit: int):
 
 
 def _derive_width(config) -> int:
-    """Bits of the derive datapath: the conv feed's offsets (kept modulo 2^bits), and room
-    to compare a product with each limit the checks use."""
-    return max(offset_width(config), config.fan_in_width + 1, config.act_addr_width + 2,
+    """Bits of the derive datapath: the conv feed's coordinate step (its offsets are
+    narrower: both are kept modulo 2^bits), and room to compare a product with each limit
+    the checks use."""
+    return max(coord_width(config), config.fan_in_width + 1, config.act_addr_width + 2,
                config.tile_addr_width + 2, 17)
 
 
@@ -60,7 +61,8 @@ class RunError(enum.Enum, shape=4):
     RANGE = 2  # no layers asked for, or past the image's last layer
     DECODE = 3  # a weight stream was refused by the decoder
     TOO_BIG = 4  # a layer exceeds the build: activation bank, tile buffer or channels
-    UNSUPPORTED = 5  # pool window != pool stride, or a bias too wide for the accumulator
+    UNSUPPORTED = 5  # pool window != pool stride, a bias too wide for the accumulator, or
+    #                  no whole pooling window (an output smaller than the window)
     BAD_DATA_WIDTH = 6  # the image's bw is not the build's (the loader refuses it first)
 
 
@@ -155,7 +157,7 @@ class Sequencer(wiring.Component):
         m = Module()
         wb = cfg.image_word_bytes
         ob = (wb - 1).bit_length()
-        ow = offset_width(cfg)
+        aw = cfg.act_addr_width
         dw = _derive_width(cfg)
 
         state = Signal(_S)
@@ -224,9 +226,15 @@ class Sequencer(wiring.Component):
         # into the dividend's own register, with ``x_r`` as the remainder: 16 clocks (as
         # ``x_b`` is loaded with 1 << 15), none by 1.
         fan_in = Signal(cfg.fan_in_width)
-        s_in_w, p_s_in_w, p1_s_in_w, p1_stride, positions, pad_off, ky_step = (
-            Signal(ow, name=n) for n in ("s_in_w", "p_s_in_w", "p1_s_in_w", "p1_stride",
-                                         "positions", "pad_off", "ky_step"))
+        # (the feed's offsets modulo the bank's depth, its coordinate step modulo
+        # 2^coord_width: ``ConvParams``)
+        p_s_in_w, line_step, win_step, pad_off, ky_step = (
+            Signal(aw, name=n) for n in ("p_s_in_w", "line_step", "win_step", "pad_off",
+                                         "ky_step"))
+        p1_stride = Signal(coord_width(cfg))
+        # (as a multiplier, its low 16 bits: the products it makes are offsets, kept in
+        # fewer bits)
+        p1_stride16 = p1_stride[:16]
         pool_area = Signal(16)
         pooled_hw = Signal(cfg.act_addr_width + 1)
         x_r = Signal(dw)  # the last step's result: ci_step
@@ -238,13 +246,17 @@ class Sequencer(wiring.Component):
         x_div = Signal()
         x_div_h = Signal()  # out_h, else out_w
         too_big = Signal()
+        no_window = Signal()  # the output has no whole pooling window (the drain would wait
+        #                       for one forever)
 
         def fits(limit):
             return ~x_r_ovf & ~_exceeds(x_r, limit)
 
+        # check: (condition, the flag it sets)
         checks = {
-            "fan_in": ~fits(cfg.max_fan_in) | (is_conv & ~fits(cfg.tile_depth)),
-            "size": ~fits(cfg.act_depth),
+            "fan_in": (~fits(cfg.max_fan_in) | (is_conv & ~fits(cfg.tile_depth)), too_big),
+            "size": (~fits(cfg.act_depth), too_big),
+            "windows": (~x_r_ovf & (x_r == 0), no_window),
         }
         one, res = Const(1, 1), "R"
         # (op, multiplicand, multiplier, destination, check); op: "mul" (x_r from 0),
@@ -255,22 +267,22 @@ class Sequencer(wiring.Component):
             ("mul", res, in_c, fan_in, "fan_in"),  # kh·kw·in_c
             ("mul", in_w, in_h, None, None),
             ("mul", res, in_c, None, "size"),  # the input: in_h·in_w·in_c
-            ("mul", in_w, stride, s_in_w, None),
-            ("mul", res, p_eff, p_s_in_w, None),
-            ("msub", in_w, stride, p1_s_in_w, None),  # p_s_in_w - s_in_w
             ("mul", one, stride, None, None),
             ("mul", res, p_eff, None, None),
             ("msub", one, stride, p1_stride, None),  # (p - 1)·stride
+            ("mul", in_w, stride, None, None),
+            ("mul", res, p_eff, p_s_in_w, None),  # p·stride·in_w
+            ("mul", in_w, stride, None, None),
+            ("msub", one, p1_stride16, line_step, None),  # stride·in_w - (p - 1)·stride
+            ("mul", one, stride, None, None),
+            ("msub", in_w, p1_stride16, win_step, None),  # stride - (p - 1)·stride·in_w
             ("div", out_w, None, None, None),  # pooled_w
             ("div", out_h, None, None, None),  # pooled_h
             ("mul", one, p_eff, None, None),
             ("mul", res, p_eff, pool_area, None),
-            ("mul", out_h, out_w, pooled_hw, None),  # pooled_h·pooled_w
+            ("mul", out_h, out_w, pooled_hw, "windows"),  # pooled_h·pooled_w
             # the output (a wider out_c is too_many)
             ("mul", res, out_c[:cfg.channel_width + 1], None, "size"),
-            ("mul", out_h, out_w, None, None),
-            ("mul", res, p_eff, None, None),
-            ("mul", res, p_eff, positions, None),  # pooled_hw·p²
             ("mul", in_w, padding, None, None),
             ("mac", one, padding, pad_off, None),  # padding·in_w + padding
             ("mul", in_w, one, None, None),
@@ -328,10 +340,10 @@ class Sequencer(wiring.Component):
             cp.in_h.eq(in_h), cp.in_w.eq(in_w), cp.kh.eq(kh), cp.kw.eq(kw),
             cp.stride.eq(stride), cp.padding.eq(padding),
             cp.fan_in.eq(fan_in),
-            cp.pool.eq(p_eff), cp.pooled_w.eq(out_w), cp.positions.eq(positions),
-            cp.tiles.eq(t_q + (t_r != 0)), cp.s_in_w.eq(s_in_w), cp.p1_stride.eq(p1_stride),
-            cp.p1_s_in_w.eq(p1_s_in_w), cp.p_s_in_w.eq(p_s_in_w),
-            cp.pad_off.eq(pad_off), cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:ow]),
+            cp.pool.eq(p_eff), cp.pooled_w.eq(out_w), cp.pooled_hw.eq(pooled_hw),
+            cp.tiles.eq(t_q + (t_r != 0)), cp.p1_stride.eq(p1_stride),
+            cp.line_step.eq(line_step), cp.win_step.eq(win_step), cp.p_s_in_w.eq(p_s_in_w),
+            cp.pad_off.eq(pad_off), cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:aw]),
             dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),
             self.out_c.eq(out_c),
             pp.bias_shift.eq(bias_shift), pp.out_shift.eq(out_shift),
@@ -381,7 +393,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += geom.eq(Cat(geom[8:], byte))
                 with m.If(cnt == _ENTRY_READ):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
-                                 too_big.eq(0)]
+                                 too_big.eq(0), no_window.eq(0)]
             with m.Case(_S.DERIVE):
                 with m.If(x_b != 0):
                     with m.If(x_div):
@@ -413,15 +425,16 @@ class Sequencer(wiring.Component):
                                     if dst is not None:
                                         m.d.sync += dst.eq(x_r)
                                     if check is not None:
-                                        with m.If(checks[check]):
-                                            m.d.sync += too_big.eq(1)
+                                        cond, flag = checks[check]
+                                        with m.If(cond):
+                                            m.d.sync += flag.eq(1)
                                 if n < len(program):
                                     m.d.sync += load(*program[n][:3])
                                 else:
                                     with m.If(too_big | too_many):
                                         m.d.sync += [self.status.eq(RunError.TOO_BIG),
                                                      state.eq(_S.IDLE)]
-                                    with m.Elif(unsupported):
+                                    with m.Elif(unsupported | no_window):
                                         m.d.sync += [self.status.eq(RunError.UNSUPPORTED),
                                                      state.eq(_S.IDLE)]
                                     with m.Else():

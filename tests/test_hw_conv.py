@@ -16,7 +16,7 @@ from golden.fixedpoint import int_range
 from golden.model import conv_accumulate
 from hw.config import get_preset
 from hw.conv_drain import ConvDrain
-from hw.conv_feed import ConvFeed
+from hw.conv_feed import ConvFeed, coord_width
 from hw.layouts import PostItem
 from hw.pe_array import PEArray
 from hw.tile_buffer import TileBuffer
@@ -35,12 +35,18 @@ def conv_params(cfg, in_shape, out_c, kernel, stride, padding, pool):
     ph, pw = oh // p, ow // p
     feed = {
         "in_h": h, "in_w": w, "kh": kh, "kw": kw, "stride": stride, "padding": padding,
-        "fan_in": c * kh * kw, "pool": p, "pooled_w": pw, "positions": ph * pw * p * p,
-        "tiles": -(-out_c // cfg.cols), "s_in_w": stride * w, "p1_stride": (p - 1) * stride,
-        "p1_s_in_w": (p - 1) * stride * w, "p_s_in_w": p * stride * w,
+        "fan_in": c * kh * kw, "pool": p, "pooled_w": pw, "pooled_hw": ph * pw,
+        "tiles": -(-out_c // cfg.cols), "p1_stride": (p - 1) * stride,
+        "line_step": stride * w - (p - 1) * stride, "win_step": stride - (p - 1) * stride * w,
+        "p_s_in_w": p * stride * w,
         "pad_off": padding * (w + 1), "ky_step": w - kw + 1,
         "ci_step": h * w - (kh - 1) * w - kw + 1,
     }
+    # (offsets modulo the bank's depth, the coordinate step modulo 2^coord_width)
+    off = (1 << cfg.act_addr_width) - 1
+    for name in ("line_step", "win_step", "p_s_in_w", "pad_off", "ky_step", "ci_step"):
+        feed[name] &= off
+    feed["p1_stride"] &= (1 << coord_width(cfg)) - 1
     drain = {"out_c": out_c, "pool_area": p * p, "pooled_hw": ph * pw}
     return feed, drain, (oh, ow, ph, pw)
 
@@ -217,22 +223,41 @@ CASES = [
     # one row, a fan-in (2) below the columns (5): the array waits for the drain, which
     # folds a channel a clock; 3x3 pooling, a partial tile
     ((1, 5, 1), (2, 6, 6), 7, (1, 1), 1, 0, 3),
+    # one row (the walker's position is the group's): stride 2, padding 1 (offsets below
+    # the map's first word, modulo the bank), 2x2 pooling that drops the last row and column
+    ((1, 3, 1), (2, 9, 8), 5, (3, 2), 2, 1, 2),
 ]
 
 
-@pytest.mark.parametrize("drain_width", [1, 2])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
-def test_conv_path_matches_golden(case, drain_width):
-    (rows, cols, lanes), in_shape, out_c, kernel, stride, padding, pool = case
-    cfg = make_cfg(rows, cols, lanes, drain_width=drain_width)
-    rng = np.random.default_rng(rows * 100 + cols * 10 + out_c)
+def check_case(cfg, case, rng_seed, sim_seed):
+    """A CASES layer with random data and 70 %-dense weights, against the golden model."""
+    _, in_shape, out_c, kernel, stride, padding, pool = case
+    rng = np.random.default_rng(rng_seed)
     lo, hi = int_range(cfg.bw)
     x = rng.integers(lo, hi + 1, size=in_shape)
     n = in_shape[0] * kernel[0] * kernel[1]
     w = rng.integers(lo, hi + 1, size=(out_c, n)) * (rng.random((out_c, n)) < 0.7)
     acc = conv_accumulate(x[None], w, kernel, stride, padding, cfg.bw)[0]
-    got, _ = run_conv(cfg, x, w, kernel, stride, padding, pool, seed=1)
+    got, _ = run_conv(cfg, x, w, kernel, stride, padding, pool, seed=sim_seed)
     assert got == expected_items(cfg, acc, pool)
+
+
+@pytest.mark.parametrize("drain_width", [1, 2])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+def test_conv_path_matches_golden(case, drain_width):
+    (rows, cols, lanes), _, out_c, *_ = case
+    cfg = make_cfg(rows, cols, lanes, drain_width=drain_width)
+    check_case(cfg, case, rows * 100 + cols * 10 + out_c, 1)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0][0] == 1],
+                         ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+def test_conv_path_one_row_broadcast(case):
+    """The icebreaker's dataflow: one row broadcast to its columns (the array's one-entry
+    output queue) and the one-row feed and drain."""
+    (rows, cols, lanes), _, out_c, *_ = case
+    cfg = dataclasses.replace(make_cfg(rows, cols, lanes), row_broadcast=True)
+    check_case(cfg, case, cols * 10 + out_c, 2)
 
 
 def test_conv_path_extremes_bw16():

@@ -162,11 +162,13 @@ def test_back_to_back_reductions_of_one(broadcast):
 
 
 @pytest.mark.parametrize("broadcast", [False, True])
-def test_heavy_output_stall(broadcast):
-    """The output is rarely ready: the array must stop, not drop or corrupt results."""
-    cfg = array_config(2, 3, 8, broadcast=broadcast)
+@pytest.mark.parametrize("rows,cols,n", [(2, 3, 6), (1, 5, 1), (1, 5, 2)])
+def test_heavy_output_stall(rows, cols, n, broadcast):
+    """The output is rarely ready: the array must stop, not drop or corrupt results (one
+    row with row_broadcast: a one-entry output queue, results a clock or two apart)."""
+    cfg = array_config(rows, cols, 8, broadcast=broadcast)
     rng = np.random.default_rng(9)
-    x, w = random_case(cfg, 5, 6, rng)
+    x, w = random_case(cfg, 5 + 3 * (rows == 1), n, rng)
     check(cfg, x, w, seed=9, stall=0.0, out_stall=0.8)
     check(cfg, x, w, seed=10, stall=0.2, out_stall=0.8)
 

@@ -3,6 +3,8 @@
 layer of real and random images, its setup cycles, and its refusals."""
 
 import dataclasses
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,12 @@ IMAGES = Path(__file__).resolve().parent.parent / "weights" / "images"
 class Harness(wiring.Component):
     """A Sequencer with the image buffer and the descriptor memory filled in advance."""
 
-    def __init__(self, cfg, data):
+    def __init__(self, cfg, data, buffer=None):
         self.cfg = cfg
         self.seq = Sequencer(cfg)
         image = read_image(data)
-        self._words = image_words(data, cfg.image_word_bytes)
+        # (``buffer``: other bytes in the image buffer, with ``data``'s descriptors)
+        self._words = image_words(buffer or data, cfg.image_word_bytes)
         self._desc = [w for layer in descriptor_words(image) for w in layer]
         super().__init__({})
 
@@ -48,10 +51,10 @@ class Harness(wiring.Component):
         return m
 
 
-def sequence(cfg, data, first, count, *, loaded=True):
+def sequence(cfg, data, first, count, *, loaded=True, buffer=None):
     """Run the sequencer with instant blocks; returns (status, per-layer captures)."""
     image = read_image(data)
-    dut = Harness(cfg, data)
+    dut = Harness(cfg, data, buffer)
     seq = dut.seq
     got = {"layers": [], "status": None}
 
@@ -167,6 +170,22 @@ def test_refusals():
     narrow = dataclasses.replace(cfg, tile_depth=256)  # conv2's fan-in is 500
     got = sequence(narrow, data, 1, 1)
     assert got["status"] == RunError.TOO_BIG
+
+
+@pytest.mark.parametrize("out_hw", [(1, 24), (24, 1), (0, 0)])
+def test_refuses_an_output_without_a_whole_window(out_hw):
+    """conv1 (2x2 pooling) with its out_h, out_w patched smaller than the window: the
+    loader does not check the geometry (read_image would refuse it), and the drain would
+    wait forever for a window, so the sequencer refuses the layer."""
+    cfg = get_preset("small")
+    data = (IMAGES / "lenet5.img").read_bytes()
+    body = bytearray(data[:-4])
+    entry = 20  # layer 0's table entry; out_h and out_w are its bytes 16..19
+    body[entry + 16:entry + 20] = struct.pack("<HH", *out_hw)
+    patched = bytes(body) + struct.pack("<I", zlib.crc32(body))
+    got = sequence(cfg, data, 0, 1, buffer=patched)
+    assert got["status"] == RunError.UNSUPPORTED and got["layers"] == []
+    assert sequence(cfg, data, 0, 1)["status"] == RunError.NONE
 
 
 def _image(layers, input_shape, input_fl=6):
