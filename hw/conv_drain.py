@@ -36,6 +36,48 @@ class DrainParams(data.StructLayout):
         })
 
 
+class _OutputWalk:
+    """Where the items being emitted go, the same for both forms of the drain: the tile's
+    first channel ``ch`` (``t·cols``), its base address ``tile_base`` (``t·cols·pooled_hw``),
+    the channel's column offset ``col_addr`` (``c·pooled_hw``, stepped by the caller), the
+    window ``win``; ``running`` until the last tile's last window has gone. An item of
+    column ``c`` has ``channel = ch + c`` and ``addr = tile_base + col_addr + win``; the
+    tile's live columns are those below ``left = out_c - ch``."""
+
+    def __init__(self, m, config, params):
+        aw = config.act_addr_width
+        self._m, self._cols, self._p = m, config.cols, params
+        self.running = Signal()
+        self.ch = Signal(unsigned(config.channel_width + 1))
+        self.tile_base = Signal(unsigned(aw + 8))
+        self.col_addr = Signal(unsigned(aw + 8))
+        self.win = Signal(unsigned(aw + 1))
+        self.left = Signal(signed(config.channel_width + 2))
+        m.d.comb += self.left.eq(params.out_c - self.ch)
+
+    def channel(self, c):
+        return self.ch + c
+
+    def addr(self):
+        return self.tile_base + self.col_addr + self.win
+
+    def next_window(self, after):
+        """The emitted window or pair is done: the window ``after`` it (``win + 1``, or
+        ``win + 2`` after a pair), or the next tile's first, or the end."""
+        m, p, cols = self._m, self._p, self._cols
+        with m.If(after == p.pooled_hw):
+            m.d.sync += [self.win.eq(0), self.ch.eq(self.ch + cols),
+                         self.tile_base.eq(self.tile_base + times(p.pooled_hw, cols))]
+            with m.If(self.ch + cols >= p.out_c):
+                m.d.sync += self.running.eq(0)
+        with m.Else():
+            m.d.sync += self.win.eq(after)
+
+    def start(self):
+        self._m.d.sync += [self.running.eq(self._p.out_c != 0), self.ch.eq(0),
+                           self.tile_base.eq(0), self.col_addr.eq(0), self.win.eq(0)]
+
+
 class ConvDrain(wiring.Component):
     """Folds each pooling window's ``AccumulatorVector``s (``ConvFeed`` sends a window's
     ``p²`` positions one after the other) into their per-channel maximum, and splits the
@@ -102,9 +144,10 @@ class ConvDrain(wiring.Component):
             src = AccumulatorVector(cfg)(burst.r_data)
             r_rdy, r_en = burst.r_rdy, burst.r_en
         else:
-            # One row: a group is one vector, and the array's two-entry output queue is the
-            # burst buffer; the drain reads ``i`` directly (``i.ready`` is the read enable;
-            # the array's ``o.ready`` reaches only its queue and its ``step`` register).
+            # One row: a group is one vector, and the array's output queue (two entries, one
+            # with row_broadcast) is the burst buffer; the drain reads ``i`` directly
+            # (``i.ready`` is the read enable; the array's ``o.ready`` reaches only its queue
+            # and its ``step`` register).
             src = self.i.payload
             r_rdy, r_en = self.i.valid, self.i.ready
 
@@ -136,17 +179,10 @@ class ConvDrain(wiring.Component):
         have = Signal()
         c = Signal(range(cols + 1))
         live = Signal(range(cols + 1))  # channels of the current tile
-        ch = Signal(unsigned(cfg.channel_width + 1))  # t·cols
-        tile_base = Signal(unsigned(aw + 8))  # t·cols·pooled_hw
-        col_addr = Signal(unsigned(aw + 8))  # c·pooled_hw
-        win = Signal(unsigned(aw + 1))
-        running = Signal()
-
-        left = Signal(signed(cfg.channel_width + 2))
+        out = _OutputWalk(m, cfg, p)
         m.d.comb += [
-            left.eq(p.out_c - ch),
-            live.eq(Mux(left >= cols, cols, left)),
-            self.done.eq(~running),
+            live.eq(Mux(out.left >= cols, cols, out.left)),
+            self.done.eq(~out.running),
         ]
 
         acc = Signal(signed(cfg.acc_width))
@@ -158,22 +194,22 @@ class ConvDrain(wiring.Component):
         m.d.comb += [
             self.o.valid.eq(have & (c < live)),
             self.o.payload.acc.eq(acc),
-            self.o.payload.channel.eq(ch + c),
-            self.o.payload.addr.eq(tile_base + col_addr + win),
+            self.o.payload.channel.eq(out.channel(c)),
+            self.o.payload.addr.eq(out.addr()),
         ]
         if pairs:
             m.d.comb += [self.o.payload.acc1.eq(acc1), self.o.payload.two.eq(two)]
         last_item = Signal()
         m.d.comb += last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live)))
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += [c.eq(c + 1), col_addr.eq(col_addr + p.pooled_hw)]
+            m.d.sync += [c.eq(c + 1), out.col_addr.eq(out.col_addr + p.pooled_hw)]
 
         # A vector is taken when it does not close its window (or closes the first of a
         # pair), or when the emitter is free.
         take = Signal()
         emits = Signal()  # the vector taken closes a window that goes to the emitter
         m.d.comb += [
-            r_en.eq(running & (~closes | opens | ~have | last_item)),
+            r_en.eq(out.running & (~closes | opens | ~have | last_item)),
             take.eq(r_rdy & r_en),
             emits.eq(take & closes & ~opens),
         ]
@@ -183,7 +219,7 @@ class ConvDrain(wiring.Component):
                 with m.If(opens):
                     m.d.sync += held.eq(folded)
                 with m.Else():
-                    m.d.sync += [have.eq(1), c.eq(0), col_addr.eq(0), two.eq(odd)]
+                    m.d.sync += [have.eq(1), c.eq(0), out.col_addr.eq(0), two.eq(odd)]
                     if pairs:
                         m.d.sync += [vec.eq(Mux(odd, held, folded)), vec1.eq(folded)]
                     else:
@@ -199,20 +235,12 @@ class ConvDrain(wiring.Component):
             m.d.sync += have.eq(0)
 
         # The window (or pair) being emitted moves on with its last item.
-        step = Signal(unsigned(aw + 2))
-        m.d.comb += step.eq(win + 1 + two)
         with m.If(last_item):
-            with m.If(step == p.pooled_hw):
-                m.d.sync += [win.eq(0), ch.eq(ch + cols),
-                             tile_base.eq(tile_base + times(p.pooled_hw, cols))]
-                with m.If(ch + cols >= p.out_c):
-                    m.d.sync += running.eq(0)
-            with m.Else():
-                m.d.sync += win.eq(step)
+            out.next_window(out.win + 1 + two)
 
         with m.If(self.start):
-            m.d.sync += [running.eq(p.out_c != 0), have.eq(0), c.eq(0), ch.eq(0), wi.eq(0),
-                         tile_base.eq(0), col_addr.eq(0), win.eq(0), two.eq(0)]
+            out.start()
+            m.d.sync += [have.eq(0), c.eq(0), wi.eq(0), two.eq(0)]
             if pairs:
                 m.d.sync += [fw_left.eq(p.pooled_hw - 1), odd.eq(0)]
         return m
@@ -222,7 +250,6 @@ class ConvDrain(wiring.Component):
         cfg = self._config
         cols = cfg.cols
         p = self.params
-        aw = cfg.act_addr_width
         src = self.i.payload
 
         c = Signal(range(cols))  # the channel being folded
@@ -238,48 +265,36 @@ class ConvDrain(wiring.Component):
         folded = Signal(signed(cfg.acc_width))
         m.d.comb += folded.eq(Mux((wi == 0) | (x > mx[0]), x, mx[0]))
 
-        running = Signal()
-        ch = Signal(unsigned(cfg.channel_width + 1))  # t·cols
-        tile_base = Signal(unsigned(aw + 8))  # t·cols·pooled_hw
-        col_addr = Signal(unsigned(aw + 8))  # c·pooled_hw
-        win = Signal(unsigned(aw + 1))
-        left = Signal(signed(cfg.channel_width + 2))
+        out = _OutputWalk(m, cfg, p)
         closes = Signal()
         emit = Signal()  # this channel of a closing vector is live: its item leaves
         step = Signal()  # the channel is done this clock
         last_c = Signal()
         m.d.comb += [
-            left.eq(p.out_c - ch),
             closes.eq(wi + 1 == p.pool_area),
-            emit.eq(closes & (left > c)),
-            step.eq(running & self.i.valid & (~emit | self.o.ready)),
+            emit.eq(closes & (out.left > c)),
+            step.eq(out.running & self.i.valid & (~emit | self.o.ready)),
             last_c.eq(c == cols - 1),
             self.i.ready.eq(step & last_c),
-            self.o.valid.eq(running & self.i.valid & emit),
+            self.o.valid.eq(out.running & self.i.valid & emit),
             self.o.payload.acc.eq(folded),
-            self.o.payload.channel.eq(ch + c),
-            self.o.payload.addr.eq(tile_base + col_addr + win),
-            self.done.eq(~running),
+            self.o.payload.channel.eq(out.channel(c)),
+            self.o.payload.addr.eq(out.addr()),
+            self.done.eq(~out.running),
         ]
         with m.If(step):
             m.d.sync += [mx[j].eq(mx[j + 1]) for j in range(cols - 1)]
             m.d.sync += mx[cols - 1].eq(folded)
             with m.If(last_c):
-                m.d.sync += [c.eq(0), col_addr.eq(0)]
+                m.d.sync += [c.eq(0), out.col_addr.eq(0)]
                 with m.If(closes):
                     m.d.sync += wi.eq(0)
-                    with m.If(win + 1 == p.pooled_hw):
-                        m.d.sync += [win.eq(0), ch.eq(ch + cols),
-                                     tile_base.eq(tile_base + times(p.pooled_hw, cols))]
-                        with m.If(ch + cols >= p.out_c):
-                            m.d.sync += running.eq(0)
-                    with m.Else():
-                        m.d.sync += win.eq(win + 1)
+                    out.next_window(out.win + 1)
                 with m.Else():
                     m.d.sync += wi.eq(wi + 1)
             with m.Else():
-                m.d.sync += [c.eq(c + 1), col_addr.eq(col_addr + p.pooled_hw)]
+                m.d.sync += [c.eq(c + 1), out.col_addr.eq(out.col_addr + p.pooled_hw)]
 
         with m.If(self.start):
-            m.d.sync += [running.eq(p.out_c != 0), c.eq(0), ch.eq(0), wi.eq(0),
-                         tile_base.eq(0), col_addr.eq(0), win.eq(0)]
+            out.start()
+            m.d.sync += [c.eq(0), wi.eq(0)]

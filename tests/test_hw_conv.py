@@ -250,13 +250,16 @@ def test_conv_path_matches_golden(case, drain_width):
     check_case(cfg, case, rows * 100 + cols * 10 + out_c, 1)
 
 
+@pytest.mark.parametrize("drain_width", [1, 2])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0][0] == 1],
                          ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
-def test_conv_path_one_row_broadcast(case):
+def test_conv_path_one_row_broadcast(case, drain_width):
     """The icebreaker's dataflow: one row broadcast to its columns (the array's one-entry
-    output queue) and the one-row feed and drain."""
+    output queue) and the one-row feed and drain (channel by channel; with drain_width 2,
+    the general drain reading the one entry)."""
     (rows, cols, lanes), _, out_c, *_ = case
-    cfg = dataclasses.replace(make_cfg(rows, cols, lanes), row_broadcast=True)
+    cfg = dataclasses.replace(make_cfg(rows, cols, lanes, drain_width=drain_width),
+                              row_broadcast=True)
     check_case(cfg, case, cols * 10 + out_c, 2)
 
 
