@@ -186,6 +186,12 @@ def test_refuses_an_output_without_a_whole_window(out_hw):
     got = sequence(cfg, data, 0, 1, buffer=patched)
     assert got["status"] == RunError.UNSUPPORTED and got["layers"] == []
     assert sequence(cfg, data, 0, 1)["status"] == RunError.NONE
+    # The software face: compute_problems names it (read_image refuses such a file, so the
+    # layer is built directly: a window larger than conv1's 24x24 output).
+    image = read_image(data)
+    wide = dataclasses.replace(image.layers[0], pool=25, pool_stride=25)
+    problems = compute_problems(cfg, dataclasses.replace(image, layers=(wide,)), 0)
+    assert any("no whole max-pool window" in p for p in problems), problems
 
 
 def _image(layers, input_shape, input_fl=6):
