@@ -193,7 +193,13 @@ class ConvFeed(wiring.Component):
             else:
                 m.d.sync += fill.eq(0)
         with m.Elif(walk):
-            if not one_row:
+            if one_row:
+                with m.If((wk_dx + 1 == p.pool) & (wk_dy + 1 == p.pool)):
+                    # The window's last position: the next is the next window's first.
+                    # (The steps c and d below, spelled from the counters alone: taken
+                    # from those steps' selects the build was 25-35 LCs larger.)
+                    m.d.sync += wk_live.eq(wk_win + 1 != p.pooled_hw)
+            else:
                 for r in range(rows):
                     with m.If(fill == r):
                         m.d.sync += [nxt[r].iy0.eq(wk_iy0), nxt[r].ix0.eq(wk_ix0),
@@ -236,10 +242,7 @@ class ConvFeed(wiring.Component):
             with m.Elif(st_d):
                 m.d.sync += [wk_px.eq(0), wk_line.eq(off_next)]
             with m.If(st_c | st_d):
-                # The window's last position: the next is the next window's first.
                 m.d.sync += wk_win.eq(wk_win + 1)
-                if one_row:
-                    m.d.sync += wk_live.eq(wk_win + 1 != p.pooled_hw)
 
         # -- the fan-in counters ------------------------------------------------------------
         k = Signal(unsigned(cfg.fan_in_width))
