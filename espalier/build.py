@@ -2,6 +2,7 @@
 report: achieved clock, resources against the device's totals.
 
     espalier build --board {icebreaker,ulx3s-85f} [--json] [--out DIR] [--mhz F]
+                   [--timeout SECONDS]
 
 The flow is Amaranth's own: ``platform.build(top, do_build=False)`` renders the build plan
 (the Yosys script, the constraints and the command lines Amaranth's ``build_top.sh`` would
@@ -12,7 +13,10 @@ environment variable named after it (``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``,
 variable the user has set wins), so nothing is exported by hand; running the commands
 itself, rather than the shell script, lets the build show progress, keep each tool's
 output in a log of its own (stdout stays clean for ``--json``), and name what overflowed
-when a design does not fit.
+when a design does not fit. While nextpnr runs, its log is read every few seconds: the
+placer's Fmax estimate is reported when placement ends, and router2's iteration and
+overused-wire count once a minute (``pnr_progress``); ``--timeout`` stops a tool that runs
+longer and names how far it got (a router that does not converge keeps iterating).
 
 The build directory defaults to ``build/<board>`` under the current directory (``build/``
 is ignored by git). The tools are run inside it with relative file names: YoWASP tools
@@ -30,8 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["BuildError", "add_parser", "build", "parse_nextpnr_log", "run", "tool_env",
-           "yowasp_cache_dir"]
+__all__ = ["BuildError", "add_parser", "build", "parse_nextpnr_log", "pnr_progress", "run",
+           "tool_env", "yowasp_cache_dir"]
 
 #: Each tool an Amaranth Lattice build plan invokes, and the YoWASP package's command for it.
 YOWASP_TOOLS = {
@@ -101,6 +105,69 @@ def parse_nextpnr_log(text: str) -> dict:
         block = blocks[-1].split("\n\n")[0]
         util = {cell: (int(used), int(avail)) for cell, used, avail, _ in _UTIL.findall(block)}
     return {"clocks": clocks, "utilisation": util}
+
+
+_PLACED = re.compile(r"Max frequency for clock\s+'[^']+':\s+([\d.]+) MHz")
+_ROUTER2 = re.compile(r"^Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)", re.M)
+
+
+def pnr_progress(text: str) -> dict:
+    """How far a nextpnr log has got: ``placed_mhz``, the placer's Fmax estimate (the
+    first timing report, written when placement ends; ``None`` before), and for router2
+    ``route_iter`` and ``overused`` (its last iteration and the wires still overused then;
+    ``None`` before the first). A route that converges ends at 0 overused wires; one that
+    does not keeps iterating, which is what a build's ``timeout`` is for."""
+    placed = _PLACED.search(text)
+    iters = _ROUTER2.findall(text)
+    return {"placed_mhz": float(placed.group(1)) if placed else None,
+            "route_iter": int(iters[-1][0]) if iters else None,
+            "overused": int(iters[-1][2]) if iters else None}
+
+
+def _describe(state: dict) -> str:
+    if state["route_iter"] is not None:
+        return (f"routing, iteration {state['route_iter']}: {state['overused']:,} wires "
+                f"overused")
+    if state["placed_mhz"] is not None:
+        return f"placed, {state['placed_mhz']:g} MHz estimated; routing"
+    return "placing"
+
+
+def _run_tool(cmd, cwd, env, log: Path, timeout, watch: Path | None, progress, label: str,
+              poll: float = 5.0, every: float = 60.0):
+    """Run one tool with its output in ``log``; while it runs, report a nextpnr log's
+    (``watch``) progress: placement's estimate once, then the router's state at most every
+    ``every`` seconds. Returns the exit code; a tool past ``timeout`` seconds is stopped
+    and raises BuildError naming how far it got."""
+    start = time.perf_counter()
+    told_placed, told_route = False, start
+    state = None
+    with open(log, "w") as f:
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise BuildError(f"{cmd[0]} not found: install the FPGA tools with "
+                             f"pip install 'espalier[fpga]'") from None
+        while True:
+            try:
+                return proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.perf_counter()
+            if watch is not None and watch.exists():
+                state = pnr_progress(watch.read_text(errors="replace"))
+                if state["placed_mhz"] is not None and not told_placed:
+                    progress(f"{label}: placed, {state['placed_mhz']:g} MHz estimated")
+                    told_placed = True
+                if state["route_iter"] is not None and now - told_route >= every:
+                    progress(f"{label}: {_describe(state)}")
+                    told_route = now
+            if timeout is not None and now - start > timeout:
+                proc.kill()
+                proc.wait()
+                where = f" ({_describe(state)} when stopped)" if state else ""
+                raise BuildError(f"{label} did not finish within {timeout:g} s{where} "
+                                 f"(log: {watch if watch is not None else log})")
 
 
 def _overflow(util: dict) -> str:
@@ -207,31 +274,24 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
         log = out / f"{tool}.log"
         t = time.perf_counter()
         progress(f"{spec.name}: {tool} ({_STAGES.get(tool, tool)}) ...")
-        with open(log, "w") as f:
-            try:
-                proc = subprocess.run(cmd, cwd=out, env=env, stdout=f,
-                                      stderr=subprocess.STDOUT, timeout=timeout)
-            except FileNotFoundError:
-                raise BuildError(f"{cmd[0]} not found: install the FPGA tools with "
-                                 f"pip install 'espalier[fpga]'") from None
-            except subprocess.TimeoutExpired:
-                raise BuildError(f"{tool} did not finish within {timeout:g} s "
-                                 f"(log: {out / 'top.tim' if 'nextpnr' in tool else log})"
-                                 ) from None
+        # nextpnr writes its full log with --log (top.tim) even when --quiet.
+        tim = out / "top.tim" if tool.startswith("nextpnr") else None
+        if tim is not None and tim.exists():
+            tim.unlink()  # (a log left by an earlier build in the directory)
+        returncode = _run_tool(cmd, out, env, log, timeout, tim, progress,
+                               f"{spec.name}: {tool}")
         progress(f"{spec.name}: {tool} done in {time.perf_counter() - t:.0f} s")
-        if tool.startswith("nextpnr"):
-            # nextpnr writes its full log with --log even when --quiet.
-            tim = out / "top.tim"
+        if tim is not None:
             pnr_log = tim.read_text(errors="replace") if tim.exists() else log.read_text()
-        if proc.returncode:
+        if returncode:
             if pnr_log is not None and tool.startswith("nextpnr"):
                 over = _overflow(parse_nextpnr_log(pnr_log)["utilisation"])
                 if over:
                     raise BuildError(f"the design does not fit the {spec.device}: {over}")
-            if proc.returncode < 0:
-                raise BuildError(f"{tool} was stopped by signal {-proc.returncode} "
+            if returncode < 0:
+                raise BuildError(f"{tool} was stopped by signal {-returncode} "
                                  f"(log: {log})")
-            raise BuildError(f"{tool} failed (exit {proc.returncode}): {_last_error(log)} "
+            raise BuildError(f"{tool} failed (exit {returncode}): {_last_error(log)} "
                              f"(log: {log})")
     bitstream = out / ("top.bin" if "icepack" in (c[0] for c in commands) else "top.bit")
     return _report(spec, top.target_mhz, pnr_log or "", bitstream, time.perf_counter() - start,
@@ -258,6 +318,10 @@ def add_parser(subparsers):
                          "default: the board's own")
     sp.add_argument("--mhz", type=float, metavar="F",
                     help="accelerator clock to ask the PLL for (default: the board's target)")
+    sp.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help="stop a tool that runs longer than this and report how far it got "
+                         "(the ULX3S 85F preset's router has not converged yet: without a "
+                         "timeout its build runs until stopped); default: no limit")
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return sp
 
@@ -281,9 +345,11 @@ def run(args) -> int:
     """``espalier build``: the report as a table, or as JSON with ``--json``."""
     from espalier.cli import UserError, _emit, _progress
 
+    if args.timeout is not None and not args.timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     try:
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
-                       progress=_progress)
+                       timeout=args.timeout, progress=_progress)
     except (ValueError, BuildError) as e:
         raise UserError(str(e)) from None
     _emit(args, report, _table(report))

@@ -42,7 +42,10 @@ class _OutputWalk:
     the channel's column offset ``col_addr`` (``c·pooled_hw``, stepped by the caller), the
     window ``win``; ``running`` until the last tile's last window has gone. An item of
     column ``c`` has ``channel = ch + c`` and ``addr = tile_base + col_addr + win``; the
-    tile's live columns are those below ``left = out_c - ch``."""
+    tile's live columns are those below ``left = out_c - ch``, ``live = min(left, cols)``
+    of them. ``left`` and ``live`` are registers, stepped with ``ch`` (as a subtraction
+    from ``ch`` they were the start of the drain's longest path on the ECP5, into the
+    emitter's ``valid`` and the vector's ``ready``)."""
 
     def __init__(self, m, config, params):
         aw = config.act_addr_width
@@ -53,7 +56,17 @@ class _OutputWalk:
         self.col_addr = Signal(unsigned(aw + 8))
         self.win = Signal(unsigned(aw + 1))
         self.left = Signal(signed(config.channel_width + 2))
-        m.d.comb += self.left.eq(params.out_c - self.ch)
+        self.live = Signal(range(config.cols + 1))
+        # the next tile's ``left`` and ``live``, from registers
+        self.next_left = Signal.like(self.left)
+        self.next_live = Signal.like(self.live)
+        cols = config.cols
+        m.d.comb += [self.next_left.eq(self.left - cols),
+                     self.next_live.eq(Mux(self.next_left >= cols, cols, self.next_left))]
+
+    def ends_tile(self, after):
+        """``after`` (the window after the emitted one) is past the tile's last."""
+        return after == self._p.pooled_hw
 
     def channel(self, c):
         return self.ch + c
@@ -65,16 +78,20 @@ class _OutputWalk:
         """The emitted window or pair is done: the window ``after`` it (``win + 1``, or
         ``win + 2`` after a pair), or the next tile's first, or the end."""
         m, p, cols = self._m, self._p, self._cols
-        with m.If(after == p.pooled_hw):
+        with m.If(self.ends_tile(after)):
             m.d.sync += [self.win.eq(0), self.ch.eq(self.ch + cols),
+                         self.left.eq(self.next_left), self.live.eq(self.next_live),
                          self.tile_base.eq(self.tile_base + times(p.pooled_hw, cols))]
-            with m.If(self.ch + cols >= p.out_c):
+            with m.If(self.left <= cols):
                 m.d.sync += self.running.eq(0)
         with m.Else():
             m.d.sync += self.win.eq(after)
 
     def start(self):
-        self._m.d.sync += [self.running.eq(self._p.out_c != 0), self.ch.eq(0),
+        p, cols = self._p, self._cols
+        self._m.d.sync += [self.running.eq(p.out_c != 0), self.ch.eq(0),
+                           self.left.eq(p.out_c),
+                           self.live.eq(Mux(p.out_c >= cols, cols, p.out_c)),
                            self.tile_base.eq(0), self.col_addr.eq(0), self.win.eq(0)]
 
 
@@ -155,11 +172,14 @@ class ConvDrain(wiring.Component):
         mx = Signal(AccumulatorVector(cfg))
         folded = Signal(AccumulatorVector(cfg))
         wi = Signal(16)  # the window's vectors folded so far
-        for c in range(cols):
-            m.d.comb += folded.acc[c].eq(Mux((wi == 0) | (src.acc[c] > mx.acc[c]),
-                                             src.acc[c], mx.acc[c]))
+        # ``wi == 0`` and "the vector closes its window" (``wi + 1 == pool_area``) as
+        # registers, stepped with ``wi``: the vector's ``take`` (every folding register's
+        # enable) then starts from flip-flops.
+        opening = Signal()
         closes = Signal()
-        m.d.comb += closes.eq(wi + 1 == p.pool_area)
+        for c in range(cols):
+            m.d.comb += folded.acc[c].eq(Mux(opening | (src.acc[c] > mx.acc[c]),
+                                             src.acc[c], mx.acc[c]))
 
         # -- pairs of windows (drain_width 2): which window of the tile is being folded ----
         # ``fw_left`` windows of the tile follow the one being folded; ``odd``: it is the
@@ -178,12 +198,15 @@ class ConvDrain(wiring.Component):
         two = Signal()  # the emitted item carries a pair
         have = Signal()
         c = Signal(range(cols + 1))
-        live = Signal(range(cols + 1))  # channels of the current tile
         out = _OutputWalk(m, cfg, p)
-        m.d.comb += [
-            live.eq(Mux(out.left >= cols, cols, out.left)),
-            self.done.eq(~out.running),
-        ]
+        # ``past``: c >= live (no item left of the window); ``at_last``: c + 1 >= live (the
+        # item at ``o`` is the window's last). Registers, stepped with ``c`` and ``live``,
+        # so the emitter's ``valid`` and "last item" (which gates taking the next vector,
+        # the read enable of every folding register) come from flip-flops, not a
+        # comparison (the drain's longest path on the ECP5).
+        past = Signal()
+        at_last = Signal()
+        m.d.comb += self.done.eq(~out.running)
 
         acc = Signal(signed(cfg.acc_width))
         acc1 = Signal(signed(cfg.acc_width))
@@ -192,7 +215,7 @@ class ConvDrain(wiring.Component):
                 with m.Case(j):
                     m.d.comb += [acc.eq(vec.acc[j]), acc1.eq(vec1.acc[j])]
         m.d.comb += [
-            self.o.valid.eq(have & (c < live)),
+            self.o.valid.eq(have & ~past),
             self.o.payload.acc.eq(acc),
             self.o.payload.channel.eq(out.channel(c)),
             self.o.payload.addr.eq(out.addr()),
@@ -200,9 +223,10 @@ class ConvDrain(wiring.Component):
         if pairs:
             m.d.comb += [self.o.payload.acc1.eq(acc1), self.o.payload.two.eq(two)]
         last_item = Signal()
-        m.d.comb += last_item.eq(have & (((c + 1 >= live) & self.o.ready) | (c >= live)))
+        m.d.comb += last_item.eq(have & ((at_last & self.o.ready) | past))
         with m.If(self.o.valid & self.o.ready):
-            m.d.sync += [c.eq(c + 1), out.col_addr.eq(out.col_addr + p.pooled_hw)]
+            m.d.sync += [c.eq(c + 1), out.col_addr.eq(out.col_addr + p.pooled_hw),
+                         past.eq(at_last), at_last.eq(c + 2 >= out.live)]
 
         # A vector is taken when it does not close its window (or closes the first of a
         # pair), or when the emitter is free.
@@ -215,11 +239,16 @@ class ConvDrain(wiring.Component):
         ]
         with m.If(take):
             with m.If(closes):
-                m.d.sync += wi.eq(0)
+                m.d.sync += [wi.eq(0), opening.eq(1), closes.eq(p.pool_area == 1)]
                 with m.If(opens):
                     m.d.sync += held.eq(folded)
                 with m.Else():
                     m.d.sync += [have.eq(1), c.eq(0), out.col_addr.eq(0), two.eq(odd)]
+                    # c = 0 against the live count of the window's tile: the next tile's
+                    # when the item going out now is the current tile's last
+                    new_tile = last_item & out.ends_tile(out.win + 1 + two)
+                    m.d.sync += [past.eq(0),
+                                 at_last.eq(Mux(new_tile, out.next_live, out.live) <= 1)]
                     if pairs:
                         m.d.sync += [vec.eq(Mux(odd, held, folded)), vec1.eq(folded)]
                     else:
@@ -230,7 +259,8 @@ class ConvDrain(wiring.Component):
                     with m.Else():
                         m.d.sync += [fw_left.eq(fw_left - 1), odd.eq(~odd)]
             with m.Else():
-                m.d.sync += [mx.eq(folded), wi.eq(wi + 1)]
+                m.d.sync += [mx.eq(folded), wi.eq(wi + 1), opening.eq(0),
+                             closes.eq(wi + 2 == p.pool_area)]
         with m.If(last_item & ~emits):
             m.d.sync += have.eq(0)
 
@@ -240,7 +270,8 @@ class ConvDrain(wiring.Component):
 
         with m.If(self.start):
             out.start()
-            m.d.sync += [have.eq(0), c.eq(0), wi.eq(0), two.eq(0)]
+            m.d.sync += [have.eq(0), c.eq(0), wi.eq(0), two.eq(0), opening.eq(1),
+                         closes.eq(p.pool_area == 1)]
             if pairs:
                 m.d.sync += [fw_left.eq(p.pooled_hw - 1), odd.eq(0)]
         return m

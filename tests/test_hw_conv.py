@@ -177,6 +177,8 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
             n += 1
             if ctx.get(dut.drain.done):
                 break
+            # (a drain whose ``done`` never rises fails here instead of running forever)
+            assert n < 200_000, "the drain never signalled done"
         cycles.append(n)
 
     async def sink(ctx):
@@ -218,6 +220,10 @@ CASES = [
     ((3, 2, 2), (1, 4, 4), 2, (1, 1), 1, 0, 0),
     ((2, 2, 2), (4, 3, 3), 3, (3, 3), 1, 0, 0),  # one output position: a partial group
     ((3, 2, 2), (1, 7, 7), 3, (2, 2), 1, 0, 2),  # 3x3 windows: an odd count a channel
+    # drain-bound (fan-in 1, four items a window): the next tile's first window reaches the
+    # emitter in the clock the last tile's last item leaves, and the tiles' live channels
+    # differ (4, then 1)
+    ((2, 4, 1), (1, 3, 3), 5, (1, 1), 1, 0, 0),
     ((1, 4, 1), (2, 6, 6), 6, (3, 3), 1, 0, 2),  # one row: the drain has no burst FIFO
     ((1, 3, 1), (1, 5, 5), 4, (2, 2), 1, 1, 0),  # one row, no pooling, a partial tile
     # one row, a fan-in (2) below the columns (5): the array waits for the drain, which

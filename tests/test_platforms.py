@@ -5,6 +5,7 @@ the nextpnr report parser on real logs, ``espalier build``'s command line, a PIN
 a board top's UART pins, and (slow) both bitstreams built."""
 
 import argparse
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,11 @@ from espalier.build import (
     BuildError,
     _overflow,
     _report,
+    _run_tool,
     add_parser,
     build,
     parse_nextpnr_log,
+    pnr_progress,
     run,
     tool_env,
     yowasp_cache_dir,
@@ -285,6 +288,56 @@ def test_cli_refuses_unknown_board_and_bad_clock():
         run(_build_args("--board", "icebreaker", "--mhz", "-5"))
     args = _build_args("--board", "ulx3s-85f", "--json", "--out", "x", "--mhz", "50")
     assert (args.board, args.json, args.out, args.mhz) == ("ulx3s-85f", True, "x", 50.0)
+
+
+def test_cli_timeout_is_passed_and_checked():
+    args = _build_args("--board", "ulx3s-85f", "--timeout", "90")
+    assert args.timeout == 90.0
+    with pytest.raises(UserError, match="--timeout must be a positive"):
+        run(_build_args("--board", "icebreaker", "--timeout", "0"))
+
+
+# nextpnr-ecp5's log while router2 works (lines as router2.cc prints them).
+ROUTING_LOG = """\
+Info: Max frequency for clock '$glbnet$accel.core.act0.clk': 36.41 MHz (FAIL at 100.00 MHz)
+
+Info: Routing globals...
+Info:     iter=1 wires=512345 overused=59504 overuse=71234 archfail=NA
+Info:     iter=2 wires=498765 overused=17293 overuse=19001 archfail=NA
+"""
+
+
+def test_pnr_progress():
+    assert pnr_progress("Info: Placed 9 cells based on constraints.\n") == {
+        "placed_mhz": None, "route_iter": None, "overused": None}
+    assert pnr_progress(ROUTING_LOG) == {"placed_mhz": 36.41, "route_iter": 2,
+                                         "overused": 17293}
+
+
+def test_a_tool_past_its_timeout_is_stopped_with_how_far_it_got(tmp_path):
+    """A stand-in for a nextpnr whose router does not converge: it writes a placement and
+    two router iterations to its log, then runs on. The build's tool runner reports the
+    placement, stops the tool at the timeout and says where it was."""
+    tool = tmp_path / "fake_nextpnr.py"
+    tool.write_text("import pathlib, sys, time\n"
+                    f"pathlib.Path('top.tim').write_text({ROUTING_LOG!r})\n"
+                    "time.sleep(60)\n")
+    lines = []
+    with pytest.raises(BuildError, match=r"^board: nextpnr-ecp5 did not finish within 1 s "
+                                         r"\(routing, iteration 2: 17,293 wires overused "
+                                         r"when stopped\)"):
+        _run_tool([sys.executable, str(tool)], tmp_path, None, tmp_path / "pnr.log", 1.0,
+                  tmp_path / "top.tim", lines.append, "board: nextpnr-ecp5", poll=0.1,
+                  every=0.0)
+    assert lines[0] == "board: nextpnr-ecp5: placed, 36.41 MHz estimated"
+    assert lines[1] == "board: nextpnr-ecp5: routing, iteration 2: 17,293 wires overused"
+
+
+def test_a_tool_that_finishes_returns_its_exit_code(tmp_path):
+    lines = []
+    code = _run_tool([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"], tmp_path,
+                     None, tmp_path / "t.log", 30.0, None, lines.append, "t", poll=0.1)
+    assert code == 3 and lines == [] and (tmp_path / "t.log").read_text() == "x\n"
 
 
 # -- the real flow ------------------------------------------------------------------------------
