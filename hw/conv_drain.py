@@ -43,13 +43,16 @@ class _OutputWalk:
     window ``win``; ``running`` until the last tile's last window has gone. An item of
     column ``c`` has ``channel = ch + c`` and ``addr = tile_base + col_addr + win``; the
     tile's live columns are those below ``left = out_c - ch``, ``live = min(left, cols)``
-    of them. ``left`` and ``live`` are registers, stepped with ``ch`` (as a subtraction
-    from ``ch`` they were the start of the drain's longest path on the ECP5, into the
-    emitter's ``valid`` and the vector's ``ready``)."""
+    of them. With ``registered`` (the general drain) ``left`` and ``live`` are registers,
+    stepped with ``ch`` (as a subtraction from ``ch`` they were the start of the drain's
+    longest path on the ECP5, into the emitter's ``valid`` and the vector's ``ready``);
+    otherwise (the channel-by-channel drain of the UP5K's preset, where logic cells count)
+    ``left`` is that subtraction and ``live`` is not used."""
 
-    def __init__(self, m, config, params):
+    def __init__(self, m, config, params, *, registered: bool = True):
         aw = config.act_addr_width
         self._m, self._cols, self._p = m, config.cols, params
+        self._registered = registered
         self.running = Signal()
         self.ch = Signal(unsigned(config.channel_width + 1))
         self.tile_base = Signal(unsigned(aw + 8))
@@ -63,6 +66,8 @@ class _OutputWalk:
         cols = config.cols
         m.d.comb += [self.next_left.eq(self.left - cols),
                      self.next_live.eq(Mux(self.next_left >= cols, cols, self.next_left))]
+        if not registered:
+            m.d.comb += self.left.eq(params.out_c - self.ch)
 
     def ends_tile(self, after):
         """``after`` (the window after the emitted one) is past the tile's last."""
@@ -80,8 +85,9 @@ class _OutputWalk:
         m, p, cols = self._m, self._p, self._cols
         with m.If(self.ends_tile(after)):
             m.d.sync += [self.win.eq(0), self.ch.eq(self.ch + cols),
-                         self.left.eq(self.next_left), self.live.eq(self.next_live),
                          self.tile_base.eq(self.tile_base + times(p.pooled_hw, cols))]
+            if self._registered:
+                m.d.sync += [self.left.eq(self.next_left), self.live.eq(self.next_live)]
             with m.If(self.left <= cols):
                 m.d.sync += self.running.eq(0)
         with m.Else():
@@ -90,9 +96,10 @@ class _OutputWalk:
     def start(self):
         p, cols = self._p, self._cols
         self._m.d.sync += [self.running.eq(p.out_c != 0), self.ch.eq(0),
-                           self.left.eq(p.out_c),
-                           self.live.eq(Mux(p.out_c >= cols, cols, p.out_c)),
                            self.tile_base.eq(0), self.col_addr.eq(0), self.win.eq(0)]
+        if self._registered:
+            self._m.d.sync += [self.left.eq(p.out_c),
+                               self.live.eq(Mux(p.out_c >= cols, cols, p.out_c))]
 
 
 class ConvDrain(wiring.Component):
@@ -296,7 +303,7 @@ class ConvDrain(wiring.Component):
         folded = Signal(signed(cfg.acc_width))
         m.d.comb += folded.eq(Mux((wi == 0) | (x > mx[0]), x, mx[0]))
 
-        out = _OutputWalk(m, cfg, p)
+        out = _OutputWalk(m, cfg, p, registered=False)
         closes = Signal()
         emit = Signal()  # this channel of a closing vector is live: its item leaves
         step = Signal()  # the channel is done this clock

@@ -181,6 +181,18 @@ class ConvFeed(wiring.Component):
             nxt = [Signal(_Pos(cfg), name=f"nxt{r}") for r in range(rows)]
             fill = Signal(range(rows + 1))
             m.d.comb += walk.eq(fill != rows)
+        # "the last position of the window's line" (``wk_dx + 1 == pool``), "of the window"
+        # (``wk_dy + 1 == pool``) and "the row's last window" (``wk_px + 1 == pooled_w``):
+        # with several rows, registers stepped with the counters (the comparisons were the
+        # start of the walker's longest path on the ECP5, into its coordinate adders); with
+        # one row (the UP5K's preset, where logic cells count and the clock is 30 MHz)
+        # compared each clock.
+        flags = not one_row
+        if flags:
+            dx_last, dy_last, px_last = (Signal(name=f"{x}_last") for x in ("dx", "dy", "px"))
+        else:
+            dx_last, dy_last, px_last = (wk_dx + 1 == p.pool, wk_dy + 1 == p.pool,
+                                         wk_px + 1 == p.pooled_w)
         with m.If(wk_restart):
             pad = p.padding
             m.d.sync += [
@@ -188,6 +200,9 @@ class ConvFeed(wiring.Component):
                 wk_iy0.eq(-pad), wk_ix0.eq(-pad),
                 wk_line.eq(-p.pad_off), wk_off.eq(-p.pad_off),
             ]
+            if flags:
+                m.d.sync += [dx_last.eq(p.pool == 1), dy_last.eq(p.pool == 1),
+                             px_last.eq(p.pooled_w == 1)]
             if one_row:
                 m.d.sync += wk_live.eq(p.pooled_hw != 0)
             else:
@@ -211,9 +226,9 @@ class ConvFeed(wiring.Component):
             # the offset and one for each coordinate, their operands selected.
             st_a, st_b, st_c, st_d = (Signal(name=f"step_{x}") for x in "abcd")
             m.d.comb += [
-                st_a.eq(wk_dx + 1 != p.pool),
-                st_b.eq(~st_a & (wk_dy + 1 != p.pool)),
-                st_c.eq(~st_a & ~st_b & (wk_px + 1 != p.pooled_w)),
+                st_a.eq(~dx_last),
+                st_b.eq(~st_a & ~dy_last),
+                st_c.eq(~st_a & ~st_b & ~px_last),
                 st_d.eq(~st_a & ~st_b & ~st_c),
             ]
             off_step = Signal(aw)
@@ -241,6 +256,16 @@ class ConvFeed(wiring.Component):
                 m.d.sync += wk_px.eq(wk_px + 1)
             with m.Elif(st_d):
                 m.d.sync += [wk_px.eq(0), wk_line.eq(off_next)]
+            if flags:
+                m.d.sync += dx_last.eq(Mux(st_a, wk_dx + 2 == p.pool, p.pool == 1))
+                with m.If(st_b):
+                    m.d.sync += dy_last.eq(wk_dy + 2 == p.pool)
+                with m.Elif(~st_a):
+                    m.d.sync += dy_last.eq(p.pool == 1)
+                with m.If(st_c):
+                    m.d.sync += px_last.eq(wk_px + 2 == p.pooled_w)
+                with m.Elif(st_d):
+                    m.d.sync += px_last.eq(p.pooled_w == 1)
             with m.If(st_c | st_d):
                 m.d.sync += wk_win.eq(wk_win + 1)
 
