@@ -209,10 +209,10 @@ class ConvFeed(wiring.Component):
                 m.d.sync += fill.eq(0)
         with m.Elif(walk):
             if one_row:
-                with m.If((wk_dx + 1 == p.pool) & (wk_dy + 1 == p.pool)):
+                with m.If(dx_last & dy_last):
                     # The window's last position: the next is the next window's first.
-                    # (The steps c and d below, spelled from the counters alone: taken
-                    # from those steps' selects the build was 25-35 LCs larger.)
+                    # (The steps c and d below, spelled from the counters' comparisons:
+                    # taken from those steps' selects the build was 25-35 LCs larger.)
                     m.d.sync += wk_live.eq(wk_win + 1 != p.pooled_hw)
             else:
                 for r in range(rows):
