@@ -309,7 +309,7 @@ def add_parser(subparsers):
     help_ = "Synthesize, place and route a board's bitstream and report clock and resources."
     sp = subparsers.add_parser("build", help=help_, description=help_ + (
         " Uses the YoWASP Yosys and nextpnr from PyPI (pip install 'espalier[fpga]'). "
-        "The iCEBreaker's takes about a minute; the ULX3S 85F's more than half an hour."))
+        "The iCEBreaker's takes about a minute; the ULX3S 85F's about 11 minutes."))
     sp.set_defaults(func=run)
     sp.add_argument("--board", required=True, metavar=f"{{{boards}}}", help="which board")
     sp.add_argument("--out", metavar="DIR", help="build directory (default build/BOARD)")
@@ -320,8 +320,8 @@ def add_parser(subparsers):
                     help="accelerator clock to ask the PLL for (default: the board's target)")
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="stop a tool that runs longer than this and report how far it got "
-                         "(the ULX3S 85F preset's router has not converged yet: without a "
-                         "timeout its build runs until stopped); default: no limit")
+                         "(a router that does not converge keeps iterating); default: no "
+                         "limit")
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return sp
 
