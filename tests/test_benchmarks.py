@@ -122,6 +122,39 @@ def test_heatmap_summary(tmp_path):
     assert proc.returncode == 2 and "no heatmap file" in proc.stderr
 
 
+def test_slack_groups_endpoints_by_block(tmp_path):
+    """A made-up nextpnr report: endpoints grouped by block (RAM cells' trailing numbers
+    dropped), the late ones counted against the period with the setup added, blocks
+    ordered by their latest arrival; a report without detailed timings is refused."""
+    def ep(cell, port, t):
+        return {"cell": cell, "port": port, "delay": [t / 2, t],
+                "event": "posedge clk"}
+    report = {"fmax": {"clk": {"achieved": 47.25, "constraint": 100}},
+              "detailed_net_timings": [
+                  {"net": "accel.core.unit.fetch.i_addr[3]", "driver": "x", "port": "Q",
+                   "sources": ["/work/main/hw/stream_fetch.py:150"],
+                   "endpoints": [ep("accel.core.image.ram.0.9", "ADA5", 20.9),
+                                 ep("accel.core.image.ram.0.10", "ADA5", 9.9)]},
+                  {"net": "n2", "driver": "y", "port": "F", "sources": [],
+                   "endpoints": [ep("accel.core.feed.k_TRELLIS_FF_Q_3", "DI", 12.0),
+                                 ep("accel.core.feed.k_TRELLIS_FF_Q_4", "DI", 3.0)]}]}
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--json"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    assert (r["endpoints"], r["late"], r["fmax_mhz"]) == (4, 3, {"clk": 47.25})
+    assert [(b["block"], b["endpoints"], b["late"], b["worst_ns"]) for b in r["blocks"]] == [
+        ("accel.core.image.ram", 2, 2, 21.1), ("accel.core.feed", 2, 1, 12.2)]
+    assert r["blocks"][0]["worst_endpoint"] == "accel.core.image.ram.0.9.ADA5"
+    assert r["blocks"][0]["worst_sources"] == ["/work/main/hw/stream_fetch.py:150"]
+    del report["detailed_net_timings"]
+    path.write_text(json.dumps(report))
+    proc = subprocess.run([sys.executable, "benchmarks/slack.py", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "--detailed-timing-report" in proc.stderr
+
+
 def test_hierarchy_parses_yosys_stat():
     """A made-up `stat` of a two-level design: each block's own cells, the hierarchy
     summary skipped; an unknown board is refused with the known ones."""

@@ -5,6 +5,8 @@ the nextpnr report parser on real logs, ``espalier build``'s command line, a PIN
 a board top's UART pins, and (slow) both bitstreams built."""
 
 import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -345,7 +347,7 @@ def test_a_tool_that_finishes_returns_its_exit_code(tmp_path):
 
 # What CI builds: each board with its own preset. The iCEBreaker's does not fit the UP5K
 # yet (the test checks the one-line error naming what overflowed); the ULX3S's (13x10 PEs)
-# gives a bitstream in about 11 minutes (Yosys 2, nextpnr 9 with the static placer,
+# gives a bitstream in about 12 minutes (Yosys 2, nextpnr 9 with the static placer,
 # docs/results.md).
 BUILDS = [("icebreaker", None, False), ("ulx3s-85f", None, True)]
 TOOL_TIMEOUT = 2400  # seconds per tool: a router that does not converge fails the test
@@ -379,3 +381,9 @@ def test_build_bitstream(name, preset, fits, tmp_path):
     assert 0 < rep["dsps"] <= rep["dsps_total"]
     assert rep["pes"] == config.rows * config.cols
     assert any("nextpnr" in line for line in lines)
+    # nextpnr's timing report: its latest arrival is the critical path nextpnr reported
+    slack = subprocess.run([sys.executable, "benchmarks/slack.py", "--json",
+                            str(tmp_path / name / "timing.json")], check=True,
+                           capture_output=True, text=True, cwd=ROOT).stdout
+    worst = json.loads(slack)["blocks"][0]["worst_ns"]
+    assert abs(worst - 1000 / rep["fmax_mhz"]) < 0.5, (worst, rep["fmax_mhz"])

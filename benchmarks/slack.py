@@ -1,0 +1,102 @@
+"""Where a routed design's slow paths end: every timed endpoint, grouped by block.
+
+nextpnr prints one critical path per clock. Its JSON report with
+``--detailed-timing-report`` (nextpnr 0.11: ``TimingAnalyser::build_detailed_net_timing_report``)
+holds more: for every endpoint (a flip-flop's or block RAM's input) the latest arrival
+time of the clock's data there, under the net that feeds it. This script groups those
+endpoints by block (the endpoint cell's dotted name without its own last part and
+trailing numbers, cut to ``--depth`` parts) and prints, for each block, how many endpoints
+miss the target period, the latest arrival and the net and RTL line that bring it.
+
+``espalier build`` has nextpnr write that report as ``timing.json`` in the build
+directory, so after ``espalier build --board ulx3s-85f``:
+
+    .venv/bin/python benchmarks/slack.py build/ulx3s-85f/timing.json --period 10 [--depth 3]
+
+Arrival times are nextpnr's own (routing and cell delays of the routed design); a
+block's "late" count is of its endpoints whose arrival plus ``--setup`` exceeds the
+period, so it is the work left to reach that clock, block by block.
+"""
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+
+def block_of(cell: str, depth: int) -> str:
+    """``accel.core.unit.fetch.f_addr_2_TRELLIS_FF_Q_15`` -> ``accel.core.unit.fetch``."""
+    parts = cell.split(".")[:-1]
+    while parts and parts[-1].isdigit():
+        parts.pop()
+    return ".".join(parts[:depth]) or cell
+
+
+def endpoints(report: dict):
+    """(arrival ns, endpoint cell, port, net, RTL sources) for every timed endpoint."""
+    if "detailed_net_timings" not in report:
+        raise ValueError("the report has no detailed_net_timings: run nextpnr with "
+                         "--detailed-timing-report")
+    for net in report["detailed_net_timings"]:
+        for e in net["endpoints"]:
+            yield (e["delay"][1], e["cell"], e["port"], net["net"],
+                   [s for s in net.get("sources", []) if "/share/" not in s])
+
+
+def summarize(report: dict, period: float, setup: float, depth: int) -> dict:
+    groups = collections.defaultdict(list)
+    for ep in endpoints(report):
+        groups[block_of(ep[1], depth)].append(ep)
+    rows = []
+    for block, eps in groups.items():
+        eps.sort(key=lambda e: -e[0])
+        a, cell, port, net, src = eps[0]
+        rows.append({
+            "block": block,
+            "endpoints": len(eps),
+            "late": sum(1 for e in eps if e[0] + setup > period),
+            "worst_ns": round(a + setup, 2),
+            "worst_endpoint": f"{cell}.{port}",
+            "worst_net": net,
+            "worst_sources": src,
+        })
+    rows.sort(key=lambda r: -r["worst_ns"])
+    fmax = {k: round(v["achieved"], 2) for k, v in report.get("fmax", {}).items()}
+    return {"period_ns": period, "fmax_mhz": fmax,
+            "endpoints": sum(r["endpoints"] for r in rows),
+            "late": sum(r["late"] for r in rows), "blocks": rows}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("report", type=Path, help="nextpnr's --report JSON (with "
+                                              "--detailed-timing-report)")
+    ap.add_argument("--period", type=float, default=10.0, help="target period, ns "
+                                                               "(default 10: 100 MHz)")
+    ap.add_argument("--setup", type=float, default=0.2,
+                    help="setup time added to each arrival, ns (default 0.2)")
+    ap.add_argument("--depth", type=int, default=4, help="dotted name parts of a block")
+    ap.add_argument("--rows", type=int, default=25, help="blocks to print (default 25)")
+    ap.add_argument("--json", action="store_true", help="print every block as JSON")
+    args = ap.parse_args(argv)
+    try:
+        s = summarize(json.loads(args.report.read_text()), args.period, args.setup,
+                      args.depth)
+    except (OSError, ValueError) as e:
+        sys.exit(f"slack.py: {args.report}: {e}")
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return
+    print(f"{s['endpoints']} endpoints, {s['late']} later than {args.period} ns; "
+          f"nextpnr's Fmax: {s['fmax_mhz']}")
+    print(f"\n| block | endpoints | later than {args.period} ns | latest (ns) | its net |")
+    print("|---|---|---|---|---|")
+    for r in s["blocks"][:args.rows]:
+        src = f" ({', '.join(r['worst_sources'][:2])})" if r["worst_sources"] else ""
+        print(f"| `{r['block']}` | {r['endpoints']} | {r['late']} | {r['worst_ns']} | "
+              f"`{r['worst_net'][:70]}`{src} |")
+
+
+if __name__ == "__main__":
+    main()
