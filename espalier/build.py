@@ -2,7 +2,7 @@
 report: achieved clock, resources against the device's totals.
 
     espalier build --board {icebreaker,ulx3s-85f} [--json] [--out DIR] [--mhz F]
-                   [--timeout SECONDS]
+                   [--timeout SECONDS] [--seed N]
 
 The flow is Amaranth's own: ``platform.build(top, do_build=False)`` renders the build plan
 (the Yosys script, the constraints and the command lines Amaranth's ``build_top.sh`` would
@@ -17,6 +17,9 @@ when a design does not fit. While nextpnr runs, its log is read every few second
 placer's Fmax estimate is reported when placement ends, and router2's iteration and
 overused-wire count once a minute (``pnr_progress``); ``--timeout`` stops a tool that runs
 longer and names how far it got (a router that does not converge keeps iterating).
+``--seed`` passes a seed to nextpnr's placer: another placement of the same netlist (a
+design the default placement does not route may route with another; nextpnr is otherwise
+deterministic, so the same seed gives the same bitstream).
 nextpnr also writes its JSON timing report (``timing.json`` in the build directory: every
 register and RAM input's arrival time); ``benchmarks/slack.py`` groups it by block.
 
@@ -36,8 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["BuildError", "add_parser", "build", "parse_nextpnr_log", "pnr_progress", "run",
-           "tool_env", "yowasp_cache_dir"]
+__all__ = ["BuildError", "add_parser", "build", "nextpnr_opts", "parse_nextpnr_log",
+           "pnr_progress", "run", "tool_env", "yowasp_cache_dir"]
 
 #: Each tool an Amaranth Lattice build plan invokes, and the YoWASP package's command for it.
 YOWASP_TOOLS = {
@@ -229,14 +232,26 @@ def _report(board, target_mhz: float, pnr_log: str, bitstream: Path, seconds: fl
     }
 
 
+def nextpnr_opts(board_opts: str, seed: int | None = None) -> str:
+    """nextpnr's options for a build: ``--timing-allow-fail`` (a missed clock target is
+    reported, not a failed build), the JSON timing report with every endpoint's arrival
+    time (``TIMING_REPORT``; benchmarks/slack.py sums it up by block), ``--seed`` when one
+    is given, then the board's own options."""
+    return " ".join(filter(None, [
+        "--timing-allow-fail", f"--report {TIMING_REPORT} --detailed-timing-report",
+        None if seed is None else f"--seed {int(seed)}", board_opts]))
+
+
 def build(board: str, *, out_dir=None, target_mhz: float | None = None,
-          timeout: float | None = None, preset: str | None = None, progress=print) -> dict:
+          timeout: float | None = None, preset: str | None = None, seed: int | None = None,
+          progress=print) -> dict:
     """Build ``board``'s bitstream in ``out_dir`` (default ``build/<board>``) with the
     accelerator clock at ``target_mhz`` (default the board's target) and return the report
     (``board``, ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``luts``, ``luts_total``,
     ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``, ``bitstream``,
-    ``seconds``). ``preset`` builds another accelerator preset (``hw.config``) on the
-    board instead of the board's own. ``timeout`` limits each tool's run, in seconds.
+    ``seconds``, ``seed``). ``preset`` builds another accelerator preset (``hw.config``) on
+    the board instead of the board's own. ``timeout`` limits each tool's run, in seconds.
+    ``seed`` (a non-negative integer; None: nextpnr's default) seeds nextpnr's placer.
     Raises ValueError for an unknown board or a clock the PLL cannot make, and BuildError
     when a tool fails or runs out of time, or the design does not fit the device (naming
     the resources that overflowed)."""
@@ -244,6 +259,8 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     from platforms.boards import BoardTop, get_board
 
     spec = get_board(board)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"a seed must be a non-negative integer, not {seed!r}")
     spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
     env = tool_env()
     for tool in YOWASP_TOOLS:
@@ -259,12 +276,7 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     progress(f"{spec.name}: elaborating ({preset or spec.preset} preset, "
              f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
     platform = spec.platform()
-    # --timing-allow-fail: a missed clock target is reported, not a failed build. The JSON
-    # timing report has every endpoint's arrival time (benchmarks/slack.py sums it up by
-    # block).
-    opts = {"nextpnr_opts": " ".join(filter(None, [
-        "--timing-allow-fail", f"--report {TIMING_REPORT} --detailed-timing-report",
-        spec.nextpnr_opts]))}
+    opts = {"nextpnr_opts": nextpnr_opts(spec.nextpnr_opts, seed)}
     if spec.synth_opts:
         opts["synth_opts"] = spec.synth_opts
     plan = platform.build(top, name="top", do_build=False, **opts)
@@ -303,8 +315,10 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
             raise BuildError(f"{tool} failed (exit {returncode}): {_last_error(log)} "
                              f"(log: {log})")
     bitstream = out / ("top.bin" if "icepack" in (c[0] for c in commands) else "top.bit")
-    return _report(spec, top.target_mhz, pnr_log or "", bitstream, time.perf_counter() - start,
-                   top.config)
+    report = _report(spec, top.target_mhz, pnr_log or "", bitstream,
+                     time.perf_counter() - start, top.config)
+    report["seed"] = seed
+    return report
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -331,6 +345,11 @@ def add_parser(subparsers):
                     help="stop a tool that runs longer than this and report how far it got "
                          "(a router that does not converge keeps iterating); default: no "
                          "limit")
+    sp.add_argument("--seed", type=int, metavar="N",
+                    help="seed nextpnr's placer with N (a non-negative integer): another "
+                         "placement of the same design, for a build whose router does not "
+                         "converge or to see how much the clock varies; default: nextpnr's "
+                         "own seed")
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return sp
 
@@ -346,7 +365,8 @@ def _table(r: dict) -> str:
         f"  LUTs    {frac(r['luts'], r['luts_total'])}",
         f"  DSPs    {frac(r['dsps'], r['dsps_total'])}",
         f"  BRAMs   {frac(r['brams'], r['brams_total'])}",
-        f"  bitstream {r['bitstream']} ({r['seconds']:.0f} s)",
+        f"  bitstream {r['bitstream']} ({r['seconds']:.0f} s"
+        + ("" if r.get("seed") is None else f", nextpnr seed {r['seed']}") + ")",
     ])
 
 
@@ -356,9 +376,11 @@ def run(args) -> int:
 
     if args.timeout is not None and not args.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, not {args.seed}")
     try:
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
-                       timeout=args.timeout, progress=_progress)
+                       timeout=args.timeout, seed=args.seed, progress=_progress)
     except (ValueError, BuildError) as e:
         raise UserError(str(e)) from None
     _emit(args, report, _table(report))

@@ -20,6 +20,7 @@ from espalier.build import (
     _run_tool,
     add_parser,
     build,
+    nextpnr_opts,
     parse_nextpnr_log,
     pnr_progress,
     run,
@@ -36,6 +37,7 @@ from platforms.pll import ecp5_pll, ice40_pll
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = {"board", "fmax_mhz", "target_mhz", "timing_met", "luts", "luts_total", "dsps",
                "dsps_total", "brams", "brams_total", "pes", "bitstream", "seconds"}
+BUILD_KEYS = REPORT_KEYS | {"seed"}  # build() adds the nextpnr seed it used
 
 
 # -- the registry -----------------------------------------------------------------------------
@@ -299,6 +301,58 @@ def test_cli_timeout_is_passed_and_checked():
         run(_build_args("--board", "icebreaker", "--timeout", "0"))
 
 
+def test_cli_seed_is_passed_and_checked():
+    assert _build_args("--board", "ulx3s-85f", "--seed", "3").seed == 3
+    assert _build_args("--board", "ulx3s-85f").seed is None
+    with pytest.raises(UserError, match="--seed must be a non-negative integer, not -1"):
+        run(_build_args("--board", "icebreaker", "--seed", "-1"))
+    with pytest.raises(ValueError, match="a seed must be a non-negative integer, not 1.5"):
+        build("icebreaker", seed=1.5)
+
+
+def test_nextpnr_opts():
+    assert nextpnr_opts("--placer static") == (
+        "--timing-allow-fail --report timing.json --detailed-timing-report --placer static")
+    assert nextpnr_opts("", 7) == (
+        "--timing-allow-fail --report timing.json --detailed-timing-report --seed 7")
+
+
+# A stand-in for each tool of a build plan: it records its command line in the build
+# directory and writes what the flow reads after it (nextpnr's log, the bitstream).
+FAKE_TOOL = """\
+#!{python}
+import json, pathlib, sys
+name = pathlib.Path(sys.argv[0]).name
+pathlib.Path(name + ".argv").write_text(json.dumps(sys.argv[1:]))
+if name == "nextpnr":
+    pathlib.Path("top.tim").write_text({log!r})
+if name == "pack":
+    pathlib.Path("top.bin").write_bytes(b"bits")
+"""
+
+
+def test_build_passes_the_seed_to_nextpnr(tmp_path, monkeypatch):
+    """build() with fake tools (set through the environment variables the flow resolves
+    them by): the seed reaches nextpnr's command line, after the flow's own options, and
+    the report says which seed made it."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for var, name in [("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"),
+                      ("ICEPACK", "pack")]:
+        tool = tools / name
+        tool.write_text(FAKE_TOOL.format(python=sys.executable, log=ICE40_LOG))
+        tool.chmod(0o755)
+        monkeypatch.setenv(var, str(tool))
+    out = tmp_path / "b"
+    rep = build("icebreaker", out_dir=out, preset="small", seed=7, progress=lambda s: None)
+    argv = json.loads((out / "nextpnr.argv").read_text())
+    assert argv[argv.index("--seed") + 1] == "7"
+    assert argv.index("--timing-allow-fail") < argv.index("--seed")
+    assert set(rep) == BUILD_KEYS and rep["seed"] == 7 and rep["fmax_mhz"] == 31.25
+    build("icebreaker", out_dir=out, preset="small", progress=lambda s: None)
+    assert "--seed" not in json.loads((out / "nextpnr.argv").read_text())
+
+
 # nextpnr-ecp5's log while router2 works (lines as router2.cc prints them).
 ROUTING_LOG = """\
 Info: Max frequency for clock '$glbnet$accel.core.act0.clk': 36.41 MHz (FAIL at 100.00 MHz)
@@ -373,7 +427,7 @@ def test_build_bitstream(name, preset, fits, tmp_path):
     rep = build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
                 progress=lines.append)
     print(rep)
-    assert set(rep) == REPORT_KEYS
+    assert set(rep) == BUILD_KEYS and rep["seed"] is None
     assert Path(rep["bitstream"]).stat().st_size > 0
     assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == board.target_mhz
     assert rep["timing_met"] == (rep["fmax_mhz"] >= rep["target_mhz"])
