@@ -359,9 +359,14 @@ def _table(r: dict) -> str:
         return f"{used:>6} / {total:<6} ({100 * used / total:.0f} %)"
 
     met = "met" if r["timing_met"] else "NOT met"
+    warn = [] if r["timing_met"] else [
+        f"  the bitstream clocks the accelerator at {r['target_mhz']:g} MHz, faster than its "
+        f"paths allow: it will not run reliably on a board; --mhz F with F <= "
+        f"{r['fmax_mhz']:.2f} builds one that does"]
     return "\n".join([
         f"{r['board']}: {r['pes']} PEs",
         f"  clock   {r['fmax_mhz']:.2f} MHz achieved, target {r['target_mhz']:g} MHz: {met}",
+        *warn,
         f"  LUTs    {frac(r['luts'], r['luts_total'])}",
         f"  DSPs    {frac(r['dsps'], r['dsps_total'])}",
         f"  BRAMs   {frac(r['brams'], r['brams_total'])}",

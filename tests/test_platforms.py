@@ -18,6 +18,7 @@ from espalier.build import (
     _overflow,
     _report,
     _run_tool,
+    _table,
     add_parser,
     build,
     nextpnr_opts,
@@ -277,6 +278,20 @@ def test_report_has_the_issue_keys(name, log):
     else:
         assert (rep["fmax_mhz"], rep["timing_met"], rep["luts"], rep["dsps"],
                 rep["brams"]) == (23.31, False, 44848, 73, 143)
+
+
+def test_table_warns_when_the_clock_is_not_met():
+    """A bitstream whose PLL clock is above the achieved Fmax would not run reliably: the
+    table says so and how to build one that does; a met clock gets no such line."""
+    board = BOARDS["ulx3s-85f"]
+    rep = _report(board, board.target_mhz, ECP5_LOG, Path("top.bit"), 1.0)
+    lines = _table(rep).splitlines()
+    assert lines[1] == "  clock   23.31 MHz achieved, target 100 MHz: NOT met"
+    assert lines[2] == ("  the bitstream clocks the accelerator at 100 MHz, faster than its paths "
+                        "allow: it will not run reliably on a board; --mhz F with F <= 23.31 "
+                        "builds one that does")
+    met = _report(BOARDS["icebreaker"], 30.0, ICE40_LOG, Path("top.bin"), 1.0)
+    assert "reliably" not in _table(met)
 
 
 def _build_args(*argv):
