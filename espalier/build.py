@@ -251,7 +251,9 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``, ``bitstream``,
     ``seconds``, ``seed``). ``preset`` builds another accelerator preset (``hw.config``) on
     the board instead of the board's own. ``timeout`` limits each tool's run, in seconds.
-    ``seed`` (a non-negative integer; None: nextpnr's default) seeds nextpnr's placer.
+    ``seed`` (a non-negative integer) seeds nextpnr's placer; None: the board's own seed
+    (``Board.seed``), or nextpnr's default if it has none. The report's ``seed`` is the one
+    used (None: nextpnr's default).
     Raises ValueError for an unknown board or a clock the PLL cannot make, and BuildError
     when a tool fails or runs out of time, or the design does not fit the device (naming
     the resources that overflowed)."""
@@ -261,6 +263,8 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     spec = get_board(board)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"a seed must be a non-negative integer, not {seed!r}")
+    if seed is None:
+        seed = spec.seed
     spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
     env = tool_env()
     for tool in YOWASP_TOOLS:
@@ -348,8 +352,8 @@ def add_parser(subparsers):
     sp.add_argument("--seed", type=int, metavar="N",
                     help="seed nextpnr's placer with N (a non-negative integer): another "
                          "placement of the same design, for a build whose router does not "
-                         "converge or to see how much the clock varies; default: nextpnr's "
-                         "own seed")
+                         "converge or to see how much the clock varies; default: the "
+                         "board's own seed (docs/results.md), else nextpnr's")
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return sp
 

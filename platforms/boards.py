@@ -48,8 +48,9 @@ class Board:
     (SB_MAC16 / MULT18X18D) and block RAMs (EBR / DP16KD), as its datasheet counts them;
     ``leds`` maps each ``STATUS`` name the board shows to an LED resource (name, number);
     ``synth_opts`` are the options of Yosys's ``synth_<family>`` and ``nextpnr_opts``
-    nextpnr's own (Espalier adds ``--timing-allow-fail``); ``cells`` names the
-    nextpnr cell types counted as ``luts``, ``dsps`` and ``brams`` in its utilisation report.
+    nextpnr's own (Espalier adds ``--timing-allow-fail``); ``seed`` nextpnr's placer seed
+    when the build gives none (None: nextpnr's own); ``cells`` names the nextpnr cell types
+    counted as ``luts``, ``dsps`` and ``brams`` in its utilisation report.
     """
 
     name: str
@@ -63,6 +64,7 @@ class Board:
     leds: dict = field(default_factory=dict)
     synth_opts: str = ""
     nextpnr_opts: str = ""
+    seed: int | None = None
     cells: dict = field(default_factory=dict)
     baud: int = DEFAULT_BAUD
 

@@ -5,6 +5,7 @@ the nextpnr report parser on real logs, ``espalier build``'s command line, a PIN
 a board top's UART pins, and (slow) both bitstreams built."""
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -364,8 +365,14 @@ def test_build_passes_the_seed_to_nextpnr(tmp_path, monkeypatch):
     assert argv[argv.index("--seed") + 1] == "7"
     assert argv.index("--timing-allow-fail") < argv.index("--seed")
     assert set(rep) == BUILD_KEYS and rep["seed"] == 7 and rep["fmax_mhz"] == 31.25
-    build("icebreaker", out_dir=out, preset="small", progress=lambda s: None)
+    rep = build("icebreaker", out_dir=out, preset="small", progress=lambda s: None)
     assert "--seed" not in json.loads((out / "nextpnr.argv").read_text())
+    assert rep["seed"] is None
+    # A board's own seed is used when the build gives none.
+    monkeypatch.setitem(BOARDS, "icebreaker", dataclasses.replace(BOARDS["icebreaker"], seed=5))
+    rep = build("icebreaker", out_dir=out, preset="small", progress=lambda s: None)
+    argv = json.loads((out / "nextpnr.argv").read_text())
+    assert argv[argv.index("--seed") + 1] == "5" and rep["seed"] == 5
 
 
 # nextpnr-ecp5's log while router2 works (lines as router2.cc prints them).
@@ -442,7 +449,7 @@ def test_build_bitstream(name, preset, fits, tmp_path):
     rep = build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
                 progress=lines.append)
     print(rep)
-    assert set(rep) == BUILD_KEYS and rep["seed"] is None
+    assert set(rep) == BUILD_KEYS and rep["seed"] == board.seed
     assert Path(rep["bitstream"]).stat().st_size > 0
     assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == board.target_mhz
     assert rep["timing_met"] == (rep["fmax_mhz"] >= rep["target_mhz"])
