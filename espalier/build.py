@@ -353,7 +353,7 @@ def add_parser(subparsers):
                     help="seed nextpnr's placer with N (a non-negative integer): another "
                          "placement of the same design, for a build whose router does not "
                          "converge or to see how much the clock varies; default: the "
-                         "board's own seed (docs/results.md), else nextpnr's")
+                         "board's own seed if it names one, else nextpnr's")
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     return sp
 
@@ -365,8 +365,8 @@ def _table(r: dict) -> str:
     met = "met" if r["timing_met"] else "NOT met"
     warn = [] if r["timing_met"] else [
         f"  the bitstream clocks the accelerator at {r['target_mhz']:g} MHz, faster than its "
-        f"paths allow: it will not run reliably on a board; --mhz F with F <= "
-        f"{r['fmax_mhz']:.2f} builds one that does"]
+        f"paths allow: it will not run reliably on a board; rebuild with --mhz F, F <= "
+        f"{r['fmax_mhz']:.2f} (placed anew: check that its clock is met)"]
     return "\n".join([
         f"{r['board']}: {r['pes']} PEs",
         f"  clock   {r['fmax_mhz']:.2f} MHz achieved, target {r['target_mhz']:g} MHz: {met}",
@@ -385,8 +385,6 @@ def run(args) -> int:
 
     if args.timeout is not None and not args.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
-    if args.seed is not None and args.seed < 0:
-        raise UserError(f"--seed must be a non-negative integer, not {args.seed}")
     try:
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
                        timeout=args.timeout, seed=args.seed, progress=_progress)

@@ -289,8 +289,8 @@ def test_table_warns_when_the_clock_is_not_met():
     lines = _table(rep).splitlines()
     assert lines[1] == "  clock   23.31 MHz achieved, target 100 MHz: NOT met"
     assert lines[2] == ("  the bitstream clocks the accelerator at 100 MHz, faster than its paths "
-                        "allow: it will not run reliably on a board; --mhz F with F <= 23.31 "
-                        "builds one that does")
+                        "allow: it will not run reliably on a board; rebuild with --mhz F, "
+                        "F <= 23.31 (placed anew: check that its clock is met)")
     met = _report(BOARDS["icebreaker"], 30.0, ICE40_LOG, Path("top.bin"), 1.0)
     assert "reliably" not in _table(met)
 
@@ -320,7 +320,7 @@ def test_cli_timeout_is_passed_and_checked():
 def test_cli_seed_is_passed_and_checked():
     assert _build_args("--board", "ulx3s-85f", "--seed", "3").seed == 3
     assert _build_args("--board", "ulx3s-85f").seed is None
-    with pytest.raises(UserError, match="--seed must be a non-negative integer, not -1"):
+    with pytest.raises(UserError, match="a seed must be a non-negative integer, not -1"):
         run(_build_args("--board", "icebreaker", "--seed", "-1"))
     with pytest.raises(ValueError, match="a seed must be a non-negative integer, not 1.5"):
         build("icebreaker", seed=1.5)
