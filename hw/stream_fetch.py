@@ -34,10 +34,15 @@ class StreamFetch(wiring.Component):
     """Deals a layer's channels to the decode lanes and feeds each lane its channels' bytes.
 
     Ports:
-        ``start`` (in): one-cycle pulse; begins a layer whose ``out_c``, ``sizes_addr``,
-            ``streams_addr`` (byte addresses in the image buffer) and ``streams_bytes`` (the
-            sum of the stream sizes) are steady from then on. With several lanes the sizes
-            are read and ``streams_bytes`` is not used; one lane uses no size.
+        ``start`` (in): one-cycle pulse; begins a layer whose ``dense``, ``out_c``,
+            ``sizes_addr``, ``streams_addr`` (byte addresses in the image buffer) and
+            ``streams_bytes`` (the sum of the stream sizes) are steady from then on. With
+            several lanes the sizes are read and ``streams_bytes`` is not used; one lane
+            uses no size.
+        ``dense`` (in): deal channel ``c`` to lane ``c mod n`` (``n`` lanes), in turn,
+            rather than by load: the rule a convolution's weights need, so that the tile
+            buffer wires each lane to only the columns its channels can reach
+            (``hw.tile_buffer``).
         ``rd_addr`` (out), ``rd_data`` (in): a read port of the image buffer (word address;
             the word of ``image_word_bytes`` bytes arrives a clock later, byte ``a`` of the
             image at byte lane ``a mod W``).
@@ -57,7 +62,10 @@ class StreamFetch(wiring.Component):
     numbers) have space, so a channel goes to the lane that will run dry first rather
     than being committed long before it is needed: dealing channels in turn left lanes
     idle that drew short ones (Ref: EIE, ISCA 2016, whose PEs balance load with
-    activation queues; here the assignment balances it). A size may straddle two words;
+    activation queues; here the assignment balances it). With ``dense`` the deal is in
+    turn instead: channel ``c`` goes to lane ``c mod n`` once that lane has room, and a
+    lane has room while its FIFOs have space (its next channels are fixed, so they may be
+    dealt ahead), the next lane a register as well. A size may straddle two words;
     the window's third word is read ahead so that a size a clock is always there.
 
     The single read port: the scheduler has it whenever it asks (once in ``W/2`` deals,
@@ -110,6 +118,7 @@ class StreamFetch(wiring.Component):
         aw = config.image_addr_width + 1
         super().__init__({
             "start": In(1),
+            "dense": In(1),
             "out_c": In(unsigned(16)),
             "sizes_addr": In(unsigned(aw)),
             "streams_addr": In(unsigned(aw)),
@@ -232,7 +241,9 @@ class StreamFetch(wiring.Component):
             orders.append(c)
         room = self.probe.room
         pend = self.probe.pend
-        m.d.comb += room.eq(Cat(*(q.w_rdy & c.w_rdy & (pend[j] < 2 * wb)
+        # (dense: a lane's next channel is known, so it may be dealt as far ahead as the
+        # lane's FIFOs allow)
+        m.d.comb += room.eq(Cat(*(q.w_rdy & c.w_rdy & (self.dense | (pend[j] < 2 * wb))
                                   for j, (q, c) in enumerate(zip(jobs, orders, strict=True)))))
         job_load = Signal(lanes)
         for j in range(lanes):
@@ -271,7 +282,15 @@ class StreamFetch(wiring.Component):
                 nxt.append(cands[-1])
             cands = nxt
         if lanes > 1:
-            m.d.sync += [any_room.eq(cands[0][0]), pick.eq(cands[0][2])]
+            # Dense: channels go to the lanes in turn, channel c to lane c mod n; the
+            # lane after this clock's (or this clock's lane again when nothing is dealt)
+            # is never the lane dealt to now, so its room is as it will be.
+            turn = Signal(range(lanes))
+            m.d.comb += turn.eq(Mux(s_deal, Mux(pick == lanes - 1, 0, pick + 1), pick))
+            with m.If(self.dense):
+                m.d.sync += [any_room.eq(room.bit_select(turn, 1)), pick.eq(turn)]
+            with m.Else():
+                m.d.sync += [any_room.eq(cands[0][0]), pick.eq(cands[0][2])]
         else:
             # (one lane: no tree; its room is read in the clock it is dealt to)
             m.d.comb += [any_room.eq(cands[0][0]), pick.eq(0)]
@@ -314,6 +333,8 @@ class StreamFetch(wiring.Component):
                 z_last.eq(last[ob:] if ob else last),
                 win_n.eq(0),
             ]
+            if lanes > 1:
+                m.d.sync += [pick.eq(0), any_room.eq(0)]
 
         # -- lanes -------------------------------------------------------------------------
         lane_idle = []

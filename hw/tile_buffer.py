@@ -6,6 +6,7 @@ systolic array's ``cols`` columns (docs/pe-array.md).
 """
 
 import functools
+import math
 import operator
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
@@ -46,7 +47,11 @@ class TileBuffer(wiring.Component):
         ``start`` (in): one-cycle pulse: a new layer, tile 0 at the head, both banks empty.
             ``out_c`` (in) must be steady from then on.
         ``i[j]`` (in streams of ``LaneWeight``): lane ``j``'s dense weights (``k``,
-            ``channel``, ``last``). A weight of tile ``t`` is accepted while ``t`` is the
+            ``channel``, ``last``), of channels ``j``, ``j + lanes``, ``j + 2 lanes``...
+            (``StreamFetch``'s dense deal). Lane ``j`` is wired only to the columns equal
+            to ``j`` modulo ``g = gcd(lanes, cols)``, the only ones its channels reach (a
+            weight of another channel would be lost: the deal is the accelerator's own,
+            so no input can break it). A weight of tile ``t`` is accepted while ``t`` is the
             head tile or the one after it; a lane that reaches tile ``head + 2`` waits until
             the head is released (its earlier channels are all in, since a lane's channels
             come in increasing order, so this cannot deadlock).
@@ -112,6 +117,9 @@ class TileBuffer(wiring.Component):
         # division by cols unless it is a power of two), then is written when its tile is
         # the head or the next one.
         ch_w = cfg.channel_width
+        # Lane j holds channels j, j + lanes, ...: their columns are those equal to j
+        # modulo g, so only those are wired to it.
+        g = math.gcd(lanes, cols)
         go, sels, held = [], [], []
         for j in range(lanes):
             lane = self.i[j]
@@ -133,30 +141,35 @@ class TileBuffer(wiring.Component):
             with m.If(self.start):
                 m.d.sync += s_valid.eq(0)
             go.append((ok, s_t, s_c, s_last))
-            sels.append([[ok & (s_t[0] == b) & (s_c == cc) for cc in range(cols)]
-                         for b in range(2)])
+            sels.append([[ok & (s_t[0] == b) & (s_c == cc) if cc % g == j % g else None
+                          for cc in range(cols)] for b in range(2)])
             held.append((s_k, s_w))
 
         # Each memory's write port takes the one lane that selects it (two lanes never
         # select the same one, see above), through AND-OR selects rather than a priority
         # chain of `lanes` multiplexers.
-        # With one lane, every memory takes the lane's address and weight as they are (only
-        # the enables select): the AND-OR would be 2·cols·(address + weight) LUTs for
-        # nothing (272 LUT4 on the 1x8 iCE40 array).
+        # Where one lane reaches a memory (one lane, or lanes dividing cols), the memory
+        # takes that lane's address and weight as they are (only the enables select): the
+        # AND-OR would be 2·cols·(address + weight) LUTs for nothing (272 LUT4 on the 1x8
+        # iCE40 array). On the ECP5's 5 lanes and 10 columns each lane reaches 2 columns
+        # instead of 10: the crossbar of every lane to all 20 memories was 999 of the 3,104
+        # overused wires where router2 stuck (docs/results.md, session 13).
         for b in range(2):
             for cc in range(cols):
-                sel = [Signal(name=f"sel{j}_b{b}_c{cc}") for j in range(lanes)]
-                m.d.comb += [sel[j].eq(sels[j][b][cc]) for j in range(lanes)]
-                if lanes == 1:
-                    m.d.comb += [wrs[b][cc].en.eq(sel[0]), wrs[b][cc].addr.eq(held[0][0]),
-                                 wrs[b][cc].data.eq(held[0][1])]
+                js = [j for j in range(lanes) if sels[j][b][cc] is not None]
+                sel = {j: Signal(name=f"sel{j}_b{b}_c{cc}") for j in js}
+                m.d.comb += [sel[j].eq(sels[j][b][cc]) for j in js]
+                if len(js) == 1:
+                    (j,) = js
+                    m.d.comb += [wrs[b][cc].en.eq(sel[j]), wrs[b][cc].addr.eq(held[j][0]),
+                                 wrs[b][cc].data.eq(held[j][1])]
                     continue
                 m.d.comb += [
-                    wrs[b][cc].en.eq(functools.reduce(operator.or_, sel)),
+                    wrs[b][cc].en.eq(functools.reduce(operator.or_, sel.values())),
                     wrs[b][cc].addr.eq(functools.reduce(
-                        operator.or_, (Mux(sel[j], held[j][0], 0) for j in range(lanes)))),
+                        operator.or_, (Mux(sel[j], held[j][0], 0) for j in js))),
                     wrs[b][cc].data.eq(functools.reduce(
-                        operator.or_, (Mux(sel[j], held[j][1], 0) for j in range(lanes)))),
+                        operator.or_, (Mux(sel[j], held[j][1], 0) for j in js))),
                 ]
 
         lasts = [Signal(range(lanes + 1), name=f"lasts{b}") for b in range(2)]

@@ -189,10 +189,11 @@ class WeightUnit(wiring.Component):
         ``o[j]`` (out streams of ``LaneWeight``): lane ``j``'s weights with their
             positions ``k`` (dense: ``fan_in`` per channel in fan-in order; sparse: in
             increasing ``k``, ``last`` on each channel's final entry), with the output
-            ``channel`` they belong to. The fetch
-            deals channels to lanes by load, so which lane gets which channel depends on
-            the stream sizes (each channel goes to exactly one lane, and a lane's channels
-            come in increasing order).
+            ``channel`` they belong to. Each channel goes to exactly one lane, and a
+            lane's channels come in increasing order. Dense, channel ``c`` goes to lane
+            ``c mod decode_lanes`` (what the tile buffer's wiring assumes); sparse, the
+            fetch deals channels to lanes by load, so which lane gets which channel
+            depends on the stream sizes.
 
     A layer: the sequencer reads the layer's descriptor (17 clocks), starts the
     ``DecodePath`` (``path``) and, through an ``ItemReader`` (``reader``) on the image
@@ -288,6 +289,7 @@ class WeightUnit(wiring.Component):
             path.params.max_len.eq(keep[DescWord.MAX_LEN]),
             path.channels.eq(keep[DescWord.OUT_C]),
             path.sparse.eq(self.sparse),
+            fetch.dense.eq(~self.sparse),
             fetch.out_c.eq(keep[DescWord.OUT_C]),
             fetch.sizes_addr.eq(keep[DescWord.SIZES_ADDR]),
             fetch.streams_addr.eq(keep[DescWord.STREAMS_ADDR]),

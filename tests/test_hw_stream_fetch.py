@@ -73,10 +73,11 @@ class _Bench(Elaboratable):
 
 
 def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
-              timeout=20_000) -> list[dict]:
+              timeout=20_000, dense=False) -> list[dict]:
     """Run ``layers`` (a list of ``(sizes_addr, streams_addr, sizes)``) one after the other
     through a StreamFetch on ``image``, each started once the one before is ``idle`` and
-    its channel numbers taken. Lane ``j``'s consumer takes a byte from ``o[j]`` with
+    its channel numbers taken; ``dense`` (a bool, or one per layer) is the fetch's
+    ``dense`` input. Lane ``j``'s consumer takes a byte from ``o[j]`` with
     probability ``1 - stall`` a clock and, once it has every byte of the channel ``ch[j]``
     names, takes the number with probability ``1 - ch_stall`` (default ``stall``) a clock,
     as a decode lane does after the channel's last weight.
@@ -100,8 +101,11 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
     plan = []  # per layer: its sizes, for the consumers; None at the end
     done = {}
 
+    denses = [dense] * len(layers) if isinstance(dense, bool) else list(dense)
+
     async def control(ctx):
         for n, (sizes_addr, streams_addr, sizes) in enumerate(layers):
+            ctx.set(dut.dense, denses[n])
             ctx.set(dut.out_c, len(sizes))
             ctx.set(dut.sizes_addr, sizes_addr)
             ctx.set(dut.streams_addr, streams_addr)
@@ -192,8 +196,9 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
     return results
 
 
-def check_layer(cfg, image: bytes, layer, r) -> None:
-    """One layer's run against the reference and the deal's contract."""
+def check_layer(cfg, image: bytes, layer, r, *, dense=False) -> None:
+    """One layer's run against the reference and the deal's contract (``dense``: the
+    fetch's input was set)."""
     sizes_addr, streams_addr, sizes = layer
     lanes = cfg.decode_lanes
     ref = streams_of(image, streams_addr, sizes)
@@ -212,6 +217,13 @@ def check_layer(cfg, image: bytes, layer, r) -> None:
         assert [c for c, _ in r["lanes"][j]] == dealt, f"lane {j}: channel numbers"
         for c, got in r["lanes"][j]:
             assert got == ref[c], f"lane {j}: channel {c}'s bytes"
+    if dense:
+        # Dense: channel c to lane c mod n, whatever the sizes; a lane with room may have
+        # any bytes left (its channels are dealt ahead).
+        for k, (t, lane, pend, room, before) in enumerate(deals):
+            assert lane == k % lanes, f"channel {k} dealt to lane {lane}"
+            assert room[lane], f"clock {t}: dealt to lane {lane} without room"
+        return
     # The deal: to the lane with the fewest bytes left (dealt and not yet taken from
     # o[j], counted here from the deals and the consumers' transfers) among the lanes
     # with room, the lowest such lane on a tie; a lane has no room with 2W bytes left.
@@ -376,3 +388,23 @@ def test_one_lane_a_byte_a_clock(offset):
     assert pops[0] - r["start"] == 3
     assert pops == list(range(pops[0], pops[0] + int(sum(sizes)))), "a byte every clock"
     assert r["starved"] == [0]
+
+
+@pytest.mark.parametrize("lanes,seed", [(2, 21), (5, 22)])
+def test_dense_deal_in_turn(lanes, seed):
+    """Dense layers between load-dealt ones (the mode changes at each start): channel
+    ``c`` goes to lane ``c mod n`` whatever the sizes (long channels among short ones,
+    which the load deal would give to other lanes), random stalls; channels are dealt
+    ahead of the lanes' bytes (a lane is dealt to with more than ``2W`` bytes left)."""
+    cfg = config(lanes, image_bytes=8192)
+    rng = np.random.default_rng(seed)
+    shapes = [random_sizes(rng, 4 * lanes + 3), random_sizes(rng, 3 * lanes + 1),
+              random_sizes(rng, 2 * lanes, short=True), [int(rng.integers(1, 40))]]
+    shapes[0][::3] = 90
+    dense = [True, False, True, True]
+    image, layers = make_image(rng, cfg.image_bytes, shapes)
+    results = run_fetch(cfg, image, layers, seed=seed, stall=0.3, dense=dense)
+    for layer, r, d in zip(layers, results, dense, strict=True):
+        check_layer(cfg, image, layer, r, dense=d)
+    wb = cfg.image_word_bytes
+    assert any(pend[lane] >= 2 * wb for _, lane, pend, _, _ in results[0]["deals"])

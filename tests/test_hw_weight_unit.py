@@ -93,7 +93,8 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
 
     async def collect_layer(ctx, j):
         """Lane j's weights of the current layer: until the unit is idle and the lane's
-        output empty (how many channels a lane gets depends on the stream sizes)."""
+        output empty (sparse, how many channels a lane gets depends on the stream
+        sizes)."""
         out = []
         ticks = ctx.tick().sample(dut.o[j].valid, dut.o[j].payload, dut.busy).__aiter__()
         ready = rng is None or rng.random() >= stall
@@ -141,7 +142,8 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
                 continue
             assert len(received) % layer.fan_in == 0
             chans = [received[k].channel for k in range(0, len(received), layer.fan_in)]
-            assert chans == sorted(chans), f"layer {n} lane {j}: channels out of order"
+            # dense: channel c on lane c mod lanes, in order (the tile buffer's wiring)
+            assert chans == list(range(j, layer.out_c, lanes)), f"layer {n} lane {j}"
             seen.extend(chans)
             for c, k in zip(chans, range(0, len(received), layer.fan_in), strict=True):
                 block = received[k:k + layer.fan_in]
