@@ -220,9 +220,12 @@ def check_layer(cfg, image: bytes, layer, r, *, dense=False) -> None:
     if dense:
         # Dense: channel c to lane c mod n, whatever the sizes; a lane with room may have
         # any bytes left (its channels are dealt ahead).
-        for k, (t, lane, pend, room, before) in enumerate(deals):
+        for k, (t, lane, pend, room, _) in enumerate(deals):
             assert lane == k % lanes, f"channel {k} dealt to lane {lane}"
             assert room[lane], f"clock {t}: dealt to lane {lane} without room"
+            left = [sum(sizes[i] for i, d in enumerate(deals) if d[1] == j and d[0] < t)
+                    - sum(p < t for p in r["pops"][j]) for j in range(lanes)]
+            assert pend == left, f"clock {t}: bytes left"
         return
     # The deal: to the lane with the fewest bytes left (dealt and not yet taken from
     # o[j], counted here from the deals and the consumers' transfers) among the lanes
