@@ -305,17 +305,26 @@ class ConvFeed(wiring.Component):
             self.tile_addr.eq(k),
         ]
         inb = Signal(rows)
+        # Row r's read address, ``cur[r].off + k_off`` (modulo the bank's depth). With
+        # several rows it is a register kept equal to that sum (loaded with the group,
+        # when k_off is 0, and stepped with k_off), so the bank's address leaves
+        # from a register: the sum, added after the counters and then multiplexed with the
+        # fc path's and the host's addresses in front of the bank's memories, was one of
+        # the ULX3S build's longest paths into the activation banks (20.6 ns, session 12).
+        # With one row (the UP5K's preset, where logic cells count) the sum is formed each
+        # clock.
+        addrs = [Signal(aw, name=f"addr{r}") for r in range(rows)]
         for r in range(rows):
             y = Signal(signed(cw), name=f"y{r}")
             x = Signal(signed(cw), name=f"x{r}")
-            addr = Signal(aw, name=f"addr{r}")
             m.d.comb += [
                 y.eq(cur[r].iy0 + ky),
                 x.eq(cur[r].ix0 + kx),
-                addr.eq(cur[r].off + k_off),
                 inb[r].eq((y >= 0) & (y < p.in_h) & (x >= 0) & (x < p.in_w)),
-                self.x_addr[r].eq(addr),
+                self.x_addr[r].eq(addrs[r]),
             ]
+            if one_row:
+                m.d.comb += addrs[r].eq(cur[r].off + k_off)
         with m.If(issue):
             m.d.sync += [
                 b_valid.eq(1),
@@ -332,12 +341,16 @@ class ConvFeed(wiring.Component):
         with m.If(issue):
             with m.If(group_end):
                 m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
+                # (no step is issued after a group's last before the next group is taken,
+                # which loads the addresses)
             with m.Else():
                 kx_wrap = kx + 1 == p.kw
                 ky_wrap = ky + 1 == p.kh
                 # (one adder, its operand selected)
-                m.d.sync += [k.eq(k + 1), k_off.eq(k_off + Mux(kx_wrap, Mux(
-                    ky_wrap, p.ci_step, p.ky_step), 1))]
+                k_step = Mux(kx_wrap, Mux(ky_wrap, p.ci_step, p.ky_step), 1)
+                m.d.sync += [k.eq(k + 1), k_off.eq(k_off + k_step)]
+                if not one_row:
+                    m.d.sync += [addrs[r].eq(addrs[r] + k_step) for r in range(rows)]
                 with m.If(kx_wrap):
                     m.d.sync += [kx.eq(0), ky.eq(Mux(ky_wrap, 0, ky + 1))]
                 with m.Else():
@@ -358,8 +371,9 @@ class ConvFeed(wiring.Component):
                 m.d.sync += state.eq(_S.TILE)
 
         def take_next_group():
+            # (k_off is 0 here: it restarts with each group's last step)
             for r in range(rows):
-                m.d.sync += cur[r].eq(nxt[r])
+                m.d.sync += [cur[r].eq(nxt[r]), addrs[r].eq(nxt[r].off)]
             m.d.sync += fill.eq(0)  # the walker goes on from where it stopped
 
         with m.Switch(state):

@@ -92,6 +92,7 @@ class DecodePath(wiring.Component):
             # (a register slice between them: the expander's ready, computed from its
             # state, went straight into the decoder's buffer logic, the longest path)
             reg = m.submodules[f"slice_{j}"] = RegisterSlice(Token(cfg))
+            m.d.comb += reg.clear.eq(self.start)  # (no token of a stopped layer is left)
             wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
             wiring.connect(m, dec.o, reg.i)
             wiring.connect(m, reg.o, exp.i)

@@ -135,8 +135,8 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     p = layer.pool or 1
     pw = ow // p
     s = layer.stride
-    n = 2 if first else 1
-    n += 29
+    n = 3 if first else 1
+    n += 30
     # The multipliers of the derive program's steps, in its order (the two divisions,
     # 16 clocks each and none by 1, come after the fourteenth), and the first step's load.
     pad = layer.padding

@@ -103,8 +103,8 @@ class Sequencer(wiring.Component):
         ``post_params`` (out, ``PostParams``), ``post_idle`` (in); ``bias_wr_addr``,
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
-    Each layer costs, before its compute starts: the input's fractional length (2 clocks,
-    on the first layer of a run; else 1 to address the entry), the entry (29), the derive
+    Each layer costs, before its compute starts: the input's fractional length (3 clocks,
+    on the first layer of a run; else 1 to address the entry), the entry (30), the derive
     program (a clock, then 27 steps of a clock each plus one per bit of the step's
     multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
     that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
@@ -180,9 +180,16 @@ class Sequencer(wiring.Component):
                      byte.eq(self.img_data.word_select(rd_off, 8) if ob else self.img_data)]
         with m.If(self.img_en):
             m.d.sync += rd_off.eq(rd_byte[:ob] if ob else 0)
+        # The input's fractional length and the entry's fields are taken from ``e_byte``,
+        # the byte a clock after it arrives: their checks and sums then start at a
+        # register, not at the image buffer's outputs (a comparison and an adder behind
+        # the buffer's read were the sequencer's longest paths on the ULX3S, 23 ns,
+        # session 12). The biases, a byte a clock in a flow-controlled loop, use ``byte``.
+        e_byte = Signal(8)
+        m.d.sync += e_byte.eq(byte)
 
         # -- the entry, byte by byte: only the fields used later are kept -----------------
-        cnt = Signal(range(_ENTRY_READ + 2))  # FL's clocks, the entry's bytes, derive steps
+        cnt = Signal(range(_ENTRY_READ + 3))  # FL's clocks, the entry's bytes, derive steps
         is_conv = Signal()
         relu = Signal()
         pool = Signal(8)
@@ -203,20 +210,20 @@ class Sequencer(wiring.Component):
         unsupported = Signal()
         fl_diff = Signal(signed(10))
         # acc_width - bias_shift, kept with bias_shift: byte 27's check is then one
-        # comparison of the byte from the image buffer (an adder and a comparison after
-        # the buffer's read were the ULX3S build's critical path, 28.5 ns, session 12).
+        # comparison of the byte (an adder and a comparison after the buffer's read were
+        # the ULX3S build's critical path, 28.5 ns, session 12).
         bias_room = Signal(signed(12))
-        m.d.comb += fl_diff.eq(acc_fl - byte.as_signed())
-        # What is kept of byte n (it arrives when cnt = n + 1). 3: the pooling stride must
+        m.d.comb += fl_diff.eq(acc_fl - e_byte.as_signed())
+        # What is kept of byte n (in ``e_byte`` when cnt = n + 2). 3: the pooling stride must
         # be the window; 27: bias_bits, the aligned biases must fit the accumulator
         # (bias_shift + bias_bits <= acc_width).
-        fields = {0: [is_conv.eq(byte == int(Kind.CONV))], 1: [relu.eq(byte == 1)],
-                  2: [pool.eq(byte)], 3: [unsupported.eq(byte != pool)],
-                  20: [acc_fl.eq(in_fl + byte.as_signed())],
+        fields = {0: [is_conv.eq(e_byte == int(Kind.CONV))], 1: [relu.eq(e_byte == 1)],
+                  2: [pool.eq(e_byte)], 3: [unsupported.eq(e_byte != pool)],
+                  20: [acc_fl.eq(in_fl + e_byte.as_signed())],
                   21: [bias_shift.eq(fl_diff), bias_room.eq(cfg.acc_width - fl_diff)],
-                  22: [out_shift.eq(fl_diff), in_fl.eq(byte)],
-                  27: [bias_bits.eq(byte),
-                       unsupported.eq(unsupported | (bias_shift < 0) | (byte > bias_room))]}
+                  22: [out_shift.eq(fl_diff), in_fl.eq(e_byte)],
+                  27: [bias_bits.eq(e_byte),
+                       unsupported.eq(unsupported | (bias_shift < 0) | (e_byte > bias_room))]}
         m.d.comb += self.conv.eq(is_conv)
         p_eff = Signal(8)  # the pool window as a divisor: 1 without pooling
         m.d.comb += p_eff.eq(Mux(pool == 0, 1, pool))
@@ -377,26 +384,28 @@ class Sequencer(wiring.Component):
                                          Mux(self.first == 0, 7,
                                              _entry_byte(self.first, 22 - ENTRY_BYTES)))]
             with m.Case(_S.FL):
-                # Clock 0 addresses the byte, clock 1 takes it; after another layer (in_fl
-                # is its out_fl, kept) the state starts at 2, only to address the entry.
+                # Clock 0 addresses the byte, clock 2 takes it from ``e_byte``; after
+                # another layer (in_fl is its out_fl, kept) the state starts at 3, only to
+                # address the entry.
                 m.d.comb += self.img_en.eq(cnt == 0)
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == 1):
-                    m.d.sync += in_fl.eq(byte.as_signed())
-                with m.If(cnt != 0):
+                with m.If(cnt == 2):
+                    m.d.sync += in_fl.eq(e_byte.as_signed())
+                with m.If(cnt >= 2):
                     m.d.sync += [cnt.eq(0), state.eq(_S.ENTRY),
                                  rd_byte.eq(_entry_byte(self.layer, 0))]
             with m.Case(_S.ENTRY):
-                # One byte addressed per clock; byte n-1 arrives while n is addressed.
+                # One byte addressed per clock; byte n-1 arrives while n is addressed
+                # and is in ``e_byte`` a clock later.
                 m.d.comb += self.img_en.eq(1)
                 m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
                 with m.Switch(cnt):
                     for n, stmts in fields.items():
-                        with m.Case(n + 1):
+                        with m.Case(n + 2):
                             m.d.sync += stmts
-                with m.If((cnt > _GEOM_FIRST) & (cnt <= _GEOM_END)):
-                    m.d.sync += geom.eq(Cat(geom[8:], byte))
-                with m.If(cnt == _ENTRY_READ):
+                with m.If((cnt > _GEOM_FIRST + 1) & (cnt <= _GEOM_END + 1)):
+                    m.d.sync += geom.eq(Cat(geom[8:], e_byte))
+                with m.If(cnt == _ENTRY_READ + 1):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
                                  too_big.eq(0), no_window.eq(0)]
             with m.Case(_S.DERIVE):
@@ -488,5 +497,5 @@ class Sequencer(wiring.Component):
                 with m.If(self.layer + 1 == last_layer):
                     m.d.sync += state.eq(_S.IDLE)
                 with m.Else():
-                    m.d.sync += [state.eq(_S.FL), cnt.eq(2)]
+                    m.d.sync += [state.eq(_S.FL), cnt.eq(3)]
         return m

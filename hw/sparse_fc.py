@@ -56,9 +56,10 @@ class SparseFC(wiring.Component):
     register), when the arbiter takes that lane first. Throughput: one entry per clock per
     lane; ``o`` carries one item a clock, shared by the lanes. Back-pressure: a lane stalls
     (``i[j].ready`` low; its whole pipeline holds, ``x_en[j]`` low) only when a channel's
-    last entry reaches the accumulator while the lane's holding register is still full and
-    is not leaving in that clock; ``o.valid`` and ``o.payload`` are registers. ``i[j].ready``
-    depends on ``o.ready`` (through the arbiter); it is low during ``start``.
+    last entry reaches the accumulator while the lane's holding register is full (for a
+    clock at least: the register empties at the end of the clock the arbiter takes it);
+    ``o.valid`` and ``o.payload`` are registers. ``i[j].ready`` depends only on the lane's
+    own registers and ``start`` (not on ``o.ready``); it is low during ``start``.
 
     With ``AcceleratorConfig.fc_on_array`` the lanes have no multipliers of their own: lane
     ``j`` shows its multiplier's inputs on ``mul_a[j]`` and ``mul_b[j]`` (out) and takes
@@ -136,7 +137,12 @@ class SparseFC(wiring.Component):
             if cfg.fc_on_array:
                 m.d.comb += [self.mul_a[j].eq(m_x), self.mul_b[j].eq(m_w)]
             m.d.comb += [
-                go.eq(~(p_valid & p_last & h_full[j] & ~h_take[j])),
+                # A lane whose holding register is full stalls its channel's end a clock
+                # even when the arbiter empties the register in that clock: `go` (the
+                # lane's `i.ready`) then comes from the lane's own registers, not through
+                # the arbiter from `o.ready` (that chain, into the weight unit's
+                # expander, was the ULX3S build's critical path, 26.3 ns, session 12).
+                go.eq(~(p_valid & p_last & h_full[j])),
                 i.ready.eq(go & ~self.start),
                 accept.eq(i.valid & i.ready),
                 self.x_addr[j].eq(i.payload.k),

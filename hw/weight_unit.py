@@ -183,7 +183,9 @@ class WeightUnit(wiring.Component):
             marker on channels whose last weight is zero. Must be steady from the
             ``decode`` pulse until ``busy`` falls.
         ``buffer`` (only with ``external_buffer=True``): the loader's image-buffer port.
-        ``busy`` (out): a layer is being decoded. ``error`` (out): the last layer's
+        ``busy`` (out): a layer is being decoded, or its last weights have not all left
+            on ``o`` (each lane's output is a ``RegisterSlice``, one clock of latency; an
+            error drops what they hold). ``error`` (out): the last layer's
             decoding stopped on an error (a stream the decoder refuses); sticky until the
             next ``decode``.
         ``o[j]`` (out streams of ``LaneWeight``): lane ``j``'s weights with their
@@ -254,26 +256,42 @@ class WeightUnit(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), ld.i)
         if self._external_buffer:
             wiring.connect(m, ld.buffer, wiring.flipped(self.buffer))
+        state = Signal(_Q)
+        # A lane's error ends the layer: the weights still in the output slices are dropped
+        # (consumers may have stopped taking them), so ``busy`` falls.
+        failing = Signal()
+        m.d.comb += failing.eq(path.error & (state != _Q.IDLE) & (state != _Q.DESC)
+                               & (state != _Q.START))
+        out_held = []  # the output slices hold a weight
         for j in range(cfg.decode_lanes):
             # (a register slice: the byte the fetch picks from its queue went straight into
             # the decoder's buffer shift, the longest path on the ECP5)
             reg = m.submodules[f"byte_slice_{j}"] = RegisterSlice(unsigned(8))
             wiring.connect(m, fetch.o[j], reg.i)
             wiring.connect(m, reg.o, path.i[j])
-            w, o, ch = path.o[j], self.o[j], fetch.ch[j]
+            # The lane's output leaves through a register slice too: its consumers' ready
+            # (the tile buffer's, or the sparse fc path's) reached through the expander
+            # and the fetch's channel queue into their next-state logic (the ULX3S build's
+            # critical path, session 12).
+            out = m.submodules[f"out_slice_{j}"] = RegisterSlice(LaneWeight(cfg))
+            w, ch = path.o[j], fetch.ch[j]
             m.d.comb += [
-                o.valid.eq(w.valid),
-                o.payload.weight.eq(w.payload.weight),
-                o.payload.k.eq(w.payload.k),
-                o.payload.first.eq(w.payload.first),
-                o.payload.last.eq(w.payload.last),
-                o.payload.channel.eq(ch.payload),
-                w.ready.eq(o.ready),
-                ch.ready.eq(w.valid & o.ready & w.payload.last),
+                reg.clear.eq(state == _Q.START),
+                out.clear.eq((state == _Q.START) | failing),
+                out.i.valid.eq(w.valid),
+                out.i.payload.weight.eq(w.payload.weight),
+                out.i.payload.k.eq(w.payload.k),
+                out.i.payload.first.eq(w.payload.first),
+                out.i.payload.last.eq(w.payload.last),
+                out.i.payload.channel.eq(ch.payload),
+                w.ready.eq(out.i.ready),
+                ch.ready.eq(w.valid & out.i.ready & w.payload.last),
             ]
+            wiring.connect(m, out.o, wiring.flipped(self.o[j]))
+            out_held.append(out.o.valid)
 
-        state = Signal(_Q)
-        m.d.comb += self.busy.eq(state != _Q.IDLE)
+        # Busy until the last weight has left the output slices.
+        m.d.comb += self.busy.eq((state != _Q.IDLE) | Cat(*out_held).any())
         layer = Signal(8)
         keep = {w: Signal(ld.desc_data.shape(), name=f"d_{w.name.lower()}") for w in _KEEP}
         d_k = Signal(range(DESC_WORDS + 1))
@@ -313,14 +331,19 @@ class WeightUnit(wiring.Component):
 
         # Table words, then codebook entries, a word a clock from the image buffer.
         m.submodules.reader = rdr = self.reader
-        item = rdr.o.payload
+        # (a register slice: the lanes' ready, joined by the broadcasts, reached the
+        # reader's 64-bit hold register's enable, one of the ULX3S build's longest paths)
+        m.submodules.item_slice = items = RegisterSlice(_Item())
+        wiring.connect(m, rdr.o, items.i)
+        item = items.o.payload
         m.d.comb += [
             rdr.rd_data.eq(ld.rd_data),
-            path.table.valid.eq(rdr.o.valid & ~item.tag),
+            items.clear.eq(state == _Q.START),
+            path.table.valid.eq(items.o.valid & ~item.tag),
             path.table.payload.eq(item.data),
-            path.codebook.valid.eq(rdr.o.valid & item.tag),
+            path.codebook.valid.eq(items.o.valid & item.tag),
             path.codebook.payload.eq(item.data[:cfg.bw]),
-            rdr.o.ready.eq(Mux(item.tag, path.codebook.ready, path.table.ready)),
+            items.o.ready.eq(Mux(item.tag, path.codebook.ready, path.table.ready)),
         ]
         with m.If(state == _Q.STREAMS):
             m.d.comb += ld.rd_addr.eq(fetch.rd_addr)
@@ -347,8 +370,8 @@ class WeightUnit(wiring.Component):
                 rdr.tag.eq(1),
             ]
             m.d.sync += state.eq(_Q.CODEBOOK)
-        # The last codebook entry may still wait on the reader's output: the read port is
-        # free, so the fetch starts.
+        # The last codebook entry may still wait on the reader's output or in the item
+        # slice: the read port is free, so the fetch starts.
         with m.If((state == _Q.CODEBOOK) & ~rdr.busy):
             m.d.comb += fetch.start.eq(1)
             m.d.sync += state.eq(_Q.STREAMS)
@@ -356,6 +379,6 @@ class WeightUnit(wiring.Component):
         with m.If(state == _Q.STREAMS):
             with m.If(path.done | path.error):
                 m.d.sync += [state.eq(_Q.IDLE), self.error.eq(path.error)]
-        with m.If(path.error & (state != _Q.IDLE) & (state != _Q.DESC) & (state != _Q.START)):
+        with m.If(failing):
             m.d.sync += [state.eq(_Q.IDLE), self.error.eq(1)]
         return m
