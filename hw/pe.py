@@ -5,9 +5,10 @@ output-stationary mode), without Gemmini's double buffer: here the result is rea
 through the column bus in the one clock it is final (see ``PE``).
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.vendor import LatticeECP5Platform
 
 __all__ = ["PE", "ActivationLane", "multiplier_ports"]
 
@@ -87,13 +88,15 @@ class PE(wiring.Component):
         cfg = self._config
         m = Module()
 
-        # The multiplier is written portably (a signed `*`) with a register on both sides:
-        # Yosys infers MULT18X18D (ECP5) or SB_MAC16 (iCE40, with synth_opts="-dsp") from
-        # it, and nextpnr times ECP5 DSPs as combinational, so without fabric registers
-        # around it the multiplier would sit in a long combinational path
-        # (/work/shared/REFERENCES.md). The input registers are the systolic forwarding
-        # registers, so they cost nothing extra. No vendor cell is instantiated, so there
-        # is no `match platform:` here and the same code simulates.
+        # The multiplier has a register on both sides: the input registers (the systolic
+        # forwarding registers ``d_``) and ``x_prod``. It is written portably (a signed
+        # `*` between them), from which Yosys infers SB_MAC16 (iCE40, with
+        # synth_opts="-dsp") and, in simulation, it is the definition. On the ECP5 a
+        # MULT18X18D is instantiated with those two registers inside it
+        # (``_ecp5_product``): Yosys infers only its combinational form, which nextpnr
+        # times as a combinational path from the fabric's input registers to x_prod, the
+        # 13x10 build's critical path (23.6 ns, session 14); with both registers in the
+        # DSP, nextpnr times its ports as register inputs and outputs.
         d_a = Signal(ActivationLane(cfg))
         d_w = Signal(signed(cfg.bw))
         x_prod = Signal(signed(2 * cfg.bw))
@@ -103,11 +106,16 @@ class PE(wiring.Component):
         acc = Signal(signed(cfg.acc_width))
         done = Signal()
 
+        match platform:
+            case LatticeECP5Platform() if not self._shared and cfg.bw <= 18:
+                _ecp5_product(m, self.a_i.x, self.w_i, self.en, x_prod)
+            case _:
+                with m.If(self.en):
+                    m.d.sync += x_prod.eq(self.mul_p if self._shared else d_a.x * d_w)
         with m.If(self.en):
             m.d.sync += [
                 d_a.eq(self.a_i),
                 d_w.eq(self.w_i),
-                x_prod.eq(self.mul_p if self._shared else d_a.x * d_w),
                 x_valid.eq(d_a.valid),
                 x_first.eq(d_a.first),
                 x_last.eq(d_a.last),
@@ -132,3 +140,48 @@ class PE(wiring.Component):
             self.finishing.eq(x_valid & x_last),
         ]
         return m
+
+
+def _ecp5_product(m, a, b, en, p):
+    """``p`` (signed ``2 bw``) = ``a · b`` two enabled clocks after ``a`` and ``b`` (signed
+    ``bw`` each), on a MULT18X18D with its A, B input registers and its output register
+    on CLK0, all enabled by ``en`` (CE0): the same two registers as the portable PE's
+    ``d_a.x``/``d_w`` and ``x_prod``, so the PE's timing is the same clock for clock. The
+    pipeline register is off; the operands are sign-extended to 18 bits and multiplied
+    signed (SIGNEDA, SIGNEDB high); ``p`` is the product's low ``2 bw`` bits (its full
+    value, as ``|a · b| < 2^(2 bw - 1)``). Ref: Lattice TN1267, "ECP5 and ECP5-5G
+    sysDSP Usage Guide" (MULT18X18D); nextpnr's ECP5 timing model takes a MULT18X18D with
+    both input registers and the output register as ``MULT18X18D_REGS_ALL``."""
+    n = len(p)
+    a18 = Signal(signed(18), name=f"{p.name}_a")
+    b18 = Signal(signed(18), name=f"{p.name}_b")
+    p36 = Signal(36, name=f"{p.name}_p36")
+    m.d.comb += [a18.eq(a), b18.eq(b), p.eq(p36[:n])]
+    ports = {f"i_A{k}": a18[k] for k in range(18)}
+    ports.update({f"i_B{k}": b18[k] for k in range(18)})
+    ports.update({f"i_C{k}": Const(0) for k in range(18)})
+    ports.update({f"o_P{k}": p36[k] for k in range(36)})
+    for k in range(4):
+        ports[f"i_CLK{k}"] = ClockSignal("sync") if k == 0 else Const(0)
+        ports[f"i_CE{k}"] = en if k == 0 else Const(1)
+        ports[f"i_RST{k}"] = Const(0)
+    regs = {}
+    for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+        regs.update({f"p_REG_{reg}_CLK": "CLK0", f"p_REG_{reg}_CE": "CE0",
+                     f"p_REG_{reg}_RST": "RST0"})
+    m.submodules[f"{p.name}_mult"] = Instance(
+        "MULT18X18D",
+        **regs,
+        p_REG_INPUTC_CLK="NONE",
+        p_REG_PIPELINE_CLK="NONE",
+        p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED",
+        p_CLK3_DIV="ENABLED",
+        p_GSR="DISABLED",
+        p_RESETMODE="SYNC",
+        p_SOURCEB_MODE="B_SHIFT",
+        p_MULT_BYPASS="DISABLED",
+        p_CAS_MATCH_REG="FALSE",
+        p_HIGHSPEED_CLK="NONE",
+        i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+        **ports,
+    )
