@@ -274,6 +274,21 @@ class ConvFeed(wiring.Component):
         kx = Signal(8)
         ky = Signal(8)
         k_off = Signal(aw)  # c·in_h·in_w + ky·in_w + kx, modulo the bank's depth
+        # "the group's last step" (``k == fan_in - 1``) and the wraps of ``kx`` and ``ky``:
+        # with several rows, registers set with the counters (the comparison of ``k`` with
+        # ``fan_in - 1`` began the ULX3S build's longest path in session 14, 23.2 ns, into
+        # the enables of every row's position and address registers); with one row
+        # compared each clock, as the walker's flags above.
+        if flags:
+            k_last, kx_wrap, ky_wrap = (Signal(name=f"{x}_last") for x in ("k", "kx", "ky"))
+        else:
+            k_last, kx_wrap, ky_wrap = (k == p.fan_in - 1, kx + 1 == p.kw, ky + 1 == p.kh)
+
+        def restart_counters():
+            m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
+            if flags:
+                m.d.sync += [k_last.eq(p.fan_in == 1), kx_wrap.eq(p.kw == 1),
+                             ky_wrap.eq(p.kh == 1)]
 
         # -- stage B: the step whose reads were issued, waiting for the array ---------------
         b_valid = Signal()
@@ -330,31 +345,36 @@ class ConvFeed(wiring.Component):
                 b_valid.eq(1),
                 b_inb.eq(inb),
                 b_first.eq(k == 0),
-                b_last.eq(k == p.fan_in - 1),
+                b_last.eq(k_last),
                 b_mask.eq(Cat(*(c.live for c in cur))),
             ]
         with m.Elif(taken):
             m.d.sync += b_valid.eq(0)
 
         group_end = Signal()
-        m.d.comb += group_end.eq(issue & (k == p.fan_in - 1))
+        m.d.comb += group_end.eq(issue & k_last)
         with m.If(issue):
             with m.If(group_end):
-                m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
+                restart_counters()
                 # (no step is issued after a group's last before the next group is taken,
                 # which loads the addresses)
             with m.Else():
-                kx_wrap = kx + 1 == p.kw
-                ky_wrap = ky + 1 == p.kh
                 # (one adder, its operand selected)
                 k_step = Mux(kx_wrap, Mux(ky_wrap, p.ci_step, p.ky_step), 1)
                 m.d.sync += [k.eq(k + 1), k_off.eq(k_off + k_step)]
                 if not one_row:
                     m.d.sync += [addrs[r].eq(addrs[r] + k_step) for r in range(rows)]
+                if flags:
+                    m.d.sync += k_last.eq(k + 2 == p.fan_in)
                 with m.If(kx_wrap):
                     m.d.sync += [kx.eq(0), ky.eq(Mux(ky_wrap, 0, ky + 1))]
+                    if flags:
+                        m.d.sync += [kx_wrap.eq(p.kw == 1),
+                                     ky_wrap.eq(Mux(ky_wrap, p.kh == 1, ky + 2 == p.kh))]
                 with m.Else():
                     m.d.sync += kx.eq(kx + 1)
+                    if flags:
+                        m.d.sync += kx_wrap.eq(kx + 2 == p.kw)
 
         if one_row:
             m.d.comb += walk.eq(group_end)
@@ -379,8 +399,8 @@ class ConvFeed(wiring.Component):
         with m.Switch(state):
             with m.Case(_S.IDLE):
                 with m.If(self.start):
-                    m.d.sync += [tile.eq(0), k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0),
-                                 state.eq(_S.TILE)]
+                    m.d.sync += [tile.eq(0), state.eq(_S.TILE)]
+                    restart_counters()
                     with m.If(p.tiles == 0):
                         m.d.sync += state.eq(_S.IDLE)
             with m.Case(_S.TILE):
