@@ -146,11 +146,21 @@ class ConvFeed(wiring.Component):
     def elaborate(self, platform):
         cfg = self._config
         rows = cfg.rows
-        p = self.params
         aw = cfg.act_addr_width
         cw = coord_width(cfg)
         one_row = rows == 1
         m = Module()
+        # With several rows the layer's parameters are registers, loaded at ``start``:
+        # the sequencer derives them from its own registers through adders, so every
+        # path that used them began in the sequencer (one of them, through the tile
+        # count, was the ULX3S build's longest in a session 14 placement, 24.8 ns). With
+        # one row (the UP5K, where logic cells count) they are used as they come.
+        if one_row:
+            p = self.params
+        else:
+            p = Signal(ConvParams(cfg), name="p")
+            with m.If(self.start):
+                m.d.sync += p.eq(self.params)
 
         state = Signal(_S)
         m.d.comb += self.busy.eq(state != _S.IDLE)
@@ -284,11 +294,12 @@ class ConvFeed(wiring.Component):
         else:
             k_last, kx_wrap, ky_wrap = (k == p.fan_in - 1, kx + 1 == p.kw, ky + 1 == p.kh)
 
-        def restart_counters():
+        def restart_counters(q):
+            """The fan-in counters at a group's first step (``q``: the parameters)."""
             m.d.sync += [k.eq(0), kx.eq(0), ky.eq(0), k_off.eq(0)]
             if flags:
-                m.d.sync += [k_last.eq(p.fan_in == 1), kx_wrap.eq(p.kw == 1),
-                             ky_wrap.eq(p.kh == 1)]
+                m.d.sync += [k_last.eq(q.fan_in == 1), kx_wrap.eq(q.kw == 1),
+                             ky_wrap.eq(q.kh == 1)]
 
         # -- stage B: the step whose reads were issued, waiting for the array ---------------
         b_valid = Signal()
@@ -355,7 +366,7 @@ class ConvFeed(wiring.Component):
         m.d.comb += group_end.eq(issue & k_last)
         with m.If(issue):
             with m.If(group_end):
-                restart_counters()
+                restart_counters(p)
                 # (no step is issued after a group's last before the next group is taken,
                 # which loads the addresses)
             with m.Else():
@@ -399,9 +410,10 @@ class ConvFeed(wiring.Component):
         with m.Switch(state):
             with m.Case(_S.IDLE):
                 with m.If(self.start):
+                    # (the parameters as they come: ``p`` takes them in this clock)
                     m.d.sync += [tile.eq(0), state.eq(_S.TILE)]
-                    restart_counters()
-                    with m.If(p.tiles == 0):
+                    restart_counters(self.params)
+                    with m.If(self.params.tiles == 0):
                         m.d.sync += state.eq(_S.IDLE)
             with m.Case(_S.TILE):
                 with m.If(self.tile_head_ready):
