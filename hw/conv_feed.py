@@ -110,7 +110,9 @@ class ConvFeed(wiring.Component):
     written, and positions outside every whole window are never computed.
 
     Ports:
-        ``start`` (in): one-cycle pulse; ``params`` (in, ``ConvParams``) steady from then.
+        ``start`` (in): one-cycle pulse; ``params`` (in, ``ConvParams``) steady from then
+            (with several rows they are registered at ``start`` and only that clock's
+            values are used; with one row they are used as they come).
         ``x_addr[r]``, ``x_en`` (out), ``x_data[r]`` (in): row ``r``'s read port on the
             input bank (synchronous; data the clock after ``x_en``, held while it is low).
         ``tile_head_ready`` (in), ``tile_release`` (out), ``tile_addr``, ``tile_en`` (out),

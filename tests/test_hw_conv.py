@@ -141,8 +141,11 @@ def item_tuple(cfg, i):
             int(i.acc1) if i.two else None)
 
 
-def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
-    """Simulate one conv layer; returns (items, cycles)."""
+def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3,
+             scramble_feed=False):
+    """Simulate one conv layer; returns (items, cycles). ``scramble_feed``: the feed's
+    ``params`` are random bits from the clock after ``start`` on (a feed of several rows
+    registers them at ``start``)."""
     feed_p, drain_p, _ = conv_params(cfg, x.shape, w.shape[0], kernel, stride, padding, pool)
     dut = ConvHarness(cfg, x.reshape(-1))
     rng = np.random.default_rng(seed) if stall else None
@@ -163,6 +166,10 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3):
         ctx.set(dut.feed.start, 0)
         ctx.set(dut.drain.start, 0)
         ctx.set(dut.tiles.start, 0)
+        if scramble_feed:
+            params = dut.feed.params.as_value()
+            ctx.set(params, int(np.random.default_rng(seed + 1).integers(
+                0, 2, len(params)) @ (1 << np.arange(len(params), dtype=object))))
 
     def feeder(j):
         async def bench(ctx):
@@ -267,6 +274,22 @@ def test_conv_path_one_row_broadcast(case, drain_width):
     cfg = dataclasses.replace(make_cfg(rows, cols, lanes, drain_width=drain_width),
                               row_broadcast=True)
     check_case(cfg, case, cols * 10 + out_c, 2)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0][0] > 1][:3],
+                         ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-{c[3]}")
+def test_conv_feed_uses_the_params_of_start(case):
+    """With several rows the feed takes its parameters at ``start`` (they are registers):
+    random bits on them from the next clock on change nothing."""
+    (rows, cols, lanes), in_shape, out_c, kernel, stride, padding, pool = case
+    cfg = make_cfg(rows, cols, lanes)
+    rng = np.random.default_rng(17)
+    lo, hi = int_range(cfg.bw)
+    x = rng.integers(lo, hi + 1, size=in_shape)
+    w = rng.integers(lo, hi + 1, size=(out_c, in_shape[0] * kernel[0] * kernel[1]))
+    acc = conv_accumulate(x[None], w, kernel, stride, padding, cfg.bw)[0]
+    got, _ = run_conv(cfg, x, w, kernel, stride, padding, pool, seed=4, scramble_feed=True)
+    assert got == expected_items(cfg, acc, pool)
 
 
 def test_conv_path_extremes_bw16():
