@@ -285,7 +285,9 @@ class ConvFeed(wiring.Component):
         k = Signal(unsigned(cfg.fan_in_width))
         kx = Signal(8)
         ky = Signal(8)
-        k_off = Signal(aw)  # c·in_h·in_w + ky·in_w + kx, modulo the bank's depth
+        # c·in_h·in_w + ky·in_w + kx, modulo the bank's depth (read with one row only: with
+        # several, each row's address register steps by the same amounts itself)
+        k_off = Signal(aw)
         # "the group's last step" (``k == fan_in - 1``) and the wraps of ``kx`` and ``ky``:
         # with several rows, registers set with the counters (the comparison of ``k`` with
         # ``fan_in - 1`` began the ULX3S build's longest path in session 14, 23.2 ns, into
