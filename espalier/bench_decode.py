@@ -2,7 +2,9 @@
 
 ``bench_decode(image_bytes, preset)`` decodes every layer of the image on the preset's
 ``decode_lanes`` lanes, each a ``StreamFetch`` lane reading the image buffer and a
-``HuffmanDecoder``, and counts clocks. What is measured is the Huffman stage, tokens to a
+``HuffmanDecoder``, and counts clocks. Channels are dealt to the lanes as the weight unit
+deals them: a convolution's in turn (the fetch's ``dense``), a fully connected layer's by
+load. What is measured is the Huffman stage, tokens to a
 sink that is always ready: from the fetch's start (the table already loaded) to the last
 token of the layer. The run expanders behind it emit one dense weight a clock per lane, so
 a layer's dense weights take at least ``weight_cycles`` (``ceil(out_c / lanes) ·
@@ -27,7 +29,7 @@ from hw.image_loader import DescWord, descriptor_words, image_words
 from hw.layouts import DecodeParams
 from hw.stream_fetch import StreamFetch
 from hw.symbol_split import SymbolSplit, TableItem
-from weights.image import read_image
+from weights.image import Kind, read_image
 
 __all__ = ["bench_decode"]
 
@@ -47,10 +49,14 @@ class _Harness(wiring.Component):
             "out_c": wiring.In(16),
             "sizes_addr": wiring.In(config.image_addr_width + 1),
             "streams_addr": wiring.In(config.image_addr_width + 1),
+            "streams_bytes": wiring.In(config.image_addr_width + 1),
+            "dense": wiring.In(1),
+            "limit": wiring.In(32),
             "table": wiring.In(stream.Signature(unsigned(config.symbol_width))),
             "done": wiring.Out(1),
             "loaded": wiring.Out(1),
             "error": wiring.Out(1),
+            "stuck": wiring.Out(1),
             "tokens": wiring.Out(32),
             "cycles": wiring.Out(32),
             "now": wiring.Out(32),
@@ -76,6 +82,8 @@ class _Harness(wiring.Component):
             fetch.out_c.eq(self.out_c),
             fetch.sizes_addr.eq(self.sizes_addr),
             fetch.streams_addr.eq(self.streams_addr),
+            fetch.streams_bytes.eq(self.streams_bytes),
+            fetch.dense.eq(self.dense),
         ]
         ends = Signal(17)  # channels whose last token has left
         running = Signal()
@@ -108,6 +116,7 @@ class _Harness(wiring.Component):
         m.d.comb += [
             self.done.eq(~running & ~self.go),
             self.error.eq(Cat(*errors).any()),
+            self.stuck.eq(running & (self.cycles >= self.limit)),
         ]
         return m
 
@@ -142,6 +151,12 @@ def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
             ctx.set(dut.out_c, layer.out_c)
             ctx.set(dut.sizes_addr, d[DescWord.SIZES_ADDR])
             ctx.set(dut.streams_addr, d[DescWord.STREAMS_ADDR])
+            ctx.set(dut.streams_bytes, d[DescWord.STREAMS_BYTES])
+            # (as the weight unit: a convolution's channels are dealt in turn)
+            ctx.set(dut.dense, layer.kind == Kind.CONV)
+            # (far more clocks than a layer's decoding takes: a harness that never ends
+            # is reported, not waited for)
+            ctx.set(dut.limit, 4 * (layer.symbol_count() + d[DescWord.STREAMS_BYTES]) + 1000)
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
@@ -158,9 +173,12 @@ def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
             ctx.set(dut.go, 1)
             await ctx.tick()
             ctx.set(dut.go, 0)
-            await ctx.tick().until(dut.done | dut.error)
+            await ctx.tick().until(dut.done | dut.error | dut.stuck)
             if ctx.get(dut.error):
                 raise RuntimeError(f"layer {n}: the decoder stopped on an error")
+            if ctx.get(dut.stuck):
+                raise RuntimeError(f"layer {n}: not decoded after {ctx.get(dut.cycles)} "
+                                   f"clocks")
             cycles, tokens = ctx.get(dut.cycles), ctx.get(dut.tokens)
             if tokens != layer.symbol_count():
                 raise RuntimeError(f"layer {n}: {tokens} tokens, the golden model decodes "

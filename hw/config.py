@@ -323,8 +323,10 @@ PRESETS = {
     #   that, but decoded the shipped images at 0.93 / 0.91 symbols a clock a lane (the
     #   deal of whole channels, and a clock at each channel's end, weigh more the fewer
     #   channels a lane gets; issue 4 asks 0.95), took 38,301 logic LUT4 against 25,406
-    #   and did not route (docs/results.md). Five decode them at 0.958 / 0.955; LeNet-5
-    #   takes 14 % more clocks (24,001), LeNet-300-100 (all fc) 38 % (4,732).
+    #   and did not route (docs/results.md). Five decoded them at 0.958 / 0.955 (session
+    #   7; 0.956 / 0.948 since session 14 deals a convolution's channels in turn, which
+    #   costs no clock of the network); LeNet-5 took 14 % more clocks (24,001),
+    #   LeNet-300-100 (all fc) 38 % (4,732).
     # - image_bytes 128 KB: 64 of the 208 DP16KD; room for images about three times
     #   LeNet-5's.
     # - tile_depth 2048: one DP16KD as 2048 x 9 bits per column.

@@ -22,6 +22,17 @@ def test_bench_small_image():
     assert r["sim_cycles_per_s"] > 0
 
 
+def test_bench_one_lane():
+    """The one-lane fetch (``icebreaker``) reads the streams' byte count, not the sizes
+    (the harness left it unset until session 14, and the bench never ended)."""
+    data = write_image(random_image(2, 8))
+    image = read_image(data)
+    r = bench_decode(data, "icebreaker")
+    assert r["lanes"] == 1
+    assert [f["symbols"] for f in r["layers"]] == [la.symbol_count() for la in image.layers]
+    assert 0 < r["symbols_per_cycle_per_lane"] <= 1
+
+
 def test_bench_refuses():
     data = write_image(random_image(1, 16))
     with pytest.raises(ValueError, match="data width"):
