@@ -113,11 +113,14 @@ BOARDS = {
         leds={"loaded": ("led", 0), "busy": ("led", 1), "error": ("led", 2)},
         # router2: on the 8x8 build the default router1 still had 61,000 of 142,000 wires
         # overused after 9 minutes; router2 was down to about 1,000 after 8.
-        # The static (analytic) placer without timing-driven placement: with the default
-        # heap placer router2 never converged on the 13x10 preset (sessions 4-11, thousands
-        # of wires overused after 30+ iterations); with these it routed in 59 iterations,
-        # 9 minutes for placement and routing (docs/results.md, session 12).
-        nextpnr_opts="--router router2 --placer static --no-tmdriv",
+        # The static (analytic) placer: with the default heap placer router2 never
+        # converged on the 13x10 preset (sessions 4-11, thousands of wires overused after
+        # 30+ iterations). Its timing-driven placement left the router a congestion it
+        # could not clear while the tile buffer had its write crossbar (session 12, hence
+        # --no-tmdriv then); without the crossbar (session 14) it routes, and gives the
+        # committed netlist 50.13 MHz against 48.45 without it (session 15,
+        # docs/results.md).
+        nextpnr_opts="--router router2 --placer static",
         cells={"luts": "TRELLIS_COMB", "dsps": "MULT18X18D", "brams": "DP16KD"}),
 }
 

@@ -155,6 +155,33 @@ def test_slack_groups_endpoints_by_block(tmp_path):
     assert proc.returncode == 1 and "--detailed-timing-report" in proc.stderr
 
 
+def test_slack_prints_the_critical_path(tmp_path):
+    """A made-up critical path: cumulative arrival, routing total and each route's
+    distance in tiles, as text and as JSON."""
+    def step(kind, ns, cell, a, b):
+        return {"type": kind, "delay": ns, "from": {"cell": "x", "loc": a},
+                "to": {"cell": cell, "loc": b}}
+    report = {"critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+        step("clk-to-q", 5.8, "dec.symbols", [1, 2], [1, 2]),
+        step("routing", 2.3, "dec.lut", [1, 2], [4, 6]),
+        step("logic", 0.25, "dec.lut", [4, 6], [4, 6]),
+        step("routing", 1.0, "dec.bits", [4, 6], [4, 5]),
+        step("setup", 0.0, "dec.bits", [4, 5], [4, 5])]}]}
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps(report))
+    out = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--path",
+                          "--json"], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    (p,) = json.loads(out)
+    assert (p["ns"], p["routing_ns"]) == (9.35, 3.3)
+    assert [(s["type"], s["at"], s.get("tiles")) for s in p["steps"]] == [
+        ("clk-to-q", 5.8, None), ("routing", 8.1, 7), ("logic", 8.35, None),
+        ("routing", 9.35, 1), ("setup", 9.35, None)]
+    text = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--path"],
+                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert "9.35 ns, 3.3 of it routing" in text and "dec.lut (7 tiles)" in text
+
+
 def test_hierarchy_parses_yosys_stat():
     """A made-up `stat` of a two-level design: each block's own cells, the hierarchy
     summary skipped; an unknown board is refused with the known ones."""
