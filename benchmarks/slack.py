@@ -76,7 +76,7 @@ def critical_paths(report: dict) -> list[dict]:
     """nextpnr's critical path of each clock, step by step: ``type`` (clk-to-q, logic,
     routing, setup), ``ns``, ``at`` (the arrival after the step), ``cell`` (where the step
     ends) and, for a route, ``tiles`` (the Manhattan distance between its ends); with the
-    totals of routing and of everything else."""
+    path's total ``ns`` and its ``routing_ns``."""
     paths = []
     for cp in report.get("critical_paths", []):
         steps, at = [], 0.0
