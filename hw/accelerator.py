@@ -36,9 +36,10 @@ class AcceleratorCore(wiring.Component):
     on the layer's input bank; the first also serves the host's reads while idle.
 
     The image buffer (``ImageBuffer``: SPRAM on the iCE40UP5K) is a single-port RAM
-    outside the ``WeightUnit``: the loader and the decode path own it, except while the
-    weight unit is idle and no load runs, when the sequencer reads layer entries and
-    biases through it.
+    outside the ``WeightUnit``: the loader and the decode path own it, except in the clocks
+    the weight unit does not need it (``port_free``: idle, holding a loaded table, or its
+    table reader not asking) while no load runs, when the sequencer reads layer entries
+    and biases through it.
     """
 
     def __init__(self, config):
@@ -72,7 +73,10 @@ class AcceleratorCore(wiring.Component):
         m.submodules.image = ram = ImageBuffer(cfg)
         b = unit.buffer
         seq_owns = Signal()
-        m.d.comb += seq_owns.eq(seq.busy & ~unit.busy & ~unit.load_busy)
+        # The weight unit has the port while it streams and in the clocks its table reader
+        # asks for it; in the others (and while the unit is idle or holds a loaded table)
+        # the sequencer reads entries and biases through it.
+        m.d.comb += seq_owns.eq(seq.busy & unit.port_free & ~unit.load_busy)
         m.d.comb += [
             ram.bus.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
             ram.bus.wr_data.eq(b.wr_data),
@@ -111,6 +115,9 @@ class AcceleratorCore(wiring.Component):
             unit.aux_desc_addr.eq(seq.desc_addr),
             seq.desc_data.eq(unit.desc_data),
             unit.decode.eq(seq.decode),
+            unit.go.eq(seq.go),
+            unit.drop.eq(seq.drop),
+            seq.img_free.eq(unit.port_free & ~unit.load_busy),
             unit.layer.eq(seq.decode_layer),
             unit.sparse.eq(seq.sparse),
             seq.decode_busy.eq(unit.busy),

@@ -9,10 +9,14 @@ images the hardware does; ``predict_cycles`` is the cycle model of docs/architec
 """
 
 from hw.conv_feed import coord_width
+from hw.image_loader import DescWord, descriptor_words
+from hw.sequencer import DECODE_LEAD
+from hw.weight_unit import TABLE_START
 from weights.image import Kind
 
-__all__ = ["check_runnable", "compute_problems", "layer_params", "predict_cycles",
-           "setup_cycles", "table_cycles"]
+__all__ = ["bias_cycles", "check_runnable", "compute_problems", "derive_cycles",
+           "entry_cycles", "go_cycles", "layer_params", "predict_cycles", "setup_cycles",
+           "table_cycles", "table_requests"]
 
 
 
@@ -109,9 +113,12 @@ def _mul_cycles(b: int) -> int:
     return 1 + (int(b) & 0xFFFF).bit_length()
 
 
-def _bias_cycles(out_c: int, bb: int) -> int:
-    """Clocks of the sequencer's BIAS state: the same register transfers, counted."""
-    n, bits, ch, arriving = 0, 0, 0, False
+def _bias_cycles(out_c: int, bb: int, busy=frozenset(), addr: int = 0, wb: int = 4) -> int:
+    """Clocks of the sequencer's BIAS state and its START: the same register transfers,
+    counted. ``busy``: the clocks of the state (0 its first) in which the image buffer's
+    port is not the sequencer's, so no byte outside the word it read last (the biases
+    start at byte ``addr``; words of ``wb`` bytes) is read."""
+    n, bits, ch, arriving, cached = 0, 0, 0, False, None
     while True:
         n += 1
         if ch == out_c:
@@ -119,15 +126,27 @@ def _bias_cycles(out_c: int, bb: int) -> int:
         emit = bits >= bb
         after = bits - bb if emit else bits
         bits = after + (8 if arriving else 0)
-        arriving = bits < 2 * bb
+        hit = cached == addr // wb
+        arriving = bits < 2 * bb and (hit or (n - 1) not in busy)
+        if arriving:
+            cached = addr // wb
+            addr += 1
         ch += emit
 
 
-def setup_cycles(config, image, index: int, *, first: bool) -> int:
-    """Clocks the sequencer spends on layer ``index`` before its weights are decoded: the
-    input's fractional length (``first`` layer of a run; else a clock to address the
-    entry), the entry, the derive program (and the checks, in the clock that ends it), the
-    biases, the start."""
+def entry_cycles(*, first: bool) -> int:
+    """Clocks from the run (``first`` layer of a run), or from the previous layer's end,
+    to the ``decode`` that starts the weight unit on the layer: the input's fractional
+    length (3 clocks on the first layer; else 1 to address the entry) and the entry (30)
+    but its last ``DECODE_LEAD``."""
+    return (3 if first else 1) + 30 - DECODE_LEAD
+
+
+def derive_cycles(config, image, index: int) -> int:
+    """Clocks of the sequencer's derive program (its DERIVE state, after the entry's last
+    clock, ``DECODE_LEAD`` clocks after the ``decode`` pulse; the biases start in the clock
+    after): a clock to start, a clock per step plus one per bit of its multiplier (the two
+    divisions: 16 each, none by 1), and the checks'."""
     layer = image.layers[index]
     c, h, _ = layer.in_shape
     kh, kw = layer.kernel
@@ -135,8 +154,6 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     p = layer.pool or 1
     pw = ow // p
     s = layer.stride
-    n = 3 if first else 1
-    n += 30
     # The multipliers of the derive program's steps, in its order (the two divisions,
     # 16 clocks each and none by 1, come after the fourteenth), and the first step's load.
     pad = layer.padding
@@ -144,10 +161,72 @@ def setup_cycles(config, image, index: int, *, first: bool) -> int:
     p1s = (p - 1) * s & ((1 << min(coord_width(config), 16)) - 1)
     muls = [kh, kw, c, h, c, s, p, s, s, p, s, p1s, s, p1s, p, p, pw, layer.out_c, pad, pad,
             1, kw, 1, h, kh]
-    n += 1 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
-    n += _bias_cycles(layer.out_c, layer.bias_bits)
-    n += 1  # START
-    return n
+    return 2 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
+
+
+def bias_cycles(config, image, index: int, busy=frozenset()) -> int:
+    """Clocks of the sequencer's biases, to the ``go`` that lets the weight streams start;
+    ``busy`` as ``_bias_cycles``'s."""
+    layer = image.layers[index]
+    addr = descriptor_words(image)[index][DescWord.BIAS_ADDR]
+    return _bias_cycles(layer.out_c, layer.bias_bits, busy, addr, config.image_word_bytes)
+
+
+# Clocks from the ``decode`` pulse to the weight unit's first table read: the descriptor
+# words the table's load needs (8) and the start (hw.weight_unit.WeightUnit).
+_DESC_CLOCKS = TABLE_START
+
+
+def _reader_run(start: int, addr: int, count: int, wide: bool, wb: int):
+    """The clocks an unstalled ``ItemReader`` run started at clock ``start`` asks for the
+    image buffer's port (the start, the priming, and the clock after each item that
+    crosses into the word after ``hold``), and the clock it is no longer busy."""
+    reqs = [start, start + 1]
+    nxt_ok, pend, a = False, True, addr
+    for k in range(count):
+        req = not nxt_ok and not pend
+        if req:
+            reqs.append(start + 2 + k)
+        nxt_ok = nxt_ok or pend
+        a_next = a + (2 if wide else 1)
+        if a_next // wb != a // wb:
+            nxt_ok = False
+        a, pend = a_next, req
+    return reqs, start + count + 2
+
+
+def table_requests(config, image, index: int) -> tuple[frozenset, int]:
+    """The clocks (from the ``decode`` pulse) in which the weight unit's table reader has
+    the image buffer's port, and the clock it has read the table and the codebook
+    (``table_cycles``): the streams start then, or at the ``go`` if later."""
+    layer = image.layers[index]
+    d = descriptor_words(image)[index]
+    wb = config.image_word_bytes
+    r1, end = _reader_run(_DESC_CLOCKS, d[DescWord.TABLE_ADDR],
+                          layer.table.max_len + len(layer.table.symbols), True, wb)
+    r2, end = _reader_run(end, d[DescWord.CODEBOOK_ADDR], len(layer.codebook),
+                          image.bw == 16, wb)
+    return frozenset(r1 + r2), end
+
+
+def go_cycles(config, image, index: int) -> int:
+    """Clocks from the ``decode`` pulse to the weight streams' start: the derive program,
+    then the biases, a byte not read in a clock the table reader has the port
+    (``table_requests``), and the start; or the table's load, if that ends later."""
+    derive = DECODE_LEAD + derive_cycles(config, image, index)
+    reqs, table = table_requests(config, image, index)
+    # (the biases' first clock is the one after ``derive``)
+    busy = frozenset(t - derive - 1 for t in reqs if t > derive)
+    return max(derive + bias_cycles(config, image, index, busy), table)
+
+
+def setup_cycles(config, image, index: int, *, first: bool) -> int:
+    """Clocks the sequencer itself spends on layer ``index`` before its weights may
+    stream, were the image buffer's port always its own: the entry, the derive program
+    (and the checks, in the clock that ends it), the biases and the start. The weight unit
+    loads the layer's table meanwhile, from the entry's last clocks (``go_cycles``)."""
+    return (entry_cycles(first=first) + DECODE_LEAD + derive_cycles(config, image, index)
+            + bias_cycles(config, image, index))
 
 
 def _lane_clocks(layer, lanes: int) -> list[int]:
@@ -170,17 +249,23 @@ def _lane_clocks(layer, lanes: int) -> list[int]:
 
 
 def table_cycles(layer) -> int:
-    """Clocks the weight unit takes from ``decode`` to streaming: the descriptor and the
-    start (18), then the Huffman table's ``L`` counts and ``n`` symbols and the ``K``
-    codebook entries at one a clock, plus two clocks for each of the two runs."""
-    return 18 + layer.table.max_len + len(layer.table.symbols) + len(layer.codebook) + 4
+    """Clocks the weight unit takes from ``decode`` to its last table read (it holds the
+    table, and the image buffer's port is free, from the next clock; with an early ``go``
+    its streams start in this one): the descriptor and the start (9), then the Huffman
+    table's ``L`` counts and ``n`` symbols and the ``K`` codebook entries at one a clock,
+    plus two clocks for each of the two runs."""
+    return (_DESC_CLOCKS + layer.table.max_len + len(layer.table.symbols)
+            + len(layer.codebook) + 4)
 
 
 def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
     """The cycle model: clocks of one layer, from the run (or the previous layer's end) to
     its last output written. docs/architecture.md derives each term."""
     layer = image.layers[index]
-    n = setup_cycles(config, image, index, first=first) + table_cycles(layer)
+    # The weight unit loads the table from the entry's last clocks, beside the derive
+    # program and the biases, which share the image buffer's port with it; the streams
+    # start at the later of the ``go`` and the table's end.
+    n = entry_cycles(first=first) + go_cycles(config, image, index)
     lanes = config.decode_lanes
     if layer.kind == Kind.CONV:
         n_in = layer.fan_in

@@ -1,10 +1,12 @@
 """The layer sequencer: walks the loaded image's layer table and runs layers without a host.
 
-For each layer it reads the layer-table entry and the biases from the image buffer,
-derives the geometry the blocks walk (products, differences and quotients, computed once
-per layer by a micro-program over one shift-add multiplier, whose result register a
-shift-subtract divider shares), checks that the layer fits this build, then starts the
-weight decoding and the compute path and waits for both to drain.
+For each layer it reads the layer-table entry from the image buffer, starting the weight
+unit on the layer as it does (the unit loads the layer's Huffman table meanwhile), derives
+the geometry the blocks walk (products, differences and quotients, computed once per layer
+by a micro-program over one shift-add multiplier, whose result register a shift-subtract
+divider shares), checks that the layer fits this build (or drops the weight unit's
+layer), reads the biases in the clocks the weight unit leaves the image buffer's port
+free, then lets the weights stream, starts the compute path and waits for both to drain.
 
 Ref: docs/weight-image.md (header, layer table entry, biases: MSB-first two's complement);
 docs/numerics.md ("Steps of one layer": ``acc_fl = in_fl + w_fl``, the bias and
@@ -20,12 +22,19 @@ from hw.conv_feed import ConvParams, coord_width
 from hw.image_loader import DESC_WORDS, ENTRY_BYTES, HEADER_BYTES, DescWord, desc_word_width
 from hw.layouts import PostParams
 from hw.tile_buffer import tile_and_column
+from hw.weight_unit import TABLE_START
 from weights.image import MAX_BIAS_BITS, Kind
 
-__all__ = ["RunError", "Sequencer"]
+__all__ = ["DECODE_LEAD", "RunError", "Sequencer"]
 
 _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
 _GEOM_FIRST, _GEOM_END = 4, 20  # bytes 4..19: kernel, stride, padding and the shapes
+# The entry's clock (``cnt``) of the ``decode`` pulse: the weight unit's table reader takes
+# the image buffer's port TABLE_START clocks later, when the entry's last byte has been read
+# (byte 27 is addressed at cnt 27: from cnt 28 on the entry reads nothing it uses).
+_DECODE_AT = _ENTRY_READ - TABLE_START
+# Clocks from the ``decode`` pulse to the entry's last (``hw.layer_plan``).
+DECODE_LEAD = _ENTRY_READ + 1 - _DECODE_AT
 assert ENTRY_BYTES == 32
 
 
@@ -89,11 +98,16 @@ class Sequencer(wiring.Component):
             ``run`` pulse to the end of the last run (kept until the next).
         ``layer`` (out): the layer being run; ``loaded``, ``n_layers`` (in): the loader's.
         ``img_addr``, ``img_en`` (out), ``img_data`` (in): a read port on the image buffer
-            (word-addressed, data the clock after ``img_en``); used only while the weight
-            unit is idle, the top gives it the buffer then.
-        ``desc_addr`` (out), ``desc_data`` (in): the loader's descriptor memory.
+            (word-addressed, data the clock after ``img_en``); used only in clocks with
+            ``img_free`` (in): the weight unit does not read the buffer (its
+            ``port_free``), and the top gives the sequencer the buffer then.
+        ``desc_addr`` (out), ``desc_data`` (in): the loader's descriptor memory (the weight
+            unit's while it reads a layer's descriptor, in the entry's last clocks and the
+            derive program's first, when the sequencer does not read it).
         ``decode``, ``decode_layer``, ``sparse`` (out): start the weight unit on a layer
-            (``sparse`` for a fully connected layer); ``decode_busy``, ``decode_error`` (in).
+            (``sparse`` for a fully connected layer); ``go`` (out) lets its streams start,
+            ``drop`` (out) abandons it (a layer the checks refuse); ``decode_busy``,
+            ``decode_error`` (in).
         ``conv`` (out): the layer is a convolution (the top routes the activation read
             ports to the conv feed, else to the sparse fc path).
         ``conv_start`` (out), ``conv_params`` (out, ``ConvParams``), ``drain_params``
@@ -104,13 +118,18 @@ class Sequencer(wiring.Component):
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
     Each layer costs, before its compute starts: the input's fractional length (3 clocks,
-    on the first layer of a run; else 1 to address the entry), the entry (30), the derive
-    program (a clock, then 27 steps of a clock each plus one per bit of the step's
+    on the first layer of a run; else 1 to address the entry), the entry (30), then the
+    derive program (a clock, then 27 steps of a clock each plus one per bit of the step's
     multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
     that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
-    a byte is fetched and a bias emitted in the same clock, and the start (1).
-    docs/architecture.md has the cycle model (``hw.layer_plan.setup_cycles`` counts these
-    clocks exactly).
+    a byte is fetched and a bias emitted in the same clock, and the start (1), which lets
+    the weight streams go. Meanwhile the weight unit, started (``decode``) ten clocks before
+    the entry ends, so that its table reader needs the image buffer just after the entry's
+    last byte, loads the layer's table and codebook. The biases read each image word once and
+    take its bytes from a copy; a byte of the next word is not fetched in a clock the
+    table reader has the image buffer's port (``img_free`` low), so a bias can take more.
+    docs/architecture.md has the cycle model (``hw.layer_plan``'s ``entry_cycles``,
+    ``derive_cycles``, ``bias_cycles`` and ``go_cycles`` count these clocks exactly).
     """
 
     def __init__(self, config):
@@ -132,9 +151,12 @@ class Sequencer(wiring.Component):
             "img_data": In(8 * config.image_word_bytes),
             "desc_addr": Out(range(config.max_layers * DESC_WORDS)),
             "desc_data": In(desc_word_width(config)),
+            "img_free": In(1),
             "decode": Out(1),
             "decode_layer": Out(8),
             "sparse": Out(1),
+            "go": Out(1),
+            "drop": Out(1),
             "decode_busy": In(1),
             "decode_error": In(1),
             "conv": Out(1),
@@ -176,8 +198,20 @@ class Sequencer(wiring.Component):
         rd_byte = Signal(unsigned(cfg.image_addr_width + 1))
         rd_off = Signal(max(1, ob))
         byte = Signal(8)
+        # The biases keep the last word they read (``c_word``, at word address ``c_addr``):
+        # a byte in it is taken from there (``from_c``) without the port, so the biases ask
+        # for the port once a word, and the weight unit's table reader, which has it when
+        # it asks, rarely makes them wait (``img_free``).
+        c_word = Signal(8 * wb)
+        c_addr = Signal(len(rd_byte) - ob)
+        c_ok = Signal()
+        from_c = Signal()  # the byte arriving now is in c_word
+        hit = Signal()  # the byte at rd_byte is in c_word
+        word = Signal(8 * wb)
         m.d.comb += [self.img_addr.eq(rd_byte[ob:]),
-                     byte.eq(self.img_data.word_select(rd_off, 8) if ob else self.img_data)]
+                     hit.eq(c_ok & (rd_byte[ob:] == c_addr)),
+                     word.eq(Mux(from_c, c_word, self.img_data)),
+                     byte.eq(word.word_select(rd_off, 8) if ob else word)]
         with m.If(self.img_en):
             m.d.sync += rd_off.eq(rd_byte[:ob] if ob else 0)
         # The input's fractional length and the entry's fields are taken from ``e_byte``,
@@ -224,7 +258,9 @@ class Sequencer(wiring.Component):
                   22: [out_shift.eq(fl_diff), in_fl.eq(e_byte)],
                   27: [bias_bits.eq(e_byte),
                        unsupported.eq(unsupported | (bias_shift < 0) | (e_byte > bias_room))]}
-        m.d.comb += self.conv.eq(is_conv)
+        # (steady from the decode, in the entry's clock _DECODE_AT, long after byte 0 set
+        # is_conv, until the layer has drained)
+        m.d.comb += [self.conv.eq(is_conv), self.sparse.eq(~is_conv)]
         p_eff = Signal(8)  # the pool window as a divisor: 1 without pooling
         m.d.comb += p_eff.eq(Mux(pool == 0, 1, pool))
 
@@ -305,6 +341,11 @@ class Sequencer(wiring.Component):
         ]
         step = cnt
         assert len(program) < 2 ** len(cnt)
+        # The biases' address is read from the descriptor memory as the program ends; the
+        # weight unit, started DECODE_LEAD clocks before it, reads that memory for its first
+        # DESC_WORDS clocks at most, and the program takes longer (a clock a step at least,
+        # and three more).
+        assert DECODE_LEAD + len(program) + 3 > DESC_WORDS
 
         def load(op, a, b):
             stmts = [x_sub.eq(op == "msub"), x_div.eq(op == "div")]
@@ -397,7 +438,8 @@ class Sequencer(wiring.Component):
             with m.Case(_S.ENTRY):
                 # One byte addressed per clock; byte n-1 arrives while n is addressed
                 # and is in ``e_byte`` a clock later.
-                m.d.comb += self.img_en.eq(1)
+                # (bytes 0 .. _ENTRY_READ - 1; the port is the weight unit's after them)
+                m.d.comb += self.img_en.eq(cnt < _ENTRY_READ)
                 m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
                 with m.Switch(cnt):
                     for n, stmts in fields.items():
@@ -405,6 +447,10 @@ class Sequencer(wiring.Component):
                             m.d.sync += stmts
                 with m.If((cnt > _GEOM_FIRST + 1) & (cnt <= _GEOM_END + 1)):
                     m.d.sync += geom.eq(Cat(geom[8:], e_byte))
+                with m.If(cnt == _DECODE_AT):
+                    # The weight unit loads the layer's table while the derive program
+                    # runs (``is_conv``, hence ``sparse``, came with byte 0).
+                    m.d.comb += self.decode.eq(1)
                 with m.If(cnt == _ENTRY_READ + 1):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
                                  too_big.eq(0), no_window.eq(0)]
@@ -446,15 +492,18 @@ class Sequencer(wiring.Component):
                                     m.d.sync += load(*program[n][:3])
                                 else:
                                     with m.If(too_big | too_many):
+                                        m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.TOO_BIG),
                                                      state.eq(_S.IDLE)]
                                     with m.Elif(unsupported | no_window):
+                                        m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.UNSUPPORTED),
                                                      state.eq(_S.IDLE)]
                                     with m.Else():
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
-                                                     rd_byte.eq(self.desc_data)]
+                                                     rd_byte.eq(self.desc_data),
+                                                     c_ok.eq(0)]
             with m.Case(_S.BIAS):
                 # Each clock: emit a bias if enough bits are in, append the byte read in
                 # the previous clock, and read another while fewer than 2·bias_bits bits
@@ -472,19 +521,26 @@ class Sequencer(wiring.Component):
                 with m.If(b_emit):
                     m.d.sync += b_ch.eq(b_ch + 1)
                 issue = Signal()
-                m.d.comb += [issue.eq((n_next < Cat(0, bias_bits)) & ~b_done),
-                             self.img_en.eq(issue)]
+                # (a byte outside c_word waits for a clock the weight unit's table reader
+                # does not have the port)
+                m.d.comb += [issue.eq((n_next < Cat(0, bias_bits)) & ~b_done
+                                      & (hit | self.img_free)),
+                             self.img_en.eq(issue & ~hit)]
                 m.d.sync += b_arriving.eq(issue)
                 with m.If(issue):
-                    m.d.sync += rd_byte.eq(rd_byte + 1)
+                    m.d.sync += [rd_byte.eq(rd_byte + 1), from_c.eq(hit),
+                                 rd_off.eq(rd_byte[:ob] if ob else 0)]
+                    with m.If(~hit):
+                        m.d.sync += [c_addr.eq(rd_byte[ob:]), c_ok.eq(1)]
+                with m.If(b_arriving & ~from_c):
+                    m.d.sync += c_word.eq(self.img_data)
                 with m.If(b_done):
-                    m.d.sync += [state.eq(_S.START), b_arriving.eq(0)]
+                    m.d.sync += [state.eq(_S.START), b_arriving.eq(0), from_c.eq(0)]
             with m.Case(_S.START):
-                m.d.comb += [self.decode.eq(1), self.conv_start.eq(is_conv),
-                             self.fc_start.eq(~is_conv), self.sparse.eq(~is_conv)]
+                m.d.comb += [self.go.eq(1), self.conv_start.eq(is_conv),
+                             self.fc_start.eq(~is_conv)]
                 m.d.sync += state.eq(_S.RUN)
             with m.Case(_S.RUN):
-                m.d.comb += self.sparse.eq(~is_conv)
                 drained = Signal()
                 m.d.comb += drained.eq(~self.decode_busy & self.post_idle
                                        & Mux(is_conv, self.conv_done, self.fc_idle))

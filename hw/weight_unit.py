@@ -20,7 +20,7 @@ from hw.layouts import ImageByte, WeightOut
 from hw.register_slice import RegisterSlice
 from hw.stream_fetch import StreamFetch
 
-__all__ = ["ItemReader", "LaneWeight", "WeightUnit"]
+__all__ = ["TABLE_START", "ItemReader", "LaneWeight", "WeightUnit"]
 
 
 class LaneWeight(data.StructLayout):
@@ -38,12 +38,21 @@ class _Q(enum.Enum, shape=3):
     TABLE = 3
     CODEBOOK = 4
     STREAMS = 5
+    HOLD = 6  # the table and codebook are loaded; the streams wait for ``go``
 
 
-# The descriptor words the sequencer keeps while it decodes a layer.
-_KEEP = (DescWord.FAN_IN, DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.MAX_LEN,
-         DescWord.OUT_C, DescWord.N_SYMBOLS, DescWord.CODEBOOK_ADDR, DescWord.TABLE_ADDR,
-         DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR, DescWord.STREAMS_BYTES)
+# The descriptor words the unit keeps while it decodes a layer, in the order it reads
+# them: the first ``_KEEP_START`` are what the table's load needs from its start (the
+# table's place and size, the decode path's parameters); the rest are read while the
+# table loads.
+_KEEP = (DescWord.TABLE_ADDR, DescWord.MAX_LEN, DescWord.N_SYMBOLS, DescWord.FAN_IN,
+         DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.OUT_C,
+         DescWord.CODEBOOK_ADDR, DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR,
+         DescWord.STREAMS_BYTES)
+_KEEP_START = 7
+# Clocks from a ``decode`` pulse to the table reader's start (its first image buffer read):
+# the first _KEEP_START words, a clock each and one to keep the last, and the start.
+TABLE_START = _KEEP_START + 2
 
 
 class _Item(data.StructLayout):
@@ -65,16 +74,21 @@ class ItemReader(wiring.Component):
         ``flush`` (in): one-cycle pulse: drop the item waiting on ``o`` (with ``start``,
             to begin afresh after an aborted run).
         ``busy`` (out): the run's items are not all on ``o`` yet (a register).
-        ``rd_addr`` (out), ``rd_data`` (in): the image buffer's read port (word address;
-            the word a clock later). ``rd_addr`` depends on registers and ``start`` only.
+        ``rd_req`` (out): the reader reads the image buffer this clock, at ``rd_addr``
+            (out; the word on ``rd_data`` (in) a clock later). The reader must be given
+            the port whenever it asks; in the other clocks the port is free for another
+            reader (the sequencer's biases), whose words the reader ignores. ``rd_req`` is
+            ``start`` or a function of registers, as is ``rd_addr`` but for ``start``.
         ``o`` (out stream): ``data`` (the item, zero-extended to 16 bits) and ``tag``.
 
     The reader keeps the buffer word that holds the next item's first byte (``hold``)
-    and reads the word after it, so an item that straddles two words is whole in
-    ``hold`` and ``rd_data``. With words of at least 4 bytes and items of at most 2, the
-    item after the one that crosses into the next word (which moves that word into
-    ``hold`` and asks for the one after) still lies within ``hold``, so the read a clock
-    late is never waited for.
+    and the word after it (``nxt``, or on ``rd_data`` in the clock after it is read), so
+    an item that straddles two words is whole in the two. It reads each word once: the
+    run's first at ``start``, the second in the next clock, and each later one in the
+    clock after the item that moves the word after ``hold`` into ``hold``. With words of
+    at least 4 bytes and items of at most 2, the item after that one still lies within
+    ``hold``, so the word read then is never waited for: the port is the reader's in two
+    clocks of each run and once for each word crossed, and free in the others.
 
     Latency: after ``start``, one clock to read the first word, then the first item is
     loaded into ``o``'s register (valid in the clock after). Throughput: one item a
@@ -97,6 +111,7 @@ class ItemReader(wiring.Component):
             "wide": In(1),
             "tag": In(1),
             "busy": Out(1),
+            "rd_req": Out(1),
             "rd_addr": Out(range(config.image_words)),
             "rd_data": In(8 * config.image_word_bytes),
             "o": Out(stream.Signature(_Item())),
@@ -110,13 +125,16 @@ class ItemReader(wiring.Component):
 
         a = Signal(cfg.image_addr_width + 1)  # byte address of the next item
         h = Signal(len(a) - ob)  # the word in hold: a's word
-        # h + 1, the word read, kept as a register: its adder went straight into the image
-        # buffer's address multiplexers and the 64 block RAMs beyond them (22.0 ns on the
-        # ULX3S, session 14). (``h`` itself is no longer read; Yosys drops it. Removing it
-        # from the source moved the ULX3S placement, 48.45 -> 42.22 MHz routed with the
-        # default seed: left as it is until the next hardware change is placed anyway.)
+        # h + 1, the word after hold, kept as a register: its adder went straight into the
+        # image buffer's address multiplexers and the 64 block RAMs beyond them (22.0 ns on
+        # the ULX3S, session 14). (``h`` itself is no longer read; Yosys drops it. Removing
+        # it from the source moved the ULX3S placement, 48.45 -> 42.22 MHz routed with the
+        # default seed, under the placer of then.)
         h1 = Signal.like(h)
         hold = Signal(8 * wb)
+        nxt = Signal(8 * wb)  # word h1, once read
+        nxt_ok = Signal()  # nxt holds word h1
+        pend = Signal()  # word h1 was read in the previous clock: it is on rd_data
         left = Signal.like(self.count)
         wide = Signal()
         tag = Signal()
@@ -125,22 +143,32 @@ class ItemReader(wiring.Component):
         m.d.comb += [
             self.busy.eq(priming | running),
             self.rd_addr.eq(Mux(self.start, self.addr[ob:], h1)),
+            self.rd_req.eq(self.start | ((priming | running) & ~nxt_ok & ~pend)),
         ]
+        m.d.sync += pend.eq(~self.start & (priming | running) & ~nxt_ok & ~pend)
 
+        after = Signal(8 * wb)  # word h1: on rd_data the clock after its read, then in nxt
+        m.d.comb += after.eq(Mux(pend, self.rd_data, nxt))
         off = Signal(ob)
         lo = Signal(8)
         hi = Signal(8)
         a_next = Signal.like(a)
+        crossing = Signal()  # the next item starts in word h1
         m.d.comb += [
             off.eq(a[:ob]),
             lo.eq(hold.word_select(off, 8)),
-            hi.eq(Cat(hold, self.rd_data[:8]).word_select(off + 1, 8)),
+            hi.eq(Cat(hold, after[:8]).word_select(off + 1, 8)),
             a_next.eq(a + Mux(wide, 2, 1)),
+            crossing.eq(a_next[ob:] != a[ob:]),
         ]
+        with m.If(pend):
+            m.d.sync += [nxt.eq(self.rd_data), nxt_ok.eq(1)]
 
         o_valid = Signal()
         m.d.comb += self.o.valid.eq(o_valid)
-        with m.If(running & (~o_valid | self.o.ready)):
+        # (an item that crosses, or straddles, into word h1 waits for it: never, with the
+        # reader given the port whenever it asks, as said above)
+        with m.If(running & (~o_valid | self.o.ready) & (~crossing | nxt_ok | pend)):
             m.d.sync += [
                 o_valid.eq(1),
                 self.o.payload.data.eq(Cat(lo, Mux(wide, hi, 0))),
@@ -148,8 +176,8 @@ class ItemReader(wiring.Component):
                 a.eq(a_next),
                 left.eq(left - 1),
             ]
-            with m.If(a_next[ob:] != a[ob:]):
-                m.d.sync += [hold.eq(self.rd_data), h.eq(h1), h1.eq(h1 + 1)]
+            with m.If(crossing):
+                m.d.sync += [hold.eq(after), h.eq(h1), h1.eq(h1 + 1), nxt_ok.eq(0)]
             with m.If(left == 1):
                 m.d.sync += running.eq(0)
         with m.Elif(self.o.ready):
@@ -167,6 +195,7 @@ class ItemReader(wiring.Component):
                 tag.eq(self.tag),
                 priming.eq(1),
                 running.eq(0),
+                nxt_ok.eq(0),
             ]
         with m.If(self.flush):
             m.d.sync += o_valid.eq(0)
@@ -189,6 +218,16 @@ class WeightUnit(wiring.Component):
             the (run, index) pairs' weights at their positions ``k`` and a weight-0 end
             marker on channels whose last weight is zero. Must be steady from the
             ``decode`` pulse until ``busy`` falls.
+        ``go`` (in): one-cycle pulse, at or after ``decode``: the layer's streams may start
+            once its table and codebook are loaded (a ``go`` before then is kept). A
+            ``decode`` with ``go`` in the same clock decodes straight through.
+        ``drop`` (in): one-cycle pulse: abandon a layer whose streams have not started
+            (back to idle, nothing emitted; ``error`` unchanged).
+        ``port_free`` (out): the unit does not read the image buffer this clock: it is
+            not streaming, and its table reader (``ItemReader``, which reads a word only
+            when it needs one) does not ask for the port. The sequencer reads the layer's
+            biases in those clocks while the table loads (docs/architecture.md,
+            "Sequencer").
         ``buffer`` (only with ``external_buffer=True``): the loader's image-buffer port.
         ``busy`` (out): a layer is being decoded, or its last weights have not all left
             on ``o`` (each lane's output is a ``RegisterSlice``, one clock of latency; an
@@ -204,14 +243,16 @@ class WeightUnit(wiring.Component):
             fetch deals channels to lanes by load, so which lane gets which channel
             depends on the stream sizes.
 
-    A layer: the sequencer reads the layer's descriptor (17 clocks), starts the
+    A layer: the unit reads the words it needs of the layer's descriptor (seven, 8
+    clocks, then four more while the table loads), starts the
     ``DecodePath`` (``path``) and, through an ``ItemReader`` (``reader``) on the image
     buffer's read port, sends it the Huffman table (counts then symbols) and then the
     codebook, an item a clock; then it starts the ``StreamFetch`` (``fetch``), which
     feeds each lane its channels' bytes (the read port is the reader's until then, the
-    fetch's after). From the ``decode`` pulse, ``path.start`` comes 18 clocks later and
+    fetch's after). From the ``decode`` pulse, ``path.start`` comes 9 clocks later and
     ``fetch.start`` ``L + n + K + 4`` clocks after that (``L`` counts, ``n`` table
-    symbols, ``K`` codebook entries; the path takes a word a clock, so this is exact).
+    symbols, ``K`` codebook entries; the path takes a word a clock, so this is exact), or
+    in the clock of ``go`` if that comes later (the unit holds the loaded table till then).
     It is done when every lane has emitted its last weight. Throughput: dense, one weight
     per clock per lane; sparse, up to one Huffman symbol per clock per lane (as the
     decoders and the fetch's bytes allow).
@@ -235,6 +276,9 @@ class WeightUnit(wiring.Component):
             "decode": In(1),
             "layer": In(8),
             "sparse": In(1),
+            "go": In(1),
+            "drop": In(1),
+            "port_free": Out(1),
             "busy": Out(1),
             "error": Out(1),
             "o": Out(stream.Signature(LaneWeight(config))).array(config.decode_lanes),
@@ -301,10 +345,18 @@ class WeightUnit(wiring.Component):
         m.d.comb += self.busy.eq((state != _Q.IDLE) | Cat(*out_held).any())
         layer = Signal(8)
         keep = {w: Signal(ld.desc_data.shape(), name=f"d_{w.name.lower()}") for w in _KEEP}
-        d_k = Signal(range(DESC_WORDS + 1))
-        # While idle the descriptor memory is the sequencer's (``aux_desc_addr``).
+        d_k = Signal(range(len(_KEEP) + 2))
+        d_word = Signal(4)  # the descriptor word addressed: _KEEP[d_k]
+        with m.Switch(d_k):
+            for i, w in enumerate(_KEEP):
+                with m.Case(i):
+                    m.d.comb += d_word.eq(int(w))
+        d_reading = Signal()  # the unit addresses its descriptor words (from the decode)
+        # Otherwise the descriptor memory is the sequencer's (``aux_desc_addr``): it reads
+        # the layer's bias address while the table loads, after the unit's reads.
         m.d.comb += [
-            ld.desc_addr.eq(Mux(state == _Q.IDLE, self.aux_desc_addr, Cat(d_k[:4], layer))),
+            ld.desc_addr.eq(Mux(d_reading, Cat(d_word, layer), self.aux_desc_addr)),
+            self.port_free.eq((state != _Q.STREAMS) & ~self.reader.rd_req),
             self.desc_data.eq(ld.desc_data),
         ]
         m.d.comb += [
@@ -321,20 +373,26 @@ class WeightUnit(wiring.Component):
             fetch.streams_bytes.eq(keep[DescWord.STREAMS_BYTES]),
         ]
 
+        go_seen = Signal()  # ``go`` came while the table was loading
+        with m.If(self.go):
+            m.d.sync += go_seen.eq(1)
         with m.If((state == _Q.IDLE) & self.decode & ld.loaded & ~ld.busy
                   & (self.layer < ld.n_layers)):
             m.d.sync += [layer.eq(self.layer), d_k.eq(0), state.eq(_Q.DESC),
-                         self.error.eq(0)]
+                         self.error.eq(0), go_seen.eq(self.go), d_reading.eq(1)]
 
-        # Descriptor: word d_k is addressed in one clock and read in the next.
-        with m.If(state == _Q.DESC):
+        # Descriptor: word _KEEP[d_k] is addressed in one clock and kept in the next; the
+        # table's load starts once the first _KEEP_START are in, the rest follow.
+        with m.If(d_reading | (d_k == len(_KEEP))):
             m.d.sync += d_k.eq(d_k + 1)
             with m.Switch(d_k):
-                for w in _KEEP:
-                    with m.Case(int(w) + 1):
+                for i, w in enumerate(_KEEP):
+                    with m.Case(i + 1):
                         m.d.sync += keep[w].eq(ld.desc_data)
-            with m.If(d_k == DESC_WORDS):
-                m.d.sync += state.eq(_Q.START)
+            with m.If(d_k == len(_KEEP) - 1):
+                m.d.sync += d_reading.eq(0)
+        with m.If((state == _Q.DESC) & (d_k == _KEEP_START)):
+            m.d.sync += state.eq(_Q.START)
 
         # Table words, then codebook entries, a word a clock from the image buffer.
         m.submodules.reader = rdr = self.reader
@@ -378,8 +436,14 @@ class WeightUnit(wiring.Component):
             ]
             m.d.sync += state.eq(_Q.CODEBOOK)
         # The last codebook entry may still wait on the reader's output or in the item
-        # slice: the read port is free, so the fetch starts.
+        # slice: the read port is free, so the fetch starts (after ``go``).
         with m.If((state == _Q.CODEBOOK) & ~rdr.busy):
+            with m.If(go_seen | self.go):
+                m.d.comb += fetch.start.eq(1)
+                m.d.sync += state.eq(_Q.STREAMS)
+            with m.Else():
+                m.d.sync += state.eq(_Q.HOLD)
+        with m.If((state == _Q.HOLD) & self.go):
             m.d.comb += fetch.start.eq(1)
             m.d.sync += state.eq(_Q.STREAMS)
 
@@ -388,4 +452,6 @@ class WeightUnit(wiring.Component):
                 m.d.sync += [state.eq(_Q.IDLE), self.error.eq(path.error)]
         with m.If(failing):
             m.d.sync += [state.eq(_Q.IDLE), self.error.eq(1)]
+        with m.If(self.drop & (state != _Q.STREAMS)):
+            m.d.sync += [state.eq(_Q.IDLE), d_reading.eq(0)]
         return m

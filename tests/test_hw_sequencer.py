@@ -15,8 +15,17 @@ from amaranth.sim import Simulator
 
 from hw.config import get_preset
 from hw.image_loader import descriptor_words, image_words
-from hw.layer_plan import compute_problems, layer_params, setup_cycles
-from hw.sequencer import RunError, Sequencer
+from hw.layer_plan import (
+    bias_cycles,
+    compute_problems,
+    derive_cycles,
+    entry_cycles,
+    layer_params,
+    setup_cycles,
+    table_requests,
+)
+from hw.sequencer import DECODE_LEAD, RunError, Sequencer
+from hw.weight_unit import TABLE_START
 from tests.imagegen import random_image, random_layer
 from weights.image import Image, Kind, read_image, write_image
 
@@ -51,9 +60,14 @@ class Harness(wiring.Component):
         return m
 
 
-def sequence(cfg, data, first, count, *, loaded=True, buffer=None):
-    """Run the sequencer with instant blocks; returns (status, per-layer captures)."""
+def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
+    """Run the sequencer with instant blocks; returns (status, per-layer captures).
+    ``port(layer)``: the clocks after that layer's ``decode`` in which the image buffer's
+    port is the weight unit's (default: the unit's table reads, ``table_requests``)."""
     image = read_image(data)
+    if port is None:
+        def port(n):
+            return table_requests(cfg, image, n)[0]
     dut = Harness(cfg, data, buffer)
     seq = dut.seq
     got = {"layers": [], "status": None}
@@ -72,13 +86,30 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None):
         clocks = 1
         biases = {}
         since = 1
+        ctx.set(seq.img_free, 1)
+        # The weight unit, as the sequencer sees it: from ``decode`` its table reader has
+        # the image buffer's port in the clocks ``port(layer)`` gives (counted from the
+        # decode); after ``go`` it streams for a few clocks.
+        streaming = 0
+        rec = busy = None
+        t = 0  # clocks since the decode
         while ctx.get(seq.busy):
             if ctx.get(seq.bias_wr_en):
                 biases[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
             if ctx.get(seq.decode):
-                got["layers"].append({
-                    "layer": ctx.get(seq.decode_layer),
-                    "conv": ctx.get(seq.conv), "sparse": ctx.get(seq.sparse),
+                assert rec is None and not biases
+                rec = {"layer": ctx.get(seq.decode_layer), "conv": ctx.get(seq.conv),
+                       "sparse": ctx.get(seq.sparse), "setup": since}
+                busy = port(rec["layer"])
+                rec["busy"] = busy
+                ctx.set(seq.decode_busy, 1)
+                since = t = 0
+            if ctx.get(seq.drop):
+                rec = None
+            if ctx.get(seq.go):
+                assert rec is not None
+                assert ctx.get(seq.sparse) == rec["sparse"]
+                rec.update({
                     "conv_start": ctx.get(seq.conv_start), "fc_start": ctx.get(seq.fc_start),
                     "params": {
                         "conv": {k: ctx.get(getattr(seq.conv_params, k))
@@ -89,19 +120,27 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None):
                                  for k in layer_params(cfg, image, 0)["post"]},
                         "biases": [biases[o] for o in range(len(biases))],
                     },
-                    "setup": since,
+                    "to_go": since,
                 })
-                biases = {}
-                # The weight unit is busy for a few clocks.
-                ctx.set(seq.decode_busy, 1)
-                await ctx.tick().repeat(3)
-                clocks += 3
-                ctx.set(seq.decode_busy, 0)
-                since = 0
+                got["layers"].append(rec)
+                rec, biases, busy = None, {}, None
+                streaming = 3
+            t += 1
+            if busy is not None:
+                assert not (ctx.get(seq.img_en) and not ctx.get(seq.img_free)), \
+                    "read without the port"
+            ctx.set(seq.img_free, int(busy is None or t not in busy))
             await ctx.tick()
             clocks += 1
             since += 1
+            if streaming:
+                streaming -= 1
+                if not streaming:
+                    ctx.set(seq.decode_busy, 0)
+                    since = 0
             assert clocks < 200_000
+        # A layer the checks refuse was dropped: the weight unit is not left holding it.
+        assert rec is None, "a decode neither went nor was dropped"
         got["status"] = ctx.get(seq.status)
         got["cycles"] = ctx.get(seq.cycles)
 
@@ -112,9 +151,9 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None):
     return got
 
 
-def check_layers(cfg, data, first, count):
+def check_layers(cfg, data, first, count, *, port=None):
     image = read_image(data)
-    got = sequence(cfg, data, first, count)
+    got = sequence(cfg, data, first, count, port=port)
     assert got["status"] == RunError.NONE
     assert [g["layer"] for g in got["layers"]] == list(range(first, first + count))
     for g in got["layers"]:
@@ -129,9 +168,16 @@ def check_layers(cfg, data, first, count):
         assert g["params"]["post"] == want["post"]
         assert g["params"]["biases"] == want["biases"]
         # From the run pulse (or from the clock the previous layer's blocks fell idle, which
-        # the model counts with that layer) to the decode pulse.
+        # the model counts with that layer) to the decode pulse; then to the go: the
+        # derive program, and the biases, which read no byte while the port is not free.
         extra = 0 if n == first else 1
-        assert g["setup"] == setup_cycles(cfg, image, n, first=(n == first)) + extra, n
+        assert g["setup"] == entry_cycles(first=(n == first)) + extra, n
+        derive = DECODE_LEAD + derive_cycles(cfg, image, n)
+        busy = frozenset(t - derive - 1 for t in g["busy"] if t > derive)
+        assert g["to_go"] == derive + bias_cycles(cfg, image, n, busy), n
+        if not busy:
+            assert g["setup"] + g["to_go"] == setup_cycles(cfg, image, n,
+                                                           first=(n == first)) + extra
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
@@ -141,6 +187,11 @@ def test_shipped_images(name):
     n = len(read_image(data).layers)
     check_layers(cfg, data, 0, n)
     check_layers(cfg, data, 1, n - 1)  # in_fl from the previous layer's entry
+    # a port that is the weight unit's one clock in two, or always for 500 clocks, from the
+    # clock its table reader can first ask (TABLE_START after the decode)
+    check_layers(cfg, data, 0, n, port=lambda _: frozenset(range(TABLE_START, 2000, 2)))
+    check_layers(cfg, data, 0, n, port=lambda _: frozenset(range(TABLE_START, 500)))
+    check_layers(cfg, data, 0, n, port=lambda _: frozenset())
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -295,9 +295,11 @@ def run_chain(cfg, data: bytes, layers, x, *, seed=0, stall=0.2):
         span = {}
         ctx.set(unit.layer, n)
         ctx.set(unit.decode, 1)
+        ctx.set(unit.go, 1)
         ctx.set(fc.start, 1)
         await ctx.tick()
         ctx.set(unit.decode, 0)
+        ctx.set(unit.go, 0)
         ctx.set(fc.start, 0)
         cycle = 0
         busy_seen = False

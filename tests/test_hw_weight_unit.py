@@ -7,12 +7,13 @@ import os
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import Elaboratable, Module, Mux, Signal
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
 from hw.image_loader import LoadError, image_words
+from hw.layer_plan import _reader_run, table_cycles
 from hw.weight_unit import ItemReader, WeightUnit
 from tests.imagegen import random_image
 from tests.streams import stream_get, stream_put
@@ -51,9 +52,12 @@ class _WithBuffer(Elaboratable):
 
 
 def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False,
-             sparse=False):
+             sparse=False, hold=False):
     """Load ``data`` and decode ``layers`` (default: all); check every lane's weights
-    (sparse: every lane's entries, channel by channel)."""
+    (sparse: every lane's entries, channel by channel). With ``hold``, as the sequencer
+    drives the unit: each layer is first decoded and dropped after a random number of
+    clocks (while its table loads, or while the unit holds it), then decoded again with
+    its ``go`` a random number of clocks after the ``decode``."""
     image = read_image(data)
     top = _WithBuffer(cfg) if external else WeightUnit(cfg)
     dut = top.unit if external else top
@@ -76,12 +80,33 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
         assert ctx.get(dut.status) == LoadError.NONE
         assert ctx.get(dut.loaded)
         ctx.set(dut.sparse, sparse)
+        hold_rng = np.random.default_rng(seed + 1000)
         for n in layers:
             ctx.set(dut.layer, n)
+            if hold:
+                ctx.set(dut.decode, 1)
+                await ctx.tick()
+                ctx.set(dut.decode, 0)
+                await ctx.tick().repeat(int(hold_rng.integers(1, 200)))
+                ctx.set(dut.drop, 1)
+                await ctx.tick()
+                ctx.set(dut.drop, 0)
+                assert not ctx.get(dut.busy) and not any(ctx.get(o.valid) for o in dut.o)
+                assert ctx.get(dut.port_free)
+            late = int(hold_rng.integers(0, 200)) if hold else 0
             ctx.set(dut.decode, 1)
+            ctx.set(dut.go, late == 0)
             await ctx.tick()
             ctx.set(dut.decode, 0)
+            ctx.set(dut.go, 0)
             plan.append(n)
+            if late:
+                for _ in range(late):
+                    assert not any(ctx.get(o.valid) for o in dut.o)
+                    await ctx.tick()
+                ctx.set(dut.go, 1)
+                await ctx.tick()
+                ctx.set(dut.go, 0)
             await ctx.tick()
             while ctx.get(dut.busy):
                 assert not ctx.get(dut.error), f"layer {n}"
@@ -181,6 +206,14 @@ def test_sparse_random_image(bw, seed):
     run_unit(config(bw), write_image(random_image(seed, bw)), seed=seed, sparse=True)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_held_and_dropped_decodes(seed):
+    """The sequencer's use: a decode dropped while its table loads or while it is held,
+    then the layer decoded with a late ``go``; the weights are the same."""
+    run_unit(config(8), write_image(random_image(seed + 20, 8)), seed=seed, external=True,
+             sparse=bool(seed % 2), hold=True)
+
+
 def test_external_buffer():
     run_unit(config(8), write_image(random_image(4, 8)), seed=4, layers=[1, 3], external=True)
 
@@ -210,6 +243,9 @@ class _ReaderBench(Elaboratable):
         self.cfg = cfg
         self.words = image_words(image, cfg.image_word_bytes)
         self.reader = ItemReader(cfg)
+        # The address another reader (the sequencer) puts on the port in the clocks the
+        # item reader does not ask for it.
+        self.other = Signal(range(len(self.words)))
 
     def elaborate(self, platform):
         m = Module()
@@ -217,18 +253,28 @@ class _ReaderBench(Elaboratable):
         m.submodules.ram = ram = memory.Memory(
             shape=8 * self.cfg.image_word_bytes, depth=len(self.words), init=self.words)
         rd = ram.read_port()
-        m.d.comb += [rd.addr.eq(rdr.rd_addr), rdr.rd_data.eq(rd.data)]
+        m.d.comb += [rd.addr.eq(Mux(rdr.rd_req, rdr.rd_addr, self.other)),
+                     rdr.rd_data.eq(rd.data)]
         return m
 
 
-def read_runs(cfg, image, runs, *, seed=0, stall=0.3):
+def read_runs(cfg, image, runs, *, seed=0, stall=0.3, requests=None):
     """Read ``runs`` (addr, count, wide) back to back, each started as soon as the reader
-    is not busy; return the items (data, tag) received and the clocks each run was busy."""
+    is not busy; return the items (data, tag) received and the clocks each run was busy.
+    In the clocks the reader does not ask for the port, another word is read (a random
+    one). ``requests``: a list that gets, per run, the clocks (from its start) in which
+    the reader asked for the port."""
     top = _ReaderBench(cfg, image)
     dut = top.reader
     rng = np.random.default_rng(seed) if stall else None
+    other = np.random.default_rng(seed + 1)
     total = sum(count for _, count, _ in runs)
     got, busy = [], []
+
+    async def thief(ctx):
+        while True:
+            ctx.set(top.other, int(other.integers(0, len(top.words))))
+            await ctx.tick()
 
     async def control(ctx):
         for n, (addr, count, wide) in enumerate(runs):
@@ -238,14 +284,19 @@ def read_runs(cfg, image, runs, *, seed=0, stall=0.3):
             ctx.set(dut.tag, n % 2)
             ctx.set(dut.start, 1)
             ctx.set(dut.flush, n == 0)
+            asked = [0] if ctx.get(dut.rd_req) else []
             await ctx.tick()
             ctx.set(dut.start, 0)
             ctx.set(dut.flush, 0)
             clocks = 1
             while ctx.get(dut.busy):
+                if ctx.get(dut.rd_req):
+                    asked.append(clocks)
                 await ctx.tick()
                 clocks += 1
             busy.append(clocks)
+            if requests is not None:
+                requests.append(asked)
 
     async def collect(ctx):
         got.extend(await stream_get(ctx, dut.o, total, rng=rng, stall=stall))
@@ -253,6 +304,7 @@ def read_runs(cfg, image, runs, *, seed=0, stall=0.3):
     sim = Simulator(top)
     sim.add_clock(1e-6)
     sim.add_testbench(control, background=True)
+    sim.add_testbench(thief, background=True)
     sim.add_testbench(collect)
     sim.run()
     return [(int(g.data), int(g.tag)) for g in got], busy
@@ -290,10 +342,18 @@ def test_item_reader_one_item_a_clock():
     read the first word, one per item)."""
     cfg = config(8)
     image = bytes(range(256)) * 4
-    runs = [(3, 40, 1), (1021, 1, 1), (6, 9, 0)]
-    got, busy = read_runs(cfg, image, runs, stall=0.0)
+    runs = [(3, 40, 1), (1021, 1, 1), (6, 9, 0), (2, 30, 0), (1, 17, 1)]
+    requests = []
+    got, busy = read_runs(cfg, image, runs, stall=0.0, requests=requests)
     assert got == expected_items(image, runs)
     assert busy == [count + 2 for _, count, _ in runs]
+    # It asks for the port at the start, the next clock, and once a word after that: what
+    # the cycle model counts (the sequencer's biases read in the other clocks).
+    for (addr, count, wide), asked in zip(runs, requests, strict=True):
+        want, _ = _reader_run(0, addr, count, bool(wide), cfg.image_word_bytes)
+        assert asked == [t for t in want if t < count + 2], (addr, count, wide)
+    words = [len(range(a // 4, (a + c * (2 if w else 1) - 1) // 4 + 1)) for a, c, w in runs]
+    assert [len(r) for r in requests] == [w + 1 for w in words]
 
 
 def load_cycles(cfg, data: bytes, *, sparse=True) -> list[dict]:
@@ -319,8 +379,10 @@ def load_cycles(cfg, data: bytes, *, sparse=True) -> list[dict]:
         for n in range(len(image.layers)):
             ctx.set(dut.layer, n)
             ctx.set(dut.decode, 1)
+            ctx.set(dut.go, 1)
             await ctx.tick()
             ctx.set(dut.decode, 0)
+            ctx.set(dut.go, 0)
             seen = {}
             clock = 1
             while ctx.get(dut.busy) or any(ctx.get(o.valid) for o in dut.o):
@@ -351,14 +413,15 @@ def load_formula(layer) -> int:
 
 @pytest.mark.parametrize("bw,seed", [(8, 7), (16, 8)])
 def test_table_and_codebook_load_time(bw, seed):
-    """The table and codebook load takes exactly ``load_formula`` clocks, 18 clocks after
-    the decode pulse (the descriptor)."""
+    """The table and codebook load takes exactly ``load_formula`` clocks, 9 clocks after
+    the decode pulse (the descriptor words it needs; ``hw.layer_plan.table_cycles``)."""
     data = write_image(random_image(seed, bw))
     image = read_image(data)
     got = load_cycles(config(bw), data)
     for layer, g in zip(image.layers, got, strict=True):
-        assert g["start"] == 18
+        assert g["start"] == 9
         assert g["load"] == load_formula(layer)
+        assert g["start"] + g["load"] == table_cycles(layer)
         assert g["first"] > g["start"] + g["load"]
 
 
