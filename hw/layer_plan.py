@@ -172,11 +172,6 @@ def bias_cycles(config, image, index: int, busy=frozenset()) -> int:
     return _bias_cycles(layer.out_c, layer.bias_bits, busy, addr, config.image_word_bytes)
 
 
-# Clocks from the ``decode`` pulse to the weight unit's first table read: the descriptor
-# words the table's load needs (8) and the start (hw.weight_unit.WeightUnit).
-_DESC_CLOCKS = TABLE_START
-
-
 def _reader_run(start: int, addr: int, count: int, wide: bool, wb: int):
     """The clocks an unstalled ``ItemReader`` run started at clock ``start`` asks for the
     image buffer's port (the start, the priming, and the clock after each item that
@@ -202,7 +197,7 @@ def table_requests(config, image, index: int) -> tuple[frozenset, int]:
     layer = image.layers[index]
     d = descriptor_words(image)[index]
     wb = config.image_word_bytes
-    r1, end = _reader_run(_DESC_CLOCKS, d[DescWord.TABLE_ADDR],
+    r1, end = _reader_run(TABLE_START, d[DescWord.TABLE_ADDR],
                           layer.table.max_len + len(layer.table.symbols), True, wb)
     r2, end = _reader_run(end, d[DescWord.CODEBOOK_ADDR], len(layer.codebook),
                           image.bw == 16, wb)
@@ -251,10 +246,11 @@ def _lane_clocks(layer, lanes: int) -> list[int]:
 def table_cycles(layer) -> int:
     """Clocks the weight unit takes from ``decode`` to its last table read (it holds the
     table, and the image buffer's port is free, from the next clock; with an early ``go``
-    its streams start in this one): the descriptor and the start (9), then the Huffman
-    table's ``L`` counts and ``n`` symbols and the ``K`` codebook entries at one a clock,
-    plus two clocks for each of the two runs."""
-    return (_DESC_CLOCKS + layer.table.max_len + len(layer.table.symbols)
+    its streams start in this one): the descriptor words the load needs and the start
+    (``hw.weight_unit.TABLE_START``, 9), then the Huffman table's ``L`` counts and ``n``
+    symbols and the ``K`` codebook entries at one a clock, plus two clocks for each of the
+    two runs."""
+    return (TABLE_START + layer.table.max_len + len(layer.table.symbols)
             + len(layer.codebook) + 4)
 
 

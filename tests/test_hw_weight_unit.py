@@ -352,7 +352,8 @@ def test_item_reader_one_item_a_clock():
     for (addr, count, wide), asked in zip(runs, requests, strict=True):
         want, _ = _reader_run(0, addr, count, bool(wide), cfg.image_word_bytes)
         assert asked == [t for t in want if t < count + 2], (addr, count, wide)
-    words = [len(range(a // 4, (a + c * (2 if w else 1) - 1) // 4 + 1)) for a, c, w in runs]
+    wb = cfg.image_word_bytes
+    words = [len(range(a // wb, (a + c * (2 if w else 1) - 1) // wb + 1)) for a, c, w in runs]
     assert [len(r) for r in requests] == [w + 1 for w in words]
 
 
