@@ -8,7 +8,7 @@ through the column bus in the one clock it is final (see ``PE``).
 from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.vendor import LatticeECP5Platform
+from amaranth.vendor import LatticeECP5Platform, LatticeICE40Platform
 
 __all__ = ["PE", "ActivationLane", "multiplier_ports"]
 
@@ -107,8 +107,8 @@ class PE(wiring.Component):
         done = Signal()
 
         match platform:
-            case LatticeECP5Platform() if not self._shared and cfg.bw <= 18:
-                _ecp5_product(m, self.a_i.x, self.w_i, self.en, x_prod)
+            case LatticeECP5Platform() | LatticeICE40Platform() if _in_dsp(platform, cfg, self):
+                _dsp_product(platform)(m, self.a_i.x, self.w_i, self.en, x_prod)
             case _:
                 with m.If(self.en):
                     m.d.sync += x_prod.eq(self.mul_p if self._shared else d_a.x * d_w)
@@ -184,4 +184,65 @@ def _ecp5_product(m, a, b, en, p):
         p_HIGHSPEED_CLK="NONE",
         i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
         **ports,
+    )
+
+
+# (These two helpers and ``_ice40_product`` follow the rest of the module so that the
+# ECP5's netlist, source positions included, is what session 16 routed with seed 1.)
+def _in_dsp(platform, cfg, pe) -> bool:
+    """Whether ``pe``'s multiplier and both its registers go into one of ``platform``'s
+    DSP blocks: not for a shared multiplier (``fc_on_array``), and only for operands the
+    block takes (18 bits on the ECP5's MULT18X18D, 16 on the iCE40's SB_MAC16).
+
+    On the iCE40 too Yosys infers the SB_MAC16 with its multiplier only (it takes no
+    register with a clock enable into it), which left ``x_prod`` in 16 logic cells a PE,
+    each a flip-flop behind a pass-through LUT (an iCE40 logic cell's flip-flop takes only
+    its own LUT's output): 150 of the iCEBreaker build's logic cells (session 17)."""
+    limit = 18 if isinstance(platform, LatticeECP5Platform) else 16
+    return not pe._shared and cfg.bw <= limit
+
+
+def _dsp_product(platform):
+    """``_ecp5_product`` or ``_ice40_product``, for ``platform``."""
+    return _ecp5_product if isinstance(platform, LatticeECP5Platform) else _ice40_product
+
+
+def _ice40_product(m, a, b, en, p):
+    """``p`` (signed ``2 bw``, ``bw <= 16``) = ``a · b`` two enabled clocks after ``a`` and
+    ``b``, on an SB_MAC16 with its A and B input registers and the 16x16 product's
+    pipeline register (``PIPELINE_16x16_MULT_REG2``), all enabled by ``en`` (CE): the same
+    two registers as the portable PE's ``d_a.x``/``d_w`` and ``x_prod``. Both outputs show
+    the registered product (``TOPOUTPUT_SELECT`` and ``BOTOUTPUT_SELECT`` 3); the adders and
+    accumulators are unused, the operands sign-extended to 16 bits and multiplied signed.
+    The resets (IRSTTOP, IRSTBOT: asynchronous) are off, as a product register's value
+    before its first valid product is never used (``x_valid``). Ref: Lattice TN1295,
+    "DSP Function Usage Guide for iCE40 Devices"; Yosys's model, ``techlibs/ice40/
+    cells_sim.v`` (``SB_MAC16``)."""
+    n = len(p)
+    a16 = Signal(signed(16), name=f"{p.name}_a")
+    b16 = Signal(signed(16), name=f"{p.name}_b")
+    o32 = Signal(32, name=f"{p.name}_o32")
+    m.d.comb += [a16.eq(a), b16.eq(b), p.eq(o32[:n])]
+    zero16 = Const(0, 16)
+    m.submodules[f"{p.name}_mac"] = Instance(
+        "SB_MAC16",
+        p_NEG_TRIGGER=Const(0, 1),
+        p_A_REG=Const(1, 1), p_B_REG=Const(1, 1),
+        p_C_REG=Const(0, 1), p_D_REG=Const(0, 1),
+        p_TOP_8x8_MULT_REG=Const(0, 1), p_BOT_8x8_MULT_REG=Const(0, 1),
+        p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(1, 1),
+        p_TOPOUTPUT_SELECT=Const(3, 2), p_BOTOUTPUT_SELECT=Const(3, 2),
+        p_TOPADDSUB_LOWERINPUT=Const(0, 2), p_TOPADDSUB_UPPERINPUT=Const(0, 1),
+        p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+        p_BOTADDSUB_LOWERINPUT=Const(0, 2), p_BOTADDSUB_UPPERINPUT=Const(0, 1),
+        p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+        p_MODE_8x8=Const(0, 1), p_A_SIGNED=Const(1, 1), p_B_SIGNED=Const(1, 1),
+        i_CLK=ClockSignal("sync"), i_CE=en,
+        i_A=a16, i_B=b16, i_C=zero16, i_D=zero16,
+        i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
+        i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=Const(0), i_ORSTBOT=Const(0),
+        i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0), i_ADDSUBBOT=Const(0),
+        i_OHOLDTOP=Const(0), i_OHOLDBOT=Const(0),
+        i_CI=Const(0), i_ACCUMCI=Const(0), i_SIGNEXTIN=Const(0),
+        o_O=o32,
     )

@@ -223,3 +223,36 @@ def test_hierarchy_of_the_icebreaker_build():
     assert sum(r["dsp"] for r in rows.values()) == 8
     assert rows["top.accel.core.unit.path.decoder_0"]["lut4"] > 0
     assert sum(r["lut4"] for r in rows.values()) > 1000
+
+
+def test_packing_counts_lone_flip_flops():
+    """A made-up flattened netlist: a flip-flop behind its own LUT4 packs with it; one
+    behind another flip-flop, behind a LUT4 that drives two flip-flops, or behind an
+    SB_MAC16 is lone, and is counted at its source line."""
+    spec = importlib.util.spec_from_file_location("packing", ROOT / "benchmarks" / "packing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def cell(kind, src, **ports):
+        return {"type": kind, "attributes": {"src": src},
+                "port_directions": {p: ("output" if p in ("O", "Q") else "input")
+                                    for p in ports},
+                "connections": ports}
+
+    cells = {
+        "lut_a": cell("SB_LUT4", "", I0=[2], O=[10]),
+        "ff_a": cell("SB_DFF", "/x/hw/pe.py:5|/share/ff_map.v:1", D=[10], Q=[11]),
+        "ff_copy": cell("SB_DFFE", "/x/hw/pe.py:6", D=[11], Q=[12]),
+        "lut_b": cell("SB_LUT4", "", I0=[3], O=[20]),
+        "ff_b1": cell("SB_DFF", "/x/hw/sequencer.py:9", D=[20], Q=[21]),
+        "ff_b2": cell("SB_DFF", "/x/hw/sequencer.py:9", D=[20], Q=[22]),
+        "mac": cell("SB_MAC16", "", A=[4], O=[30]),
+        "ff_mac": cell("SB_DFFESR", "/x/hw/pe.py:7", D=[30], Q=[31]),
+        "carry": cell("SB_CARRY", "", I0=[5], CO=[40]),
+    }
+    cells["carry"]["port_directions"]["CO"] = "output"
+    got = module.lone_flip_flops({"modules": {"top": {"cells": cells}}})
+    assert got["totals"] == {"lut4": 2, "ff": 5, "lone": 4, "carry": 1}
+    assert got["files"] == {"hw/pe.py": {"ff": 3, "lone": 2},
+                            "hw/sequencer.py": {"ff": 2, "lone": 2}}
+    assert got["lines"] == {"hw/pe.py:6": 1, "hw/sequencer.py:9": 2, "hw/pe.py:7": 1}

