@@ -2,6 +2,10 @@
 flip-flops that take a logic cell of their own.
 
     .venv/bin/python benchmarks/packing.py [--lines 30] [--json]
+    .venv/bin/python benchmarks/packing.py --set max_code_len=15 --set cols=4
+
+``--set FIELD=VALUE`` replaces a field of the board's preset (``AcceleratorConfig``, an
+integer or ``true``/``false``) before synthesis: what a configuration change would save.
 
 An iCE40 logic cell's flip-flop takes only its own LUT4's output. A flip-flop fed by
 anything else (another flip-flop, a block RAM, an SB_MAC16, a LUT4 that drives more than
@@ -19,6 +23,7 @@ packing.
 
 import argparse
 import collections
+import dataclasses
 import json
 import re
 import subprocess
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 from espalier.build import tool_env
+from hw.config import AcceleratorConfig
 from platforms.boards import BoardTop, get_board
 
 __all__ = ["lone_flip_flops", "main"]
@@ -80,11 +86,35 @@ def lone_flip_flops(netlist: dict, top: str = "top") -> dict:
             "lines": dict(lines)}
 
 
-def _synthesize(progress) -> dict:
+def preset_with(settings: list[str]):
+    """The iCEBreaker's preset with ``FIELD=VALUE`` settings applied (None: none given);
+    ``ValueError`` for an unknown field, a value that is not an integer or a boolean, or a
+    configuration ``AcceleratorConfig`` refuses."""
+    if not settings:
+        return None
+    fields = {f.name: f for f in dataclasses.fields(AcceleratorConfig)}
+    changes = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(fields)}")
+        if text.lower() in ("true", "false"):
+            changes[name] = text.lower() == "true"
+        else:
+            try:
+                changes[name] = int(text)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: the value must be an integer, true "
+                                 f"or false") from None
+    return dataclasses.replace(get_board("icebreaker").config, **changes)
+
+
+def _synthesize(progress, config=None) -> dict:
     spec = get_board("icebreaker")
     out = ROOT / "build" / "packing" / "icebreaker"
     out.mkdir(parents=True, exist_ok=True)
-    plan = spec.platform().build(BoardTop(spec), name="top", do_build=False,
+    plan = spec.platform().build(BoardTop(spec, config=config), name="top", do_build=False,
                                  synth_opts=spec.synth_opts)
     plan.extract(out)
     script = (f"read_rtlil top.il; synth_ice40 {spec.synth_opts} -top top; "
@@ -105,9 +135,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lines", type=int, default=30,
                         help="source lines to list, most lone flip-flops first (default 30)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replace a field of the preset (repeatable), e.g. "
+                             "max_code_len=15")
     args = parser.parse_args(argv)
     try:
-        figures = lone_flip_flops(_synthesize(lambda s: print(s, file=sys.stderr)))
+        config = preset_with(args.set)
+    except ValueError as e:
+        print(f"packing: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        figures = lone_flip_flops(_synthesize(lambda s: print(s, file=sys.stderr), config))
     except (RuntimeError, FileNotFoundError) as e:
         print(f"packing: error: {e}", file=sys.stderr)
         return 1

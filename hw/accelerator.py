@@ -76,7 +76,7 @@ class AcceleratorCore(wiring.Component):
         # The weight unit has the port while it streams and in the clocks its table reader
         # asks for it; in the others (and while the unit is idle or holds a loaded table)
         # the sequencer reads entries and biases through it.
-        m.d.comb += seq_owns.eq(seq.busy & unit.port_free & ~unit.load_busy)
+        m.d.comb += seq_owns.eq(seq.busy & seq.img_free)
         m.d.comb += [
             ram.bus.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
             ram.bus.wr_data.eq(b.wr_data),

@@ -292,8 +292,10 @@ PRESETS = {
     #   784 (LeNet-300-100 fc1).
     # - max_table_symbols 1024: the shipped LeNets' tables list at most about 500 symbols;
     #   a 1024 x 18-bit symbol memory (2 kind + 8 run + 8 index bits) takes 5 EBR. The
-    #   index and run widths stay at the format's 8 bits: the compression settings are
-    #   still being tuned (run_bits 2..5 so far) and narrower fields save only one EBR.
+    #   index and run widths stay at the format's 8 bits, and codes at its 16: the
+    #   compression settings are still being tuned (run_bits 2..6 so far). Narrower limits
+    #   save little (session 17, docs/results.md: max_code_len 15, max_run_bits 6 and
+    #   max_index_bits 6, which the shipped images fit: about 190 of some 10,000 cells).
     # - max_channels 512: a 512 x 32-bit bias memory, 4 EBR (1024 took 8); the shipped
     #   LeNets' widest layer has 500 channels. With it the design takes 29 of the 30 EBR
     #   (16 of them the tile buffer's two banks of eight 512-weight columns).

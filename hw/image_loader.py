@@ -130,12 +130,24 @@ def image_words(data: bytes, word_bytes: int) -> list[int]:
 
 def _above(value, n: int):
     """``value > n`` for a constant ``n``, as plain logic (yosys makes a carry chain of any
-    comparison, a constant one too)."""
+    comparison, a constant one too): from the top bit down, ``value`` is above ``n`` at
+    the first bit where it has a 1 and ``n`` a 0, every bit above being equal. One chain
+    of single-bit terms shares that prefix; an equality ``value[i + 1:] == n >> (i + 1)``
+    for each ``i`` apart left the loader with 1,600 bits of equality cells and 27 more
+    LUT4 on the iCE40 (session 17)."""
     value = Value.cast(value)
     if n >= (1 << len(value)) - 1:
         return Const(0)
-    return Cat(*(value[i] & (value[i + 1:] == n >> (i + 1))
-                 for i in range(len(value)) if not (n >> i) & 1)).any()
+    above = Const(0)
+    equal = Const(1)
+    for i in reversed(range(len(value))):
+        if (n >> i) & 1:
+            equal = equal & value[i]
+        else:
+            above = above | (equal & value[i])
+            equal = equal & ~value[i]
+    return above
+
 
 class _BufferWrite:
     def __init__(self, cfg):

@@ -187,8 +187,8 @@ def _ecp5_product(m, a, b, en, p):
     )
 
 
-# (These two helpers and ``_ice40_product`` follow the rest of the module so that the
-# ECP5's netlist, source positions included, is what session 16 routed with seed 1.)
+# (These two helpers and ``_ice40_product`` follow the rest of the module: added after
+# it, they left the PE's ECP5 netlist as it was, source positions included.)
 def _in_dsp(platform, cfg, pe) -> bool:
     """Whether ``pe``'s multiplier and both its registers go into one of ``platform``'s
     DSP blocks: not for a shared multiplier (``fc_on_array``), and only for operands the

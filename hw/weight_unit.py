@@ -124,13 +124,10 @@ class ItemReader(wiring.Component):
         ob = (wb - 1).bit_length()
 
         a = Signal(cfg.image_addr_width + 1)  # byte address of the next item
-        h = Signal(len(a) - ob)  # the word in hold: a's word
-        # h + 1, the word after hold, kept as a register: its adder went straight into the
-        # image buffer's address multiplexers and the 64 block RAMs beyond them (22.0 ns on
-        # the ULX3S, session 14). (``h`` itself is no longer read; Yosys drops it. Removing
-        # it from the source moved the ULX3S placement, 48.45 -> 42.22 MHz routed with the
-        # default seed, under the placer of then.)
-        h1 = Signal.like(h)
+        # The word after the one in hold, kept as a register: an adder on the word in hold
+        # went straight into the image buffer's address multiplexers and the 64 block
+        # RAMs beyond them (22.0 ns on the ULX3S, session 14).
+        h1 = Signal(len(a) - ob)
         hold = Signal(8 * wb)
         nxt = Signal(8 * wb)  # word h1, once read
         nxt_ok = Signal()  # nxt holds word h1
@@ -177,7 +174,7 @@ class ItemReader(wiring.Component):
                 left.eq(left - 1),
             ]
             with m.If(crossing):
-                m.d.sync += [hold.eq(after), h.eq(h1), h1.eq(h1 + 1), nxt_ok.eq(0)]
+                m.d.sync += [hold.eq(after), h1.eq(h1 + 1), nxt_ok.eq(0)]
             with m.If(left == 1):
                 m.d.sync += running.eq(0)
         with m.Elif(self.o.ready):
@@ -188,7 +185,6 @@ class ItemReader(wiring.Component):
         with m.If(self.start):
             m.d.sync += [
                 a.eq(self.addr),
-                h.eq(self.addr[ob:]),
                 h1.eq(self.addr[ob:] + 1),
                 left.eq(self.count),
                 wide.eq(self.wide),

@@ -256,3 +256,13 @@ def test_packing_counts_lone_flip_flops():
     assert got["files"] == {"hw/pe.py": {"ff": 3, "lone": 2},
                             "hw/sequencer.py": {"ff": 2, "lone": 2}}
     assert got["lines"] == {"hw/pe.py:6": 1, "hw/sequencer.py:9": 2, "hw/pe.py:7": 1}
+    # --set replaces preset fields; bad ones are refused before any synthesis
+    assert module.preset_with([]) is None
+    cfg = module.preset_with(["max_code_len=15", "row_broadcast=false"])
+    assert cfg.max_code_len == 15 and cfg.row_broadcast is False
+    assert cfg.cols == get_preset("icebreaker").cols
+    for bad, says in (("nope=1", "FIELD one of"), ("cols=x", "integer, true or false"),
+                      ("acc_width=3", "at least 26 bits")):
+        proc = subprocess.run([sys.executable, "benchmarks/packing.py", "--set", bad],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and says in proc.stderr, (bad, proc.stderr)

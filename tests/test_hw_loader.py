@@ -281,3 +281,27 @@ def test_fuzz_structure():
             assert status == LoadError.NONE and loaded
         else:
             assert loaded == (status == LoadError.NONE)
+
+
+def test_above_is_greater_than_a_constant():
+    """``_above(value, n)`` (the loader's ``value > n`` in plain logic) against Python's
+    ``>``, for every value of a 6-bit signal and every ``n`` from 0 to past its range."""
+    from amaranth.hdl import Module, Signal
+
+    from hw.image_loader import _above
+
+    value = Signal(6)
+    limits = list(range(0, 70))
+    outs = [Signal(name=f"above_{n}") for n in limits]
+    m = Module()
+    m.d.comb += [o.eq(_above(value, n)) for o, n in zip(outs, limits, strict=True)]
+
+    async def bench(ctx):
+        for v in range(64):
+            ctx.set(value, v)
+            got = [ctx.get(o) for o in outs]
+            assert got == [int(v > n) for n in limits], v
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
