@@ -4,6 +4,9 @@ biases), the weight unit's table load (which runs beside the derive program and 
 biases), the clocks to the weight streams' start (the entry and the later of the two), and
 the core (the lanes' work and the pipeline tail). ``core_ratio`` is the ratio the layer
 would have if everything before the streams were hidden behind the previous layer.
+``resident``: the image's tables, codebooks and biases fit the preset side by side, so the
+accelerator prepares them at the load and a layer's table is its ``L`` counts, with no
+biases (docs/architecture.md, "Resident tables").
 
     .venv/bin/python benchmarks/fc_budget.py [--presets small,icebreaker,ulx3s-85f] [--json]
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.config import PRESETS, get_preset
+from hw.image_loader import resident_fits
 from hw.layer_plan import (
     entry_cycles,
     go_cycles,
@@ -37,7 +41,8 @@ TARGET = 1.25
 
 def fc_budget(preset: str) -> list[dict]:
     """One dict per fully connected layer of each shipped image on ``preset``: ``image``,
-    ``layer`` (index), ``nonzero``, ``lanes``, ``share`` (non-zeros ÷ lanes), ``setup``
+    ``layer`` (index), ``resident``, ``nonzero``, ``lanes``, ``share`` (non-zeros ÷ lanes),
+    ``setup``
     (the sequencer's own clocks, ``setup_cycles``), ``table`` (``table_cycles``),
     ``start`` (clocks to the streams' start: ``entry_cycles + go_cycles``), ``cycles`` (the
     whole layer, not the first of a run), ``ratio`` (cycles ÷ share) and ``core_ratio``
@@ -46,16 +51,18 @@ def fc_budget(preset: str) -> list[dict]:
     rows = []
     for path in sorted(IMAGES.glob("*.img")):
         image = read_image_file(path)
+        resident = resident_fits(cfg, image)
         for i, layer in enumerate(image.layers):
             if layer.kind != Kind.FC:
                 continue
             nonzero = int(np.count_nonzero(layer.weights()))
             share = nonzero / cfg.decode_lanes
             setup = setup_cycles(cfg, image, i, first=False)
-            table = table_cycles(layer)
+            table = table_cycles(layer, resident=resident)
             start = entry_cycles(first=False) + go_cycles(cfg, image, i)
             cycles = predict_cycles(cfg, image, i, first=False)
-            rows.append({"image": path.stem, "layer": i, "nonzero": nonzero,
+            rows.append({"image": path.stem, "layer": i, "resident": resident,
+                         "nonzero": nonzero,
                          "lanes": cfg.decode_lanes, "share": share, "setup": setup,
                          "table": table, "start": start, "cycles": cycles,
                          "ratio": cycles / share, "core_ratio": (cycles - start) / share})
@@ -79,12 +86,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"| preset | image | layer | nnz ÷ lanes | setup | table | to the streams | cycles "
-          f"| ratio (target {TARGET}) | core only |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| preset | image | resident | layer | nnz ÷ lanes | setup | table | to the streams "
+          f"| cycles | ratio (target {TARGET}) | core only |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p, rows in result.items():
         for r in rows:
-            print(f"| `{p}` | {r['image']} | {r['layer']} | {r['share']:,.0f} | {r['setup']} | "
+            print(f"| `{p}` | {r['image']} | {'yes' if r['resident'] else 'no'} | "
+                  f"{r['layer']} | {r['share']:,.0f} | {r['setup']} | "
                   f"{r['table']} | {r['start']} | {r['cycles']:,} | {r['ratio']:.2f} | "
                   f"{r['core_ratio']:.2f} |")
     return 0

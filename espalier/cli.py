@@ -299,7 +299,9 @@ def cmd_sim(args) -> int:
         rows.append(f"{e['name']:<7}{e['cycles']:>10}{e['macs']:>12}"
                     f"{100 * e['utilization']:>7.1f}%{e['model_cycles']:>10}"
                     f"{100 * e['model_error']:>6.1f}%")
-    rows.append(f"cycles per inference: {rep['cycles_per_inference']}; simulated at "
+    rows.append(f"cycles per inference: {rep['cycles_per_inference']} (tables "
+                f"{'resident' if rep['resident'] else 'loaded layer by layer'}; the load "
+                f"took {rep['load_cycles']} cycles); simulated at "
                 f"{rep['sim_cycles_per_second']:.0f} cycles/s")
     _emit(args, rep, "\n".join(rows))
     return 0 if rep["bit_exact"] == rep["images"] else 1
@@ -340,7 +342,8 @@ def cmd_load(args) -> int:
     rep = _on_device(args, lambda dev: load(dev, data))
     _emit(args, {"image": str(args.image), "port": args.port, **rep},
           f"{args.image}: {rep['bytes']} bytes, {rep['n_layers']} layers loaded on "
-          f"{args.port}")
+          f"{args.port} (tables "
+          f"{'resident' if rep['resident'] else 'loaded layer by layer as it runs'})")
     return 0
 
 

@@ -156,7 +156,9 @@ class DeviceInfo:
 @dataclasses.dataclass(frozen=True)
 class DeviceStatus:
     """A STATUS answer. ``load_status`` is the loader's last ``LoadError`` code;
-    ``run_status`` and ``cycles`` describe the last run."""
+    ``run_status`` and ``cycles`` describe the last run. ``resident``: the loaded image
+    was prepared (every layer's table, codebook and biases stay on chip; its runs load
+    only each table's counts, docs/architecture.md)."""
 
     loaded: bool
     load_status: int
@@ -164,6 +166,7 @@ class DeviceStatus:
     have_input: bool
     run_status: int
     cycles: int
+    resident: bool = False
 
 
 _STATE_BYTES = struct.calcsize(STATE_FORMAT)
@@ -172,8 +175,8 @@ _STATE_BYTES = struct.calcsize(STATE_FORMAT)
 def _state(payload: bytes) -> DeviceStatus:
     loaded, load_status, n_layers, have_input, run_status, cycles = struct.unpack(
         STATE_FORMAT, payload)
-    return DeviceStatus(bool(loaded), load_status, n_layers, bool(have_input), run_status,
-                        cycles)
+    return DeviceStatus(bool(loaded & 1), load_status, n_layers, bool(have_input), run_status,
+                        cycles, bool(loaded & 2))
 
 
 def load_error_name(code: int) -> str:

@@ -38,7 +38,7 @@ def load(dev, data: bytes) -> dict:
     n_layers = dev.load_image(data)
     state = dev.status()
     return {"bytes": len(data), "n_layers": n_layers, "loaded": bool(state.loaded),
-            "device": info.fields}
+            "resident": bool(state.resident), "device": info.fields}
 
 
 def infer(dev, data: bytes, inputs: np.ndarray, labels=None, progress=None) -> dict:

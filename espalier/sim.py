@@ -67,7 +67,9 @@ def simulate(data: bytes, config, inputs, *, vcd=None, progress=None) -> dict:
         start = transport.cycles
         dev.load_image(data)
         load_cycles = transport.cycles - start
-        say(f"image loaded ({len(data)} bytes, {load_cycles} simulated clocks)")
+        resident = dev.status().resident
+        say(f"image loaded ({len(data)} bytes, {load_cycles} simulated clocks; tables "
+            f"{'resident' if resident else 'loaded layer by layer'})")
         for i, x in enumerate(inputs):
             outs = golden.forward(np.asarray(x)[None])
             dev.load_input(np.asarray(x).reshape(-1))
@@ -102,7 +104,7 @@ def simulate(data: bytes, config, inputs, *, vcd=None, progress=None) -> dict:
         # The MACs the hardware performs: the array multiplies every weight of a
         # convolution (zeros too); the sparse fc path only the non-zero ones.
         macs = _dense_macs(layer) if layer.kind == Kind.CONV else nonzero
-        predicted = predict_cycles(config, image, n)
+        predicted = predict_cycles(config, image, n, resident=resident)
         entry = {
             "name": names[n],
             "cycles": cycles,
@@ -126,6 +128,7 @@ def simulate(data: bytes, config, inputs, *, vcd=None, progress=None) -> dict:
         "pes": pes,
         "decode_lanes": config.decode_lanes,
         "load_cycles": load_cycles,
+        "resident": resident,
         "sim_seconds": seconds,
         "sim_cycles_per_second": sim_clocks / seconds,
     }

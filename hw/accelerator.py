@@ -92,13 +92,24 @@ class AcceleratorCore(wiring.Component):
         ]
 
         # -- loading, through the control port ----------------------------------------------
+        # An image whose tables, codebooks and biases fit side by side is prepared as its
+        # load ends: the sequencer puts each layer's there once (docs/architecture.md,
+        # "Resident tables"); the load is busy until then.
         wiring.connect(m, wiring.flipped(ctl.image), unit.i)
+        load_was_busy = Signal()
+        prepare = Signal()
+        m.d.sync += load_was_busy.eq(unit.load_busy)
         m.d.comb += [
+            prepare.eq(load_was_busy & ~unit.load_busy & unit.loaded
+                       & (unit.status == LoadError.NONE) & unit.image_resident),
+            seq.prepare.eq(prepare),
+            seq.unprepare.eq(unit.load),
             unit.load.eq(ctl.load & ~seq.busy),
             unit.abort.eq(ctl.abort),
-            ctl.load_busy.eq(unit.load_busy),
+            ctl.load_busy.eq(unit.load_busy | prepare | seq.preparing),
             ctl.load_status.eq(unit.status),
             ctl.loaded.eq(unit.loaded),
+            ctl.prepared.eq(seq.prepared),
             ctl.n_layers.eq(unit.n_layers),
         ]
 
@@ -120,6 +131,9 @@ class AcceleratorCore(wiring.Component):
             seq.img_free.eq(unit.port_free & ~unit.load_busy),
             unit.layer.eq(seq.decode_layer),
             unit.sparse.eq(seq.sparse),
+            unit.resident.eq(seq.resident),
+            seq.held.eq(unit.held),
+            seq.bias_base.eq(unit.bias_base),
             seq.decode_busy.eq(unit.busy),
             seq.decode_error.eq(unit.error),
         ]

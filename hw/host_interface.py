@@ -38,8 +38,10 @@ def core_signature(config) -> wiring.Signature:
     Image: ``image`` streams a weight image's bytes into the core's ``ImageLoader``
     (``last`` on the final byte); ``load`` pulses its ``start``, ``abort`` its ``abort``;
     ``load_busy``, ``load_status`` and ``loaded`` are its ``busy``, ``status`` and
-    ``loaded``. Input: ``act_wr_*`` write activation bank 0 (one word a clock while
-    ``act_wr_en``; only while the core is not ``busy``). Run: ``run`` pulses for a clock
+    ``loaded`` (``load_busy`` until the image is prepared too); ``prepared``: the loaded
+    image's tables, codebooks and biases are resident (the ``Sequencer``'s). Input:
+    ``act_wr_*`` write activation bank 0 (one word a clock while ``act_wr_en``; only while
+    the core is not ``busy``). Run: ``run`` pulses for a clock
     with ``run_first`` / ``run_count`` valid (and held until the next request); ``busy``
     must be high from the clock after ``run`` until the run ends, when ``run_status`` (0 =
     success, else the core's error code) and ``cycles`` (the run's clocks) describe it.
@@ -54,6 +56,7 @@ def core_signature(config) -> wiring.Signature:
         "load_busy": In(1),
         "load_status": In(LoadError),
         "loaded": In(1),
+        "prepared": In(1),
         "act_wr_addr": Out(unsigned(config.act_addr_width)),
         "act_wr_data": Out(signed(config.bw)),
         "act_wr_en": Out(1),
@@ -431,7 +434,9 @@ class HostInterface(wiring.Component):
                     with m.Case(Cmd.PING):
                         payload_bytes(ping)
                     with m.Case(Cmd.STATUS, Cmd.LOAD_IMAGE, Cmd.RUN):
-                        payload_bytes([core.loaded, core.load_status.as_value(),
+                        # (byte 0: bit 0 loaded, bit 1 prepared)
+                        payload_bytes([Cat(core.loaded, core.prepared),
+                                       core.load_status.as_value(),
                                        core.n_layers, have_input, core.run_status] + cycles)
                     with m.Case(Cmd.READ):
                         m.d.comb += tx.eq(core.act_rd_data.as_unsigned().word_select(rd_k, 8))

@@ -61,7 +61,11 @@ class HuffmanDecoder(wiring.Component):
     the table must be valid (complete and canonical, as ``weights.image.read_image``
     checks); the decoder does not re-check it. Decoding begins two clocks after the clock
     that takes the last symbol (later only for a table of fewer than ``max_code_len - L``
-    symbols, whose lengths past ``L`` are not done by then).
+    symbols, whose lengths past ``L`` are not done by then). With ``params.resident`` the
+    symbols are in the memory already (from ``params.table_base``; a load writes them
+    there, and ``delta`` includes the base): only the counts come, and decoding begins
+    after the last, as the limits past ``L`` start at ``2^l``, their value for a complete
+    code (the single 1-bit code alone waits for the recurrence).
 
     Decoding: a left-aligned bit buffer of ``max_code_len + 16`` bits takes a byte per
     clock, right below its unconsumed bits, while it has room for one. Each clock the next
@@ -161,8 +165,14 @@ class HuffmanDecoder(wiring.Component):
                 t_offset.eq(t_offset + count),
                 t_len.eq(t_len + 1),
             ]
+        # A resident table (no symbols to wait for) may decode before the lengths past L are
+        # done: their limits start at 2^l, which is what the recurrence gives them when
+        # the code is complete (limit[L] = 2^L), as every table but the single 1-bit code
+        # is (the loader checks); a code never ends past L, so their deltas are unused.
+        complete = Signal()
         with m.If(counting & (t_len == p.max_len)):
-            m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS)]
+            m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS),
+                         complete.eq(~((p.max_len == 1) & (count == 1)))]
             with m.If(t_offset + count > cfg.max_table_symbols):
                 m.d.sync += self.error.eq(DecodeError.TABLE)
 
@@ -181,7 +191,8 @@ class HuffmanDecoder(wiring.Component):
                     m.d.sync += s_addr.eq(s_addr + 1)
                     with m.If(s_addr + 1 == t_total):
                         m.d.sync += s_done.eq(1)
-        with m.If((state == _State.SYMBOLS) & s_done & (t_len > max_len)):
+        early = p.resident & complete if cfg.resident_tables else 0
+        with m.If((state == _State.SYMBOLS) & s_done & ((t_len > max_len) | early)):
             m.d.sync += state.eq(_State.DECODE)
 
         # -- decode stage: find the next code's length and symbol address ----------------
@@ -354,9 +365,12 @@ class HuffmanDecoder(wiring.Component):
                 self.error.eq(DecodeError.NONE),
                 t_len.eq(1),
                 t_code.eq(0),
-                t_offset.eq(0),
-                s_addr.eq(0),
-                s_done.eq(0),
+                *(limit[n].eq(1 << n) for n in range(1, max_len + 1)
+                  if cfg.resident_tables),
+                # (a resident table's symbols are in the memory from table_base on already)
+                t_offset.eq(p.table_base),
+                s_addr.eq(p.table_base),
+                s_done.eq(p.resident),
                 bits.eq(0),
                 count.eq(0),
                 room.eq(1),

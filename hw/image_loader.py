@@ -18,7 +18,7 @@ from weights.image import MAGIC, MAX_ALPHABET, MAX_BIAS_BITS, MAX_INDEX_BITS, MA
 from weights.image import VERSION as IMAGE_VERSION
 
 __all__ = ["DESC_WORDS", "ENTRY_BYTES", "HEADER_BYTES", "DescWord", "ImageLoader", "LoadError",
-           "buffer_signature", "descriptor_words", "image_words"]
+           "buffer_signature", "descriptor_words", "image_words", "resident_fits"]
 
 HEADER_BYTES = 20  # the image's header (docs/weight-image.md)
 ENTRY_BYTES = 32  # a layer-table entry
@@ -61,6 +61,11 @@ class DescWord(IntEnum):
 
     Addresses are byte offsets in the image (and the image buffer); ``TABLE_ADDR`` is the
     first count (after the ``L`` byte), ``STREAMS_BYTES`` the sum of the stream sizes.
+    ``SYM_BASE``, ``CB_BASE`` and ``BIAS_BASE`` are the sums of the earlier layers' table
+    symbols, codebook entries and output channels: where the layer's symbols, codebook
+    and biases stay in the decoders' symbol memories, the expanders' codebook memories
+    and the bias memory when the whole image's fit side by side (``ImageLoader.resident``,
+    ``resident_fits``).
     """
 
     FAN_IN = 0
@@ -69,7 +74,7 @@ class DescWord(IntEnum):
     MAX_LEN = 3
     OUT_C = 4
     N_SYMBOLS = 5
-    ENTRY_ADDR = 6
+    SYM_BASE = 6
     CODEBOOK_ADDR = 7
     TABLE_ADDR = 8
     SYMBOLS_ADDR = 9
@@ -77,8 +82,8 @@ class DescWord(IntEnum):
     SIZES_ADDR = 11
     STREAMS_ADDR = 12
     STREAMS_BYTES = 13
-    INDEX_BITS = 14
-    BIAS_BITS = 15
+    CB_BASE = 14
+    BIAS_BASE = 15
 
 
 DESC_WORDS = 16
@@ -89,13 +94,16 @@ def desc_word_width(config) -> int:
     return max(16, config.image_addr_width + 1)
 
 
-def descriptor_words(image) -> list[list[int]]:
+def descriptor_words(image, config=None) -> list[list[int]]:
     """The software face of the descriptor memory: each layer's ``DESC_WORDS`` words for a
-    ``weights.image.Image``, with the byte offsets its file layout gives."""
+    ``weights.image.Image``, with the byte offsets its file layout gives (the bases are 0
+    on a ``config`` without ``resident_tables``, whose loader does not sum them)."""
+    sums = config is None or config.resident_tables
     out = []
     n = len(image.layers)
     section = HEADER_BYTES + ENTRY_BYTES * n
-    for i, layer in enumerate(image.layers):
+    sym_base = cb_base = bias_base = 0
+    for layer in image.layers:
         k = len(layer.codebook)
         table_addr = section + k * image.bw // 8 + 1
         symbols_addr = table_addr + 2 * layer.table.max_len
@@ -107,16 +115,31 @@ def descriptor_words(image) -> list[list[int]]:
             DescWord.FAN_IN: layer.fan_in, DescWord.CODEBOOK_SIZE: k,
             DescWord.RUN_BITS: layer.run_bits, DescWord.MAX_LEN: layer.table.max_len,
             DescWord.OUT_C: layer.out_c, DescWord.N_SYMBOLS: len(layer.table.symbols),
-            DescWord.ENTRY_ADDR: HEADER_BYTES + ENTRY_BYTES * i,
+            DescWord.SYM_BASE: sym_base,
             DescWord.CODEBOOK_ADDR: section, DescWord.TABLE_ADDR: table_addr,
             DescWord.SYMBOLS_ADDR: symbols_addr, DescWord.BIAS_ADDR: bias_addr,
             DescWord.SIZES_ADDR: sizes_addr, DescWord.STREAMS_ADDR: streams_addr,
-            DescWord.STREAMS_BYTES: streams_bytes, DescWord.INDEX_BITS: layer.index_bits,
-            DescWord.BIAS_BITS: layer.bias_bits,
+            DescWord.STREAMS_BYTES: streams_bytes, DescWord.CB_BASE: cb_base,
+            DescWord.BIAS_BASE: bias_base,
         }
+        if sums:
+            sym_base += len(layer.table.symbols)
+            cb_base += k
+            bias_base += layer.out_c
         out.append([words[DescWord(w)] for w in range(DESC_WORDS)])
         section = streams_addr + streams_bytes
     return out
+
+
+def resident_fits(config, image) -> bool:
+    """Whether every layer's table symbols, codebook entries and biases fit the build's
+    memories side by side (``ImageLoader.resident`` in software; never without
+    ``resident_tables``): docs/architecture.md, "Resident tables"."""
+    layers = image.layers
+    return config.resident_tables and (
+        sum(len(layer.table.symbols) for layer in layers) <= config.max_table_symbols
+        and sum(len(layer.codebook) for layer in layers) <= config.max_codebook_size
+        and sum(layer.out_c for layer in layers) <= config.max_channels)
 
 
 def image_words(data: bytes, word_bytes: int) -> list[int]:
@@ -221,6 +244,10 @@ class ImageLoader(wiring.Component):
             the last load, valid while not ``busy``. ``loaded`` (out): the buffers hold an
             image that passed every check; cleared by ``start``, set only at the end.
         ``n_layers`` (out): the loaded image's layer count.
+        ``resident`` (out): with ``loaded``: every layer's table symbols, codebook entries
+            and output channels fit side by side in the build's memories
+            (``resident_fits``), at the ``SYM_BASE``, ``CB_BASE`` and ``BIAS_BASE`` the
+            descriptors give.
         ``rd_addr``/``rd_data``: a read port of the image buffer (word address, word a
             clock later), for the blocks that use the image; ignored while ``busy``.
         ``desc_addr``/``desc_data``: a read port of the descriptor memory.
@@ -269,6 +296,7 @@ class ImageLoader(wiring.Component):
             "status": Out(LoadError),
             "loaded": Out(1),
             "n_layers": Out(8),
+            "resident": Out(1),
             "rd_addr": In(range(config.image_words)),
             "rd_data": Out(8 * config.image_word_bytes),
             "desc_addr": In(range(config.max_layers * DESC_WORDS)),
@@ -365,7 +393,9 @@ class ImageLoader(wiring.Component):
 
         d_en = Signal()  # write descriptor word d_word of layer li from source d_sel
         d_word = Signal(4)
-        d_sel = Signal(3)  # 0: entry, 1: acc, 2: fv16, 3: fv8, 4: fan-in, 5: n_sym, 6: room
+        # 0: sym_sum, 1: acc, 2: fv16, 3: fv8, 4: fan-in, 5: n_sym, 6: room, 7: cb_sum,
+        # 8: ch_sum
+        d_sel = Signal(4)
         li = Signal(8)  # layer
 
         def desc_word(word, sel):
@@ -465,12 +495,32 @@ class ImageLoader(wiring.Component):
 
         # -- the descriptor memory: each word is written where the parse finds it -----------
         n_sym = Signal(17)  # the Huffman table's symbols, counted as they are listed
+        # The earlier layers' symbols, codebook entries and channels (the next layer's
+        # SYM_BASE, CB_BASE, BIAS_BASE), each with a sticky flag: past the build's memory.
+        # (0 without resident_tables: the bases are unused)
+        sums = {}
+        for name, cap_n in (("sym", cfg.max_table_symbols), ("cb", cfg.max_codebook_size),
+                            ("ch", cfg.max_channels)):
+            sums[name] = (Signal(cap_n.bit_length(), name=f"{name}_sum"),
+                          Signal(name=f"{name}_over"), cap_n)
+        sym_sum, cb_sum, ch_sum = (sums[n][0] for n in ("sym", "cb", "ch"))
+
+        def add_to(name, addend):
+            if not cfg.resident_tables:
+                return
+            total, over, cap_n = sums[name]
+            s = Signal(max(len(total), len(addend)) + 1, name=f"{name}_next")
+            m.d.comb += s.eq(total + addend)
+            m.d.sync += total.eq(s[:len(total)])
+            with m.If(_above(s, cap_n)):
+                m.d.sync += over.eq(1)
         fan_big = _above(r, cfg.max_fan_in)
         fan_in = Mux(fan_big, cfg.max_fan_in + 1, r)  # FAN_IN, saturated as it always was
         m.d.comb += [desc_wr.addr.eq(Cat(d_word, li)),
                      desc_wr.en.eq(d_en & ~_above(li, cfg.max_layers - 1))]
         with m.Switch(d_sel):
-            for n, value in enumerate([entry, acc, fv16, fv8, fan_in, n_sym, room[:dw]]):
+            for n, value in enumerate([sym_sum, acc, fv16, fv8, fan_in, n_sym, room[:dw],
+                                       cb_sum, ch_sum]):
                 with m.Case(n):
                     m.d.comb += desc_wr.data.eq(value)
 
@@ -568,7 +618,7 @@ class ImageLoader(wiring.Component):
             # bits) and checks the same fields again (they pass; their capacity errors are
             # latched already).
             with m.Case(_P.E_START):
-                desc_word(DescWord.ENTRY_ADDR, 0)
+                desc_word(DescWord.SYM_BASE, 0)  # (phase 1's is the one kept)
                 m.d.comb += c_entry.eq(1)
                 m.d.sync += [acc.eq(s_end), e_bad.eq(0)]
                 goto(_P.E_READ)
@@ -603,7 +653,8 @@ class ImageLoader(wiring.Component):
                         with m.If(phase):
                             m.d.sync += a.eq(fv16)
                     with m.Case(25):  # index_bits
-                        desc_word(DescWord.INDEX_BITS, 3)
+                        with m.If(phase):
+                            desc_word(DescWord.CB_BASE, 7)
                         m.d.sync += ib.eq(fv8)
                         with m.If((fv8 == 0) | _above(fv8, MAX_INDEX_BITS)):
                             m.d.sync += e_bad.eq(1)
@@ -611,6 +662,8 @@ class ImageLoader(wiring.Component):
                         desc_word(DescWord.CODEBOOK_SIZE, 2)
                         accumulate(1, double=bw == 16)
                         m.d.sync += alph.eq(fv16)
+                        with m.If(phase):
+                            add_to("cb", fv16)
                         with m.If((fv16 == 0) | fv16[9:].any()
                                   | (fv16[:9] > (Const(1, 9) << ib)[:9])):
                             m.d.sync += e_bad.eq(1)
@@ -624,7 +677,8 @@ class ImageLoader(wiring.Component):
                         with m.If(_above(fv8, cfg.max_run_bits)):
                             cap(LoadError.CAP_RUN_BITS)
                     with m.Case(29):  # bias_bits (run_bits in the low byte: never multiplied)
-                        desc_word(DescWord.BIAS_BITS, 3)
+                        with m.If(phase):
+                            desc_word(DescWord.BIAS_BASE, 8)
                         with m.If((fv8 == 0) | _above(fv8, MAX_BIAS_BITS)):
                             m.d.sync += e_bad.eq(1)
                         with m.If(phase):
@@ -744,6 +798,7 @@ class ImageLoader(wiring.Component):
             # 2 · out_c bytes (r = 16 · out_c).
             with m.Case(_P.S_BIAS):
                 desc_word(DescWord.N_SYMBOLS, 5)
+                add_to("sym", n_sym)
                 with m.If(_above(n_sym, cfg.max_table_symbols)):
                     cap(LoadError.CAP_TABLE)
                 accumulate(3, carry=r[:3].any())
@@ -783,6 +838,7 @@ class ImageLoader(wiring.Component):
                             fail(LoadError.SECTIONS)  # an empty stream cannot hold a channel
 
             with m.Case(_P.S_NEXT):
+                add_to("ch", a)  # (out_c, since the entry's byte 17)
                 with m.If(li + 1 == n_layers):
                     m.d.sync += state.eq(_P.DONE)
                 with m.Else():
@@ -790,7 +846,9 @@ class ImageLoader(wiring.Component):
 
             with m.Case(_P.DONE):
                 m.d.sync += [self.status.eq(cap_err),
-                             self.loaded.eq(cap_err == LoadError.NONE), state.eq(_P.IDLE)]
+                             self.loaded.eq(cap_err == LoadError.NONE), state.eq(_P.IDLE),
+                             self.resident.eq(cfg.resident_tables
+                                              & ~Cat(*(v[1] for v in sums.values())).any())]
 
         with m.If(err):
             m.d.sync += [self.status.eq(err_code), state.eq(_P.IDLE)]
@@ -801,7 +859,9 @@ class ImageLoader(wiring.Component):
                 state.eq(_P.RECEIVE),
                 c.eq(0),
                 self.loaded.eq(0),
+                self.resident.eq(0),
                 self.status.eq(LoadError.NONE),
+                *(v.eq(0) for total, over, _ in sums.values() for v in (total, over)),
                 cap_err.eq(LoadError.NONE),
                 hdr_bad.eq(0),
                 size.eq(0),

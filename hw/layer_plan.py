@@ -9,7 +9,7 @@ images the hardware does; ``predict_cycles`` is the cycle model of docs/architec
 """
 
 from hw.conv_feed import coord_width
-from hw.image_loader import DescWord, descriptor_words
+from hw.image_loader import DescWord, descriptor_words, resident_fits
 from hw.sequencer import DECODE_LEAD
 from hw.weight_unit import TABLE_START
 from weights.image import Kind
@@ -142,12 +142,15 @@ def entry_cycles(*, first: bool) -> int:
     return (3 if first else 1) + 30 - DECODE_LEAD
 
 
-def derive_cycles(config, image, index: int) -> int:
+def derive_cycles(config, image, index: int, *, resident=None) -> int:
     """Clocks of the sequencer's derive program (its DERIVE state, after the entry's last
     clock, ``DECODE_LEAD`` clocks after the ``decode`` pulse; the biases start in the clock
     after): a clock to start, a clock per step plus one per bit of its multiplier (the two
-    divisions: 16 each, none by 1), and the checks'."""
+    divisions: 16 each, none by 1), and the checks'. A fully connected layer of a resident
+    (prepared) image: the start and the checks' clock, with the preparation's results."""
     layer = image.layers[index]
+    if layer.kind == Kind.FC and _resident(config, image, resident):
+        return 2
     c, h, _ = layer.in_shape
     kh, kw = layer.kernel
     _, _, ow = layer.out_shape
@@ -164,9 +167,18 @@ def derive_cycles(config, image, index: int) -> int:
     return 2 + sum(_mul_cycles(b) for b in muls) + 2 * (1 + (16 if p > 1 else 0))
 
 
-def bias_cycles(config, image, index: int, busy=frozenset()) -> int:
+def _resident(config, image, resident):
+    """A run's ``resident`` (its layers' tables, codebooks and biases prepared once at the
+    load): by default, whether the image's fit side by side (``resident_fits``)."""
+    return resident_fits(config, image) if resident is None else resident
+
+
+def bias_cycles(config, image, index: int, busy=frozenset(), *, resident=None) -> int:
     """Clocks of the sequencer's biases, to the ``go`` that lets the weight streams start;
-    ``busy`` as ``_bias_cycles``'s."""
+    ``busy`` as ``_bias_cycles``'s. A resident layer's are in the bias memory: none (the
+    derive program's last clock goes to the start, which ``derive_cycles`` counts)."""
+    if _resident(config, image, resident):
+        return 0
     layer = image.layers[index]
     addr = descriptor_words(image)[index][DescWord.BIAS_ADDR]
     return _bias_cycles(layer.out_c, layer.bias_bits, busy, addr, config.image_word_bytes)
@@ -190,13 +202,18 @@ def _reader_run(start: int, addr: int, count: int, wide: bool, wb: int):
     return reqs, start + count + 2
 
 
-def table_requests(config, image, index: int) -> tuple[frozenset, int]:
+def table_requests(config, image, index: int, *, resident=None) -> tuple[frozenset, int]:
     """The clocks (from the ``decode`` pulse) in which the weight unit's table reader has
     the image buffer's port, and the clock it has read the table and the codebook
-    (``table_cycles``): the streams start then, or at the ``go`` if later."""
+    (``table_cycles``): the streams start then, or at the ``go`` if later. A resident
+    layer's table is its ``L`` counts, and no codebook."""
     layer = image.layers[index]
     d = descriptor_words(image)[index]
     wb = config.image_word_bytes
+    if _resident(config, image, resident):
+        reqs, end = _reader_run(TABLE_START, d[DescWord.TABLE_ADDR], layer.table.max_len,
+                                True, wb)
+        return frozenset(reqs), end
     r1, end = _reader_run(TABLE_START, d[DescWord.TABLE_ADDR],
                           layer.table.max_len + len(layer.table.symbols), True, wb)
     r2, end = _reader_run(end, d[DescWord.CODEBOOK_ADDR], len(layer.codebook),
@@ -204,24 +221,25 @@ def table_requests(config, image, index: int) -> tuple[frozenset, int]:
     return frozenset(r1 + r2), end
 
 
-def go_cycles(config, image, index: int) -> int:
+def go_cycles(config, image, index: int, *, resident=None) -> int:
     """Clocks from the ``decode`` pulse to the weight streams' start: the derive program,
     then the biases, a byte not read in a clock the table reader has the port
     (``table_requests``), and the start; or the table's load, if that ends later."""
-    derive = DECODE_LEAD + derive_cycles(config, image, index)
-    reqs, table = table_requests(config, image, index)
+    derive = DECODE_LEAD + derive_cycles(config, image, index, resident=resident)
+    reqs, table = table_requests(config, image, index, resident=resident)
     # (the biases' first clock is the one after ``derive``)
     busy = frozenset(t - derive - 1 for t in reqs if t > derive)
-    return max(derive + bias_cycles(config, image, index, busy), table)
+    return max(derive + bias_cycles(config, image, index, busy, resident=resident), table)
 
 
-def setup_cycles(config, image, index: int, *, first: bool) -> int:
+def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> int:
     """Clocks the sequencer itself spends on layer ``index`` before its weights may
     stream, were the image buffer's port always its own: the entry, the derive program
     (and the checks, in the clock that ends it), the biases and the start. The weight unit
     loads the layer's table meanwhile, from the entry's last clocks (``go_cycles``)."""
-    return (entry_cycles(first=first) + DECODE_LEAD + derive_cycles(config, image, index)
-            + bias_cycles(config, image, index))
+    return (entry_cycles(first=first) + DECODE_LEAD
+            + derive_cycles(config, image, index, resident=resident)
+            + bias_cycles(config, image, index, resident=resident))
 
 
 def _lane_clocks(layer, lanes: int) -> list[int]:
@@ -243,25 +261,29 @@ def _lane_clocks(layer, lanes: int) -> list[int]:
     return [c or 0 for c in clocks]
 
 
-def table_cycles(layer) -> int:
+def table_cycles(layer, *, resident: bool = False) -> int:
     """Clocks the weight unit takes from ``decode`` to its last table read (it holds the
     table, and the image buffer's port is free, from the next clock; with an early ``go``
     its streams start in this one): the descriptor words the load needs and the start
-    (``hw.weight_unit.TABLE_START``, 9), then the Huffman table's ``L`` counts and ``n``
+    (``hw.weight_unit.TABLE_START``, 11), then the Huffman table's ``L`` counts and ``n``
     symbols and the ``K`` codebook entries at one a clock, plus two clocks for each of the
-    two runs."""
+    two runs; for a ``resident`` layer the counts alone, one run."""
+    if resident:
+        return TABLE_START + layer.table.max_len + 2
     return (TABLE_START + layer.table.max_len + len(layer.table.symbols)
             + len(layer.codebook) + 4)
 
 
-def predict_cycles(config, image, index: int, *, first: bool = True) -> int:
+def predict_cycles(config, image, index: int, *, first: bool = True, resident=None) -> int:
     """The cycle model: clocks of one layer, from the run (or the previous layer's end) to
-    its last output written. docs/architecture.md derives each term."""
+    its last output written, on a prepared image if ``resident`` (by default: if the
+    image's tables fit side by side, ``resident_fits``, as the accelerator then prepares
+    it at the load). docs/architecture.md derives each term."""
     layer = image.layers[index]
     # The weight unit loads the table from the entry's last clocks, beside the derive
     # program and the biases, which share the image buffer's port with it; the streams
     # start at the later of the ``go`` and the table's end.
-    n = entry_cycles(first=first) + go_cycles(config, image, index)
+    n = entry_cycles(first=first) + go_cycles(config, image, index, resident=resident)
     lanes = config.decode_lanes
     if layer.kind == Kind.CONV:
         n_in = layer.fan_in

@@ -67,6 +67,9 @@ class DecodeParams(data.StructLayout):
 
     ``fan_in`` is ``N``; ``codebook_size`` is ``K``; ``run_bits`` gives ``R = 2^run_bits - 1``;
     ``max_len`` is the Huffman table's longest code ``L`` (the number of counts it lists).
+    ``table_base`` and ``codebook_base`` are where the layer's symbols and codebook entries
+    start in the lanes' memories (0 unless the image is resident); with ``resident`` they
+    are there already, and only the table's ``L`` counts are sent.
     """
 
     def __init__(self, config):
@@ -75,6 +78,9 @@ class DecodeParams(data.StructLayout):
             "codebook_size": unsigned(config.max_index_bits + 1),
             "run_bits": range(config.max_run_bits + 1),
             "max_len": range(config.max_code_len + 1),
+            "table_base": unsigned(config.table_addr_width),
+            "codebook_base": unsigned(config.max_index_bits),
+            "resident": 1,
         })
 
 
@@ -119,7 +125,8 @@ class PostParams(data.StructLayout):
 
     ``bias_shift`` = ``acc_fl - b_fl`` (>= 0: ``golden.fixedpoint.align_bias``);
     ``out_shift`` = ``acc_fl - out_fl`` (``golden.fixedpoint.requantize``; negative is a
-    left shift); ``relu`` applies ``golden.fixedpoint.relu``.
+    left shift); ``relu`` applies ``golden.fixedpoint.relu``; ``bias_base`` is where the
+    layer's biases start in the bias memory (0 unless the image is resident).
     """
 
     def __init__(self, config):
@@ -127,6 +134,7 @@ class PostParams(data.StructLayout):
             "bias_shift": unsigned(9),
             "out_shift": signed(10),
             "relu": 1,
+            "bias_base": unsigned(config.channel_width),
         })
 
 

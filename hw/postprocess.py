@@ -86,7 +86,7 @@ class PostProcess(wiring.Component):
             bias_wr.addr.eq(self.bias_wr_addr),
             bias_wr.data.eq(self.bias_wr_data),
             bias_wr.en.eq(self.bias_wr_en),
-            bias_rd.addr.eq(self.i.payload.channel),
+            bias_rd.addr.eq(self.i.payload.channel + p.bias_base),
             self.i.ready.eq(1),
         ]
 

@@ -97,7 +97,7 @@ class RunExpander(wiring.Component):
         m.d.comb += [
             ready_for_tokens.eq(ok & (loaded == p.codebook_size)),
             self.codebook.ready.eq(ok & (loaded < p.codebook_size)),
-            wr.addr.eq(loaded),
+            wr.addr.eq(loaded + p.codebook_base),
             wr.data.eq(self.codebook.payload),
             wr.en.eq(self.codebook.valid & self.codebook.ready),
         ]
@@ -188,7 +188,8 @@ class RunExpander(wiring.Component):
                     a_valid.eq(t_emits),
                     a_zeros.eq(Mux(self.sparse, 0, t_zeros)),
                     a_weight.eq(t_pair),
-                    a_index.eq(tok.index),
+                    # (the layer's codebook starts at codebook_base)
+                    a_index.eq(tok.index + p.codebook_base),
                     # A dense token always emits, so its first output is the channel's
                     # first entry exactly when the token is the channel's first.
                     a_first.eq(t_fresh),
@@ -210,7 +211,8 @@ class RunExpander(wiring.Component):
         with m.If(self.start):
             m.d.sync += [
                 self.error.eq(ExpandError.NONE),
-                loaded.eq(0),
+                # (a resident codebook is in the memory already)
+                loaded.eq(Mux(p.resident, p.codebook_size, 0)),
                 a_valid.eq(0),
                 b_valid.eq(0),
                 t_rem.eq(p.fan_in),

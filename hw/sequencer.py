@@ -108,6 +108,16 @@ class Sequencer(wiring.Component):
             (``sparse`` for a fully connected layer); ``go`` (out) lets its streams start,
             ``drop`` (out) abandons it (a layer the checks refuse); ``decode_busy``,
             ``decode_error`` (in).
+        ``prepare`` (in): one-cycle pulse (the top gives it when an image whose tables fit
+            side by side, the weight unit's ``image_resident``, has loaded): the
+            preparation (``preparing``, out), a pass over every layer that loads its table
+            and codebook into the decode lanes and its biases into the bias memory, each at
+            its bases (``DescWord``), keeps the derive program's checks, and runs nothing;
+            ``busy`` meanwhile. ``prepared`` (out): the
+            pass has completed; the runs since then read only each table's ``L`` counts
+            and no biases (``resident``, out, to the weight unit). ``unprepare`` (in): a
+            load starts (``prepared`` falls). ``held`` (in): the weight unit holds a
+            loaded table; ``bias_base`` (in): the layer's bias base (the weight unit's).
         ``conv`` (out): the layer is a convolution (the top routes the activation read
             ports to the conv feed, else to the sparse fc path).
         ``conv_start`` (out), ``conv_params`` (out, ``ConvParams``), ``drain_params``
@@ -123,11 +133,11 @@ class Sequencer(wiring.Component):
     multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
     that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
     a byte is fetched and a bias emitted in the same clock, and the start (1), which lets
-    the weight streams go. Meanwhile the weight unit, started (``decode``) ten clocks before
-    the entry ends, so that its table reader needs the image buffer just after the entry's
-    last byte, loads the layer's table and codebook. The biases read each image word once and
-    take its bytes from a copy; a byte of the next word is not fetched in a clock the
-    table reader has the image buffer's port (``img_free`` low), so a bias can take more.
+    the weight streams go. Meanwhile the weight unit (``decode`` 12 clocks before the entry
+    ends: its table reader needs the buffer just after the entry's last byte) loads the table
+    and codebook; the biases take each word's bytes from a copy and fetch no byte of another
+    in a clock the table reader has the port (``img_free`` low). Prepared: no biases, only
+    the table's counts, and a fully connected layer's derive program is its kept checks.
     docs/architecture.md has the cycle model (``hw.layer_plan``'s ``entry_cycles``,
     ``derive_cycles``, ``bias_cycles`` and ``go_cycles`` count these clocks exactly).
     """
@@ -157,6 +167,13 @@ class Sequencer(wiring.Component):
             "sparse": Out(1),
             "go": Out(1),
             "drop": Out(1),
+            "prepare": In(1),
+            "unprepare": In(1),
+            "prepared": Out(1),
+            "preparing": Out(1),
+            "resident": Out(1),
+            "held": In(1),
+            "bias_base": In(unsigned(config.channel_width)),
             "decode_busy": In(1),
             "decode_error": In(1),
             "conv": Out(1),
@@ -184,10 +201,19 @@ class Sequencer(wiring.Component):
 
         state = Signal(_S)
         m.d.comb += self.busy.eq(state != _S.IDLE)
+        # the preparation: tables, codebooks and biases only (never without resident_tables:
+        # ``prep`` and ``prepared`` are then constant 0)
+        rt = cfg.resident_tables
+        prep = Signal() if rt else Const(0)
+        prepared = self.prepared if rt else Const(0)
+        m.d.comb += [self.resident.eq(prepared), self.preparing.eq(prep)]
+        if rt:
+            with m.If(self.unprepare):
+                m.d.sync += self.prepared.eq(0)
         last_layer = Signal(9)
         in_fl = Signal(signed(8))
 
-        with m.If(state != _S.IDLE):
+        with m.If((state != _S.IDLE) & ~prep):
             m.d.sync += self.cycles.eq(self.cycles + 1)
         with m.Elif(self.run):
             m.d.sync += self.cycles.eq(1)
@@ -296,6 +322,9 @@ class Sequencer(wiring.Component):
         too_big = Signal()
         no_window = Signal()  # the output has no whole pooling window (the drain would wait
         #                       for one forever)
+        # Each layer's too_big and no_window, as the preparation's program found them.
+        kept_too_big = Signal(cfg.max_layers)
+        kept_no_window = Signal(cfg.max_layers)
 
         def fits(limit):
             return ~x_r_ovf & ~_exceeds(x_r, limit)
@@ -380,7 +409,7 @@ class Sequencer(wiring.Component):
             b_emit.eq((b_left >= 0) & ~b_done),
             b_raw.eq(b_q >> b_left[:3]),
             b_sign.eq(b_raw.bit_select((bias_bits - 1)[:5], 1)),
-            self.bias_wr_addr.eq(b_ch),
+            self.bias_wr_addr.eq(b_ch + self.bias_base),
             self.bias_wr_data.eq(Cat(*(Mux((bias_bits - 1)[:5] >= i, b_raw[i], b_sign)
                                        for i in range(obits)),
                                      b_sign.replicate(cfg.acc_width - obits))),
@@ -400,7 +429,7 @@ class Sequencer(wiring.Component):
             dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),
             self.out_c.eq(out_c),
             pp.bias_shift.eq(bias_shift), pp.out_shift.eq(out_shift),
-            pp.relu.eq(relu),
+            pp.relu.eq(relu), pp.bias_base.eq(self.bias_base),
         ]
 
         # -- the checks that need no product: the layer must fit this build ----------------
@@ -424,6 +453,10 @@ class Sequencer(wiring.Component):
                                      cnt.eq(0), rd_byte.eq(
                                          Mux(self.first == 0, 7,
                                              _entry_byte(self.first, 22 - ENTRY_BYTES)))]
+                if rt:
+                    with m.Elif(self.prepare & self.loaded & (self.n_layers != 0)):
+                        m.d.sync += [self.layer.eq(0), last_layer.eq(self.n_layers),
+                                     prep.eq(1), state.eq(_S.FL), cnt.eq(0), rd_byte.eq(7)]
             with m.Case(_S.FL):
                 # Clock 0 addresses the byte, clock 2 takes it from ``e_byte``; after
                 # another layer (in_fl is its out_fl, kept) the state starts at 3, only to
@@ -454,6 +487,13 @@ class Sequencer(wiring.Component):
                 with m.If(cnt == _ENTRY_READ + 1):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
                                  too_big.eq(0), no_window.eq(0)]
+                    with m.If(prepared & ~is_conv):
+                        # A fully connected layer of a prepared image uses none of the
+                        # program's results but its checks, which the preparation kept:
+                        # straight to the program's end, which applies them.
+                        m.d.sync += [cnt.eq(len(program)),
+                                     too_big.eq(kept_too_big.bit_select(self.layer, 1)),
+                                     no_window.eq(kept_no_window.bit_select(self.layer, 1))]
             with m.Case(_S.DERIVE):
                 with m.If(x_b != 0):
                     with m.If(x_div):
@@ -491,7 +531,19 @@ class Sequencer(wiring.Component):
                                 if n < len(program):
                                     m.d.sync += load(*program[n][:3])
                                 else:
-                                    with m.If(too_big | too_many):
+                                    # (the preparation checks nothing: the loader found
+                                    # that the layers fit side by side)
+                                    with m.If(prep):
+                                        m.d.sync += [
+                                            kept_too_big.bit_select(self.layer, 1).eq(
+                                                too_big),
+                                            kept_no_window.bit_select(self.layer, 1).eq(
+                                                no_window)]
+                                        m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
+                                                     b_ch.eq(0), b_arriving.eq(0),
+                                                     rd_byte.eq(self.desc_data),
+                                                     c_ok.eq(0)]
+                                    with m.Elif(too_big | too_many):
                                         m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.TOO_BIG),
                                                      state.eq(_S.IDLE)]
@@ -499,6 +551,9 @@ class Sequencer(wiring.Component):
                                         m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.UNSUPPORTED),
                                                      state.eq(_S.IDLE)]
+                                    with m.Elif(prepared):
+                                        # (the biases are in the bias memory already)
+                                        m.d.sync += state.eq(_S.START)
                                     with m.Else():
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
@@ -537,8 +592,9 @@ class Sequencer(wiring.Component):
                 with m.If(b_done):
                     m.d.sync += [state.eq(_S.START), b_arriving.eq(0), from_c.eq(0)]
             with m.Case(_S.START):
-                m.d.comb += [self.go.eq(1), self.conv_start.eq(is_conv),
-                             self.fc_start.eq(~is_conv)]
+                with m.If(~prep):
+                    m.d.comb += [self.go.eq(1), self.conv_start.eq(is_conv),
+                                 self.fc_start.eq(~is_conv)]
                 m.d.sync += state.eq(_S.RUN)
             with m.Case(_S.RUN):
                 drained = Signal()
@@ -546,12 +602,23 @@ class Sequencer(wiring.Component):
                                        & Mux(is_conv, self.conv_done, self.fc_idle))
                 with m.If(self.decode_error):
                     m.d.sync += [self.status.eq(RunError.DECODE), state.eq(_S.IDLE)]
+                    if rt:
+                        m.d.sync += prep.eq(0)
+                with m.Elif(prep):
+                    # The layer's table and codebook are in: nothing to run.
+                    with m.If(self.held):
+                        m.d.comb += self.drop.eq(1)
+                        m.d.sync += state.eq(_S.NEXT)
                 with m.Elif(drained):
                     m.d.sync += state.eq(_S.NEXT)
             with m.Case(_S.NEXT):
                 m.d.sync += self.layer.eq(self.layer + 1)
                 with m.If(self.layer + 1 == last_layer):
                     m.d.sync += state.eq(_S.IDLE)
+                    if rt:
+                        m.d.sync += prep.eq(0)
+                        with m.If(prep):
+                            m.d.sync += self.prepared.eq(1)
                 with m.Else():
                     m.d.sync += [state.eq(_S.FL), cnt.eq(3)]
         return m

@@ -46,10 +46,11 @@ class _Q(enum.Enum, shape=3):
 # table's place and size, the decode path's parameters); the rest are read while the
 # table loads.
 _KEEP = (DescWord.TABLE_ADDR, DescWord.MAX_LEN, DescWord.N_SYMBOLS, DescWord.FAN_IN,
-         DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.OUT_C,
+         DescWord.CODEBOOK_SIZE, DescWord.RUN_BITS, DescWord.OUT_C, DescWord.SYM_BASE,
+         DescWord.CB_BASE,
          DescWord.CODEBOOK_ADDR, DescWord.SIZES_ADDR, DescWord.STREAMS_ADDR,
-         DescWord.STREAMS_BYTES)
-_KEEP_START = 7
+         DescWord.STREAMS_BYTES, DescWord.BIAS_BASE)
+_KEEP_START = 9
 # Clocks from a ``decode`` pulse to the table reader's start (its first image buffer read):
 # the first _KEEP_START words, a clock each and one to keep the last, and the start.
 TABLE_START = _KEEP_START + 2
@@ -204,8 +205,9 @@ class WeightUnit(wiring.Component):
     Ports:
         ``load`` (in), ``abort`` (in), ``i`` (in stream of ``ImageByte``): as the
             ``ImageLoader``'s ``start``, ``abort`` and ``i``.
-        ``load_busy``, ``status`` (``LoadError``), ``loaded``, ``n_layers`` (out): the
-            loader's.
+        ``load_busy``, ``status`` (``LoadError``), ``loaded``, ``n_layers``,
+            ``image_resident`` (out): the loader's (``image_resident`` is its
+            ``resident``: the image's tables, codebooks and biases fit side by side).
         ``aux_desc_addr`` (in), ``desc_data`` (out): the loader's descriptor memory, for
             the sequencer, while the unit is idle (the word one clock after the address).
         ``decode`` (in): one-cycle pulse: decode layer ``layer`` (in) of the loaded image;
@@ -214,6 +216,14 @@ class WeightUnit(wiring.Component):
             the (run, index) pairs' weights at their positions ``k`` and a weight-0 end
             marker on channels whose last weight is zero. Must be steady from the
             ``decode`` pulse until ``busy`` falls.
+        ``resident`` (in, sampled at ``decode``): the layer's symbols and codebook are in
+            the lanes' memories already (at their ``SYM_BASE`` and ``CB_BASE``, from an
+            earlier decode of the layer, the sequencer's preparation): only the table's
+            ``L`` counts are read. Without it, a resident image's symbols and codebook are
+            written at those bases, another image's at 0.
+        ``held`` (out): the table and codebook are in and the streams wait for ``go``.
+        ``bias_base`` (out): the layer's ``BIAS_BASE`` for a resident image, else 0
+            (from a few clocks after ``decode`` until the next ``decode``).
         ``go`` (in): one-cycle pulse, at or after ``decode``: the layer's streams may start
             once its table and codebook are loaded (a ``go`` before then is kept). A
             ``decode`` with ``go`` in the same clock decodes straight through.
@@ -239,16 +249,17 @@ class WeightUnit(wiring.Component):
             fetch deals channels to lanes by load, so which lane gets which channel
             depends on the stream sizes.
 
-    A layer: the unit reads the words it needs of the layer's descriptor (seven, 8
-    clocks, then four more while the table loads), starts the
+    A layer: the unit reads the words it needs of the layer's descriptor (nine, 10
+    clocks, then five more while the table loads), starts the
     ``DecodePath`` (``path``) and, through an ``ItemReader`` (``reader``) on the image
     buffer's read port, sends it the Huffman table (counts then symbols) and then the
     codebook, an item a clock; then it starts the ``StreamFetch`` (``fetch``), which
     feeds each lane its channels' bytes (the read port is the reader's until then, the
-    fetch's after). From the ``decode`` pulse, ``path.start`` comes 9 clocks later and
-    ``fetch.start`` ``L + n + K + 4`` clocks after that (``L`` counts, ``n`` table
-    symbols, ``K`` codebook entries; the path takes a word a clock, so this is exact), or
-    in the clock of ``go`` if that comes later (the unit holds the loaded table till then).
+    fetch's after). From the ``decode`` pulse, ``path.start`` comes 11 clocks later
+    (``TABLE_START``) and ``fetch.start`` ``L + n + K + 4`` clocks after that (``L``
+    counts, ``n`` table symbols, ``K`` codebook entries; the path takes a word a clock, so
+    this is exact; ``L + 2`` for a ``resident`` layer), or in the clock of ``go`` if that
+    comes later (the unit holds the loaded table till then).
     It is done when every lane has emitted its last weight. Throughput: dense, one weight
     per clock per lane; sparse, up to one Huffman symbol per clock per lane (as the
     decoders and the fetch's bytes allow).
@@ -267,11 +278,15 @@ class WeightUnit(wiring.Component):
             "status": Out(LoadError),
             "loaded": Out(1),
             "n_layers": Out(8),
+            "image_resident": Out(1),
             "aux_desc_addr": In(range(config.max_layers * DESC_WORDS)),
             "desc_data": Out(desc_word_width(config)),
             "decode": In(1),
             "layer": In(8),
             "sparse": In(1),
+            "resident": In(1),
+            "held": Out(1),
+            "bias_base": Out(unsigned(config.channel_width)),
             "go": In(1),
             "drop": In(1),
             "port_free": Out(1),
@@ -298,6 +313,7 @@ class WeightUnit(wiring.Component):
             self.status.eq(ld.status),
             self.loaded.eq(ld.loaded),
             self.n_layers.eq(ld.n_layers),
+            self.image_resident.eq(ld.resident),
             fetch.rd_data.eq(ld.rd_data),
         ]
         wiring.connect(m, wiring.flipped(self.i), ld.i)
@@ -355,7 +371,14 @@ class WeightUnit(wiring.Component):
             self.port_free.eq((state != _Q.STREAMS) & ~self.reader.rd_req),
             self.desc_data.eq(ld.desc_data),
         ]
+        res = Signal()  # this layer's symbols and codebook are resident already
         m.d.comb += [
+            path.params.resident.eq(res),
+            # (a resident image's tables stay at their bases; another's at 0)
+            path.params.table_base.eq(Mux(ld.resident, keep[DescWord.SYM_BASE], 0)),
+            path.params.codebook_base.eq(Mux(ld.resident, keep[DescWord.CB_BASE], 0)),
+            self.bias_base.eq(Mux(ld.resident, keep[DescWord.BIAS_BASE], 0)),
+            self.held.eq(state == _Q.HOLD),
             path.params.fan_in.eq(keep[DescWord.FAN_IN]),
             path.params.codebook_size.eq(keep[DescWord.CODEBOOK_SIZE]),
             path.params.run_bits.eq(keep[DescWord.RUN_BITS]),
@@ -375,6 +398,7 @@ class WeightUnit(wiring.Component):
         with m.If((state == _Q.IDLE) & self.decode & ld.loaded & ~ld.busy
                   & (self.layer < ld.n_layers)):
             m.d.sync += [layer.eq(self.layer), d_k.eq(0), state.eq(_Q.DESC),
+                         res.eq(self.resident & ld.resident),
                          self.error.eq(0), go_seen.eq(self.go), d_reading.eq(1)]
 
         # Descriptor: word _KEEP[d_k] is addressed in one clock and kept in the next; the
@@ -417,12 +441,12 @@ class WeightUnit(wiring.Component):
                 rdr.start.eq(1),
                 rdr.flush.eq(1),
                 rdr.addr.eq(keep[DescWord.TABLE_ADDR]),
-                rdr.count.eq(keep[DescWord.MAX_LEN] + keep[DescWord.N_SYMBOLS]),
+                rdr.count.eq(keep[DescWord.MAX_LEN] + Mux(res, 0, keep[DescWord.N_SYMBOLS])),
                 rdr.wide.eq(1),
                 rdr.tag.eq(0),
             ]
             m.d.sync += state.eq(_Q.TABLE)
-        with m.If((state == _Q.TABLE) & ~rdr.busy):
+        with m.If((state == _Q.TABLE) & ~rdr.busy & ~res):
             m.d.comb += [
                 rdr.start.eq(1),
                 rdr.addr.eq(keep[DescWord.CODEBOOK_ADDR]),
@@ -433,7 +457,8 @@ class WeightUnit(wiring.Component):
             m.d.sync += state.eq(_Q.CODEBOOK)
         # The last codebook entry may still wait on the reader's output or in the item
         # slice: the read port is free, so the fetch starts (after ``go``).
-        with m.If((state == _Q.CODEBOOK) & ~rdr.busy):
+        # (a resident layer has no codebook to read: its counts are the whole table)
+        with m.If(((state == _Q.CODEBOOK) | ((state == _Q.TABLE) & res)) & ~rdr.busy):
             with m.If(go_seen | self.go):
                 m.d.comb += fetch.start.eq(1)
                 m.d.sync += state.eq(_Q.STREAMS)

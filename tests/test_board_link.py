@@ -13,6 +13,7 @@ from espalier.simlink import UARTSimTransport
 from golden.fixedpoint import int_range
 from golden.model import GoldenModel
 from hw.config import get_preset
+from hw.image_loader import resident_fits
 from platforms.boards import BoardTop, get_board
 from tests.imagegen import random_image
 from weights.image import write_image
@@ -50,6 +51,8 @@ def test_inference_through_the_uart(name):
         out = dev.read(len(image.layers) % 2, 0, size)
         assert np.array_equal(out, golden.forward(x[None])[-1].reshape(-1))
         assert dev.status().loaded
+        # (its tables fit the preset side by side: prepared at the load)
+        assert dev.status().resident == resident_fits(top.config, image)
 
 
 @pytest.mark.slow

@@ -140,8 +140,12 @@ def test_device_ping_status():
     s = dev.status()
     assert (s.loaded, s.load_status, s.n_layers, s.have_input, s.run_status, s.cycles) == (
         True, 0, 4, True, 2, 1234)
+    assert not s.resident
     assert [r.seq for r in dev.transport.requests] == [0, 1]
     assert [r.code for r in dev.transport.requests] == [Cmd.PING, Cmd.STATUS]
+    dev.transport.handler = answer(payload=struct.pack(STATE_FORMAT, 3, 0, 4, 1, 0, 0))
+    s = dev.status()
+    assert s.loaded and s.resident  # (byte 0, bit 1: the image is prepared)
 
 
 def test_device_incompatible():

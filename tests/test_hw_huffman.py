@@ -122,21 +122,37 @@ def expected_dicts(tokens) -> list[dict]:
 # -- simulation -----------------------------------------------------------------------------
 
 def simulate(cfg, params, items, data, n_tokens, *, seed=0, stall=STALL,
-             cycles=None, vcd=None):
-    """Run one layer through a HuffmanDecoder: (received tokens, final error)."""
+             cycles=None, vcd=None, base=None):
+    """Run one layer through a HuffmanDecoder: (received tokens, final error). With
+    ``base``, as on a resident image: the table is loaded with its symbols at ``base`` and
+    no stream, then the layer starts again ``resident``, from the counts alone."""
     dut = HuffmanDecoder(cfg)
     rng = np.random.default_rng(seed) if stall else None
     got = []
     result = {}
 
     async def control(ctx):
-        ctx.set(dut.params, params)
+        if base is not None:
+            ctx.set(dut.params, {**params, "table_base": base, "resident": 0})
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await stream_put(ctx, dut.table, items, rng=rng, stall=stall)
+            await ctx.tick().repeat(cfg.max_code_len + 2)  # (the lengths past L)
+            items_now = items[:params["max_len"]]
+            ctx.set(dut.params, {**params, "table_base": base, "resident": 1})
+        else:
+            items_now = items
+            ctx.set(dut.params, params)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await stream_put(ctx, dut.table, items, rng=rng, stall=stall)
+        result["started"] = True
+        await stream_put(ctx, dut.table, items_now, rng=rng, stall=stall)
 
     async def feed(ctx):
+        while "started" not in result:
+            await ctx.tick()
         await stream_put(ctx, dut.i, data, rng=rng, stall=stall)
 
     async def collect(ctx):
@@ -158,10 +174,10 @@ def simulate(cfg, params, items, data, n_tokens, *, seed=0, stall=STALL,
     return [as_dict(t) for t in got], result["error"]
 
 
-def check_case(case: Case, cfg=SMALL, *, seed=0, stall=STALL, vcd=None):
+def check_case(case: Case, cfg=SMALL, *, seed=0, stall=STALL, vcd=None, base=None):
     expected = expected_dicts(case.tokens())
     got, error = simulate(cfg, case.params, case.table_items(), b"".join(case.streams),
-                          len(expected), seed=seed, stall=stall, vcd=vcd)
+                          len(expected), seed=seed, stall=stall, vcd=vcd, base=base)
     assert error == DecodeError.NONE
     for n, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert g == e, f"token {n}"
@@ -206,6 +222,34 @@ def test_single_symbol_table(density, run_bits):
     case = synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=run_bits, density=density)
     assert case.table.counts == (1,)
     check_case(case, seed=5)
+
+
+@pytest.mark.parametrize("which", ["imagegen", "long", "limited", "single", "empty"])
+def test_resident_table(which):
+    """A resident table: its symbols written at a base by an earlier load, the layer then
+    decoded from the counts alone (decoding starts once they are in: the limits past L
+    start at 2^l, except for the single 1-bit code, which waits for the recurrence)."""
+    case = {
+        "imagegen": lambda: imagegen_case(1, index_bits=3, run_bits=2, density=0.3),
+        "long": lambda: synthetic_case(1, fan_in=24, out_c=3, k=8, run_bits=1, density=0.4,
+                                       skew=True),
+        "limited": lambda: synthetic_case(7, fan_in=20, out_c=3, k=9, run_bits=1,
+                                          density=0.4, max_len=5, skew=True),
+        "single": lambda: synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=0,
+                                         density=1.0),
+        "empty": lambda: synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=3, density=0.0),
+    }[which]()
+    base = SMALL.max_table_symbols - len(case.table.symbols) - 3
+    check_case(case, seed=11, base=base)
+
+
+def test_resident_single_symbol_no_code():
+    """A resident single-symbol table still refuses a '1' bit (its lengths past L = 1 are
+    worked out before decoding starts)."""
+    params = {"fan_in": 20, "codebook_size": 1, "run_bits": 0, "max_len": 1}
+    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=60,
+                                base=200)
+    assert error == DecodeError.NO_CODE and cycles <= 15 + 16
 
 
 def test_full_index_and_run_width():
@@ -364,21 +408,37 @@ def items_of(params, words) -> list[dict]:
     return table_items(words[:n], words[n:], params["codebook_size"], params["run_bits"])
 
 
-def watch_error(cfg, params, table_words, data, *, bound: int):
+def watch_error(cfg, params, table_words, data, *, bound: int, base=None):
     """Run until the decoder reports an error; return (error, cycles after the table load).
-    ``table_words`` are raw (counts, then symbols), split here as ``SymbolSplit`` would."""
+    ``table_words`` are raw (counts, then symbols), split here as ``SymbolSplit`` would.
+    ``base``: as ``simulate``'s (the table loaded first, then resident)."""
     dut = HuffmanDecoder(cfg)
     result = {}
+    items = items_of(params, table_words)
 
     async def control(ctx):
-        ctx.set(dut.params, params)
+        if base is not None:
+            ctx.set(dut.params, {**params, "table_base": base, "resident": 0})
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await stream_put(ctx, dut.table, items)
+            await ctx.tick().repeat(cfg.max_code_len + 2)
+            ctx.set(dut.params, {**params, "table_base": base, "resident": 1})
+            items_now = items[:params["max_len"]]
+        else:
+            ctx.set(dut.params, params)
+            items_now = items
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await stream_put(ctx, dut.table, items_of(params, table_words))
+        result["started"] = True
+        await stream_put(ctx, dut.table, items_now)
         result["loaded"] = True
 
     async def feed(ctx):
+        while "started" not in result:
+            await ctx.tick()
         await stream_put(ctx, dut.i, data)
 
     async def watch(ctx):

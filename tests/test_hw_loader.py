@@ -18,6 +18,7 @@ from hw.image_loader import (
     LoadError,
     descriptor_words,
     image_words,
+    resident_fits,
 )
 from tests.imagegen import random_image
 from tests.test_image import patch, recrc
@@ -44,7 +45,7 @@ def load(dut, images, *, seed=0, stall=STALL, budget=None):
     """Load each ``(data, last, abort_after)`` in turn on one loader, with random stalls on
     the byte stream; ``last`` marks the last byte sent; ``abort_after`` sends only that many
     bytes, then pulses ``abort``. Return per load ``(status, loaded, cycles, image words,
-    descriptor words)``; fail if a load takes more than ``budget`` cycles."""
+    descriptor words, resident)``; fail if a load takes more than ``budget`` cycles."""
     rng = np.random.default_rng(seed) if stall else None
     wb = dut.image_word_bytes
     results = []
@@ -85,7 +86,8 @@ def load(dut, images, *, seed=0, stall=STALL, budget=None):
             words = [ctx.get(dut.image_data[j]) for j in range(n_words)]
             desc = [ctx.get(dut.desc_data_mem[j])
                     for j in range(min(dut.desc_data_mem.depth, 8 * DESC_WORDS))]
-            results.append((ctx.get(dut.status), ctx.get(dut.loaded), cycles, words, desc))
+            results.append((ctx.get(dut.status), ctx.get(dut.loaded), cycles, words, desc,
+                            ctx.get(dut.resident)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -95,12 +97,13 @@ def load(dut, images, *, seed=0, stall=STALL, budget=None):
 
 
 def check_good(cfg, data, result):
-    status, loaded, cycles, words, desc = result
+    status, loaded, cycles, words, desc, resident = result
     assert status == LoadError.NONE
     assert loaded
     assert words == image_words(data, cfg.image_word_bytes)
     image = read_image(data)
-    for i, expected in enumerate(descriptor_words(image)):
+    assert resident == resident_fits(cfg, image)
+    for i, expected in enumerate(descriptor_words(image, cfg)):
         assert desc[i * DESC_WORDS:(i + 1) * DESC_WORDS] == expected, f"layer {i}"
     # The codebooks, tables and streams are where the descriptors say.
     raw = bytes(data)
@@ -124,6 +127,25 @@ def test_good_image(bw, seed):
     data = write_image(random_image(seed, bw))
     (result,) = load(ImageLoader(cfg), [(data, True, None)], seed=seed)
     check_good(cfg, data, result)
+
+
+@pytest.mark.parametrize("changes,fits", [
+    ({}, True),
+    ({"max_table_symbols": 32}, False),  # 45 symbols, at most 20 a layer
+    ({"max_index_bits": 3}, False),  # 17 codebook entries, at most 8 a layer
+    ({"max_channels": 18}, False),  # 19 channels, at most 7 a layer
+    ({"max_channels": 19}, True),
+    ({"resident_tables": False}, False),  # (the bases are not summed: 0)
+])
+def test_resident(changes, fits):
+    """``resident``: every layer's symbols, codebook entries and channels fit side by side
+    (``resident_fits``), the bases the descriptors give (``check_good``)."""
+    cfg = config(8, **changes)
+    data = write_image(random_image(0, 8))
+    assert resident_fits(cfg, read_image(data)) == fits
+    (result,) = load(ImageLoader(cfg), [(data, True, None)], seed=5)
+    check_good(cfg, data, result)
+    assert result[-1] == fits
 
 
 def _bad_images(data: bytes) -> list:
@@ -172,7 +194,7 @@ def test_bad_images_then_good():
     loads = [(bad, last, abort, None) for _, bad, last, abort, _ in cases] + [(data, True, None)]
     results = load(dut, [x[:3] for x in loads], seed=4)
     # load() fails any load that takes more than 40 clocks a byte (+2000): none hangs.
-    for (name, *_, expected), (status, loaded, _, _, _) in zip(cases, results, strict=False):
+    for (name, *_, expected), (status, loaded, *_) in zip(cases, results, strict=False):
         assert status == expected, name
         assert not loaded, name
     check_good(cfg, data, results[-1])
@@ -271,7 +293,7 @@ def test_fuzz_structure():
         b[at] = int(rng.integers(0, 256))
         images.append((recrc(bytes(b)), True, None))
     results = load(ImageLoader(cfg), images, seed=8, stall=0.0)
-    for (image, _, _), (status, loaded, _, _, _) in zip(images, results, strict=True):
+    for (image, _, _), (status, loaded, *_) in zip(images, results, strict=True):
         try:
             read_image(image)
             accepted = True

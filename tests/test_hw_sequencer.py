@@ -3,6 +3,7 @@
 layer of real and random images, its setup cycles, and its refusals."""
 
 import dataclasses
+import itertools
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import descriptor_words, image_words
+from hw.image_loader import DescWord, descriptor_words, image_words, resident_fits
 from hw.layer_plan import (
     bias_cycles,
     compute_problems,
@@ -60,17 +61,52 @@ class Harness(wiring.Component):
         return m
 
 
-def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
+def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None,
+             prepared=False):
     """Run the sequencer with instant blocks; returns (status, per-layer captures).
     ``port(layer)``: the clocks after that layer's ``decode`` in which the image buffer's
-    port is the weight unit's (default: the unit's table reads, ``table_requests``)."""
+    port is the weight unit's (default: the unit's table reads, ``table_requests``).
+    ``prepared``: the preparation first (the weight unit holding each layer's table a few
+    clocks after its ``decode``); its bias writes are in ``prepared_biases``."""
     image = read_image(data)
+    bases = [d[DescWord.BIAS_BASE] if resident_fits(cfg, image) else 0
+             for d in descriptor_words(image)]
     if port is None:
         def port(n):
-            return table_requests(cfg, image, n)[0]
+            return table_requests(cfg, image, n, resident=prepared)[0]
     dut = Harness(cfg, data, buffer)
     seq = dut.seq
     got = {"layers": [], "status": None}
+
+    async def prepare(ctx):
+        ctx.set(seq.prepare, 1)
+        await ctx.tick()
+        ctx.set(seq.prepare, 0)
+        ctx.set(seq.img_free, 1)
+        written, decoded, held_in = {}, [], None
+        while ctx.get(seq.busy):
+            assert not ctx.get(seq.go) and not ctx.get(seq.conv_start)
+            assert not ctx.get(seq.fc_start)
+            if ctx.get(seq.bias_wr_en):
+                written[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
+            if ctx.get(seq.decode):
+                assert ctx.get(seq.resident) == 0
+                decoded.append(ctx.get(seq.decode_layer))
+                ctx.set(seq.bias_base, bases[decoded[-1]])
+                held_in = 40
+            dropped = ctx.get(seq.drop)
+            if dropped:
+                assert ctx.get(seq.held)
+                held_in = None
+            elif held_in is not None:
+                held_in -= 1
+                ctx.set(seq.held, held_in <= 0)
+            await ctx.tick()
+            if dropped:  # (the unit is idle from the clock after the drop)
+                ctx.set(seq.held, 0)
+        assert decoded == list(range(len(image.layers)))
+        assert ctx.get(seq.prepared) and ctx.get(seq.resident)
+        got["prepared_biases"] = written
 
     async def bench(ctx):
         ctx.set(seq.loaded, loaded)
@@ -78,6 +114,9 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
         ctx.set(seq.post_idle, 1)
         ctx.set(seq.fc_idle, 1)
         ctx.set(seq.conv_done, 1)
+        if prepared:
+            await prepare(ctx)
+            cycles_before = ctx.get(seq.cycles)
         ctx.set(seq.first, first)
         ctx.set(seq.count, count)
         ctx.set(seq.run, 1)
@@ -98,6 +137,8 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
                 biases[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
             if ctx.get(seq.decode):
                 assert rec is None and not biases
+                assert ctx.get(seq.resident) == prepared
+                ctx.set(seq.bias_base, bases[ctx.get(seq.decode_layer)])
                 rec = {"layer": ctx.get(seq.decode_layer), "conv": ctx.get(seq.conv),
                        "sparse": ctx.get(seq.sparse), "setup": since}
                 busy = port(rec["layer"])
@@ -118,7 +159,8 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
                                   for k in layer_params(cfg, image, 0)["drain"]},
                         "post": {k: ctx.get(getattr(seq.post_params, k))
                                  for k in layer_params(cfg, image, 0)["post"]},
-                        "biases": [biases[o] for o in range(len(biases))],
+                        "biases": [biases[o + bases[rec["layer"]]]
+                                   for o in range(len(biases))],
                     },
                     "to_go": since,
                 })
@@ -143,6 +185,8 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
         assert rec is None, "a decode neither went nor was dropped"
         got["status"] = ctx.get(seq.status)
         got["cycles"] = ctx.get(seq.cycles)
+        if prepared:
+            assert cycles_before == 0  # (the preparation is not a run)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -151,9 +195,9 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None):
     return got
 
 
-def check_layers(cfg, data, first, count, *, port=None):
+def check_layers(cfg, data, first, count, *, port=None, prepared=False):
     image = read_image(data)
-    got = sequence(cfg, data, first, count, port=port)
+    got = sequence(cfg, data, first, count, port=port, prepared=prepared)
     assert got["status"] == RunError.NONE
     assert [g["layer"] for g in got["layers"]] == list(range(first, first + count))
     for g in got["layers"]:
@@ -166,18 +210,24 @@ def check_layers(cfg, data, first, count, *, port=None):
             assert g["params"]["conv"] == want["conv"]
             assert g["params"]["drain"] == want["drain"]
         assert g["params"]["post"] == want["post"]
-        assert g["params"]["biases"] == want["biases"]
+        assert g["params"]["biases"] == ([] if prepared else want["biases"])
         # From the run pulse (or from the clock the previous layer's blocks fell idle, which
         # the model counts with that layer) to the decode pulse; then to the go: the
         # derive program, and the biases, which read no byte while the port is not free.
         extra = 0 if n == first else 1
         assert g["setup"] == entry_cycles(first=(n == first)) + extra, n
-        derive = DECODE_LEAD + derive_cycles(cfg, image, n)
+        derive = DECODE_LEAD + derive_cycles(cfg, image, n, resident=prepared)
         busy = frozenset(t - derive - 1 for t in g["busy"] if t > derive)
-        assert g["to_go"] == derive + bias_cycles(cfg, image, n, busy), n
+        assert g["to_go"] == derive + bias_cycles(cfg, image, n, busy,
+                                                  resident=prepared), n
         if not busy:
-            assert g["setup"] + g["to_go"] == setup_cycles(cfg, image, n,
-                                                           first=(n == first)) + extra
+            assert g["setup"] + g["to_go"] == setup_cycles(
+                cfg, image, n, first=(n == first), resident=prepared) + extra
+    if prepared:
+        # The preparation put every layer's biases at its base, side by side.
+        want = [b for n in range(len(image.layers)) for b in layer_params(cfg, image, n)["biases"]]
+        assert got["prepared_biases"] == dict(enumerate(want))
+    return got
 
 
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
@@ -192,6 +242,18 @@ def test_shipped_images(name):
     check_layers(cfg, data, 0, n, port=lambda _: frozenset(range(TABLE_START, 2000, 2)))
     check_layers(cfg, data, 0, n, port=lambda _: frozenset(range(TABLE_START, 500)))
     check_layers(cfg, data, 0, n, port=lambda _: frozenset())
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+def test_prepared(name):
+    """The preparation writes every layer's biases at its base and runs nothing; the runs
+    after it write no biases and go once the derive program is done."""
+    cfg = get_preset("ulx3s-85f")  # (both images' tables fit side by side)
+    data = (IMAGES / f"{name}.img").read_bytes()
+    n = len(read_image(data).layers)
+    assert resident_fits(cfg, read_image(data))
+    check_layers(cfg, data, 0, n, prepared=True)
+    check_layers(cfg, data, 1, n - 1, prepared=True)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -285,6 +347,23 @@ def test_bias_widths(bias_bits):
     check_layers(cfg, write_image(_image([layer], (6, 1, 1))), 0, 1)
 
 
+def test_prepared_fc_refusals():
+    """A prepared image's fully connected layers skip the derive program and take its
+    checks from the preparation: an input and an output larger than an activation bank
+    are refused all the same."""
+    rng = np.random.default_rng(7)
+    cfg = dataclasses.replace(get_preset("small"), act_depth=64)
+    fc1 = random_layer(rng, Kind.FC, (100, 1, 1), 8)
+    fc2 = random_layer(rng, Kind.FC, (8, 1, 1), 80, in_fl=fc1.out_fl)
+    image = _image([fc1, fc2], (100, 1, 1))
+    data = write_image(image)
+    for i, what in enumerate(("input", "output")):
+        assert any(f"its {what}" in p for p in compute_problems(cfg, image, i))
+        for prepared in (False, True):
+            got = sequence(cfg, data, i, 1, prepared=prepared)
+            assert got["status"] == RunError.TOO_BIG and got["layers"] == [], (i, prepared)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_refusals_match_software(seed):
     """Each layer of random images alone, on builds too small for some of them: the
@@ -306,9 +385,10 @@ def test_refusals_match_software(seed):
         data = write_image(case)
         for cfg in (base, dataclasses.replace(base, act_depth=128),
                     dataclasses.replace(base, tile_depth=16, max_channels=4)):
-            for i in range(len(case.layers)):
+            for i, prepared in itertools.product(range(len(case.layers)), (False, True)):
+                # (prepared: a fully connected layer's checks are the preparation's)
                 problems = compute_problems(cfg, case, i)
-                status = sequence(cfg, data, i, 1)["status"]
+                status = sequence(cfg, data, i, 1, prepared=prepared)["status"]
                 if not problems:
                     assert status == RunError.NONE, (i, cfg)
                 elif any("max-pool" not in p and "biases" not in p for p in problems):

@@ -12,9 +12,9 @@ from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import LoadError, image_words
+from hw.image_loader import LoadError, image_words, resident_fits
 from hw.layer_plan import _reader_run, table_cycles
-from hw.weight_unit import ItemReader, WeightUnit
+from hw.weight_unit import TABLE_START, ItemReader, WeightUnit
 from tests.imagegen import random_image
 from tests.streams import stream_get, stream_put
 from tests.test_hw_decode_path import check_sparse_channel, split_channels
@@ -52,12 +52,14 @@ class _WithBuffer(Elaboratable):
 
 
 def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False,
-             sparse=False, hold=False):
+             sparse=False, hold=False, resident=False):
     """Load ``data`` and decode ``layers`` (default: all); check every lane's weights
     (sparse: every lane's entries, channel by channel). With ``hold``, as the sequencer
     drives the unit: each layer is first decoded and dropped after a random number of
     clocks (while its table loads, or while the unit holds it), then decoded again with
-    its ``go`` a random number of clocks after the ``decode``."""
+    its ``go`` a random number of clocks after the ``decode``. With ``resident``, as the
+    sequencer's preparation: every layer's table and codebook loaded at its bases first
+    (decoded, held, dropped), then ``layers`` decoded from the counts alone."""
     image = read_image(data)
     top = _WithBuffer(cfg) if external else WeightUnit(cfg)
     dut = top.unit if external else top
@@ -79,6 +81,10 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
             await ctx.tick()
         assert ctx.get(dut.status) == LoadError.NONE
         assert ctx.get(dut.loaded)
+        assert ctx.get(dut.image_resident) == resident_fits(cfg, image)
+        if resident:
+            await prepare(ctx, dut, len(image.layers))
+            ctx.set(dut.resident, 1)
         ctx.set(dut.sparse, sparse)
         hold_rng = np.random.default_rng(seed + 1000)
         for n in layers:
@@ -180,6 +186,23 @@ def run_unit(cfg, data: bytes, *, seed=0, stall=0.2, layers=None, external=False
         assert sorted(seen) == list(range(layer.out_c)), f"layer {n}: channels"
 
 
+async def prepare(ctx, dut, n_layers):
+    """The sequencer's preparation: each layer's table and codebook loaded (at its bases)
+    and held, then dropped."""
+    assert ctx.get(dut.image_resident), "the image's tables do not fit side by side"
+    for n in range(n_layers):
+        ctx.set(dut.layer, n)
+        ctx.set(dut.decode, 1)
+        await ctx.tick()
+        ctx.set(dut.decode, 0)
+        while not ctx.get(dut.held):
+            assert not ctx.get(dut.error)
+            await ctx.tick()
+        ctx.set(dut.drop, 1)
+        await ctx.tick()
+        ctx.set(dut.drop, 0)
+
+
 def check_sparse_lane(received, weights, what) -> list[int]:
     """A lane's sparse entries (``LaneWeight`` constants) against ``Layer.weights()``; the
     lane's channels, which must increase."""
@@ -212,6 +235,15 @@ def test_held_and_dropped_decodes(seed):
     then the layer decoded with a late ``go``; the weights are the same."""
     run_unit(config(8), write_image(random_image(seed + 20, 8)), seed=seed, external=True,
              sparse=bool(seed % 2), hold=True)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_resident_tables(sparse):
+    """A prepared image: every layer's symbols and codebook at its bases, then the layers
+    decoded from their counts alone, in an order other than the preparation's; the
+    weights are the same."""
+    data = write_image(random_image(9, 8))
+    run_unit(config(8), data, seed=9, sparse=sparse, resident=True, layers=[3, 0, 2, 1, 3])
 
 
 def test_external_buffer():
@@ -357,7 +389,7 @@ def test_item_reader_one_item_a_clock():
     assert [len(r) for r in requests] == [w + 1 for w in words]
 
 
-def load_cycles(cfg, data: bytes, *, sparse=True) -> list[dict]:
+def load_cycles(cfg, data: bytes, *, sparse=True, resident=False) -> list[dict]:
     """Per layer, unstalled: clocks from the ``decode`` pulse to the path's start, from
     there to the fetch's start (the table and codebook load), and from the pulse to the
     first weight (or sparse entry) on any lane."""
@@ -376,6 +408,9 @@ def load_cycles(cfg, data: bytes, *, sparse=True) -> list[dict]:
             await ctx.tick()
         for j in range(lanes):
             ctx.set(dut.o[j].ready, 1)
+        if resident:
+            await prepare(ctx, dut, len(image.layers))
+            ctx.set(dut.resident, 1)
         ctx.set(dut.sparse, sparse)
         for n in range(len(image.layers)):
             ctx.set(dut.layer, n)
@@ -414,15 +449,22 @@ def load_formula(layer) -> int:
 
 @pytest.mark.parametrize("bw,seed", [(8, 7), (16, 8)])
 def test_table_and_codebook_load_time(bw, seed):
-    """The table and codebook load takes exactly ``load_formula`` clocks, 9 clocks after
-    the decode pulse (the descriptor words it needs; ``hw.layer_plan.table_cycles``)."""
+    """The table and codebook load takes exactly ``load_formula`` clocks, TABLE_START (11)
+    clocks after the decode pulse (the descriptor words it needs;
+    ``hw.layer_plan.table_cycles``); a resident layer's, its ``L`` counts and two."""
     data = write_image(random_image(seed, bw))
     image = read_image(data)
     got = load_cycles(config(bw), data)
     for layer, g in zip(image.layers, got, strict=True):
-        assert g["start"] == 9
+        assert g["start"] == TABLE_START == 11
         assert g["load"] == load_formula(layer)
         assert g["start"] + g["load"] == table_cycles(layer)
+        assert g["first"] > g["start"] + g["load"]
+    got = load_cycles(config(bw), data, resident=True)
+    for layer, g in zip(image.layers, got, strict=True):
+        assert g["start"] == TABLE_START
+        assert g["load"] == layer.table.max_len + 2
+        assert g["start"] + g["load"] == table_cycles(layer, resident=True)
         assert g["first"] > g["start"] + g["load"]
 
 
