@@ -67,7 +67,7 @@ class AcceleratorConfig:
         ``resident_tables``: an image whose layers' table symbols, codebook entries and
         channels fit the memories side by side is prepared at its load, and its runs load
         only each table's counts (docs/architecture.md, "Resident tables"). Without it
-        every run loads each layer's table, codebook and biases: about 420 logic cells
+        every run loads each layer's table, codebook and biases: about 400 logic cells
         fewer on the iCE40 (session 18).
     """
 
@@ -310,7 +310,7 @@ PRESETS = {
     # - row_broadcast: the one row's activation goes to the eight PEs in the same clock
     #   (a fan-out of 8), which removes the weight skew and the output de-skew, 980
     #   flip-flops (14,112 -> 13,157 logic cells), and 7 clocks a conv layer.
-    # - no resident_tables: they took 420 logic cells (10,346 -> 10,766) on a device the
+    # - no resident_tables: they take 400 logic cells (10,336 -> 10,736) on a device the
     #   design is already twice too big for; LeNet-300-100's fc1 and fc2 meet issue 5's
     #   1.25 without them here (one lane: the per-layer loads are a smaller share).
     "icebreaker": dataclasses.replace(
