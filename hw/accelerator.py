@@ -131,7 +131,7 @@ class AcceleratorCore(wiring.Component):
             seq.img_free.eq(unit.port_free & ~unit.load_busy),
             unit.layer.eq(seq.decode_layer),
             unit.sparse.eq(seq.sparse),
-            unit.resident.eq(seq.resident),
+            unit.resident.eq(seq.prepared),
             seq.held.eq(unit.held),
             seq.bias_base.eq(unit.bias_base),
             seq.decode_busy.eq(unit.busy),

@@ -10,13 +10,13 @@ images the hardware does; ``predict_cycles`` is the cycle model of docs/architec
 
 from hw.conv_feed import coord_width
 from hw.image_loader import DescWord, descriptor_words, resident_fits
-from hw.sequencer import DECODE_LEAD
+from hw.sequencer import DECODE_LEAD, entry_bytes_read
 from hw.weight_unit import TABLE_START
 from weights.image import Kind
 
 __all__ = ["bias_cycles", "check_runnable", "compute_problems", "derive_cycles",
-           "entry_cycles", "go_cycles", "layer_params", "predict_cycles", "setup_cycles",
-           "table_cycles", "table_requests"]
+           "entry_cycles", "go_cycles", "lane_clocks", "layer_params", "predict_cycles",
+           "setup_cycles", "table_cycles", "table_requests"]
 
 
 
@@ -134,12 +134,14 @@ def _bias_cycles(out_c: int, bb: int, busy=frozenset(), addr: int = 0, wb: int =
         ch += emit
 
 
-def entry_cycles(*, first: bool) -> int:
+def entry_cycles(*, first: bool, prepared: bool = False) -> int:
     """Clocks from the run (``first`` layer of a run), or from the previous layer's end,
-    to the ``decode`` that starts the weight unit on the layer: the input's fractional
-    length (3 clocks on the first layer; else 1 to address the entry) and the entry (30)
-    but its last ``DECODE_LEAD``."""
-    return (3 if first else 1) + 30 - DECODE_LEAD
+    to the ``decode`` that starts the weight unit on the layer: the entry (a clock a byte
+    read, ``entry_bytes_read``: 28, or 23 on a ``prepared`` image, and two to take the
+    last) but its last ``DECODE_LEAD``; on the first layer of a run, a clock more for the
+    input's fractional length (its byte is addressed in the clock before the entry's
+    first)."""
+    return (1 if first else 0) + entry_bytes_read(prepared) + 2 - DECODE_LEAD
 
 
 def derive_cycles(config, image, index: int, *, resident=None) -> int:
@@ -237,12 +239,13 @@ def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> in
     stream, were the image buffer's port always its own: the entry, the derive program
     (and the checks, in the clock that ends it), the biases and the start. The weight unit
     loads the layer's table meanwhile, from the entry's last clocks (``go_cycles``)."""
-    return (entry_cycles(first=first) + DECODE_LEAD
+    return (entry_cycles(first=first, prepared=_resident(config, image, resident))
+            + DECODE_LEAD
             + derive_cycles(config, image, index, resident=resident)
             + bias_cycles(config, image, index, resident=resident))
 
 
-def _lane_clocks(layer, lanes: int) -> list[int]:
+def lane_clocks(layer, lanes: int) -> list[int]:
     """The clock each lane finishes decoding when channels go to the lane with the fewest
     bytes: a symbol a clock and a clock for each channel's end (``HuffmanDecoder``), from
     the clock its first channel is dealt (``StreamFetch`` deals one a clock, so lane ``j``
@@ -283,7 +286,8 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
     # The weight unit loads the table from the entry's last clocks, beside the derive
     # program and the biases, which share the image buffer's port with it; the streams
     # start at the later of the ``go`` and the table's end.
-    n = entry_cycles(first=first) + go_cycles(config, image, index, resident=resident)
+    n = (entry_cycles(first=first, prepared=_resident(config, image, resident))
+         + go_cycles(config, image, index, resident=resident))
     lanes = config.decode_lanes
     if layer.kind == Kind.CONV:
         n_in = layer.fan_in
@@ -313,5 +317,5 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
         # from its first deal. Then the pipeline's tail: 24 clocks, the median excess
         # over the lanes' decoding of the shipped fc layers on all three presets (16-33,
         # fetch start-up and the fc path's pipeline; docs/results.md).
-        n += max(_lane_clocks(layer, lanes)) + 24
-    return n + 1  # NEXT
+        n += max(lane_clocks(layer, lanes)) + 24
+    return n  # (the clock that finds the blocks idle goes to the next entry, or ends)

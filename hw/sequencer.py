@@ -25,16 +25,26 @@ from hw.tile_buffer import tile_and_column
 from hw.weight_unit import TABLE_START
 from weights.image import MAX_BIAS_BITS, Kind
 
-__all__ = ["DECODE_LEAD", "RunError", "Sequencer"]
+__all__ = ["DECODE_LEAD", "RunError", "Sequencer", "entry_bytes_read"]
 
 _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
+# A prepared image's layer reads bytes 0..22 only: 23..26 are the weight unit's, and byte
+# 27's check (bias_bits) was made and kept by the preparation, which also put the biases.
+_ENTRY_READ_PREPARED = 23
 _GEOM_FIRST, _GEOM_END = 4, 20  # bytes 4..19: kernel, stride, padding and the shapes
 # The entry's clock (``cnt``) of the ``decode`` pulse: the weight unit's table reader takes
 # the image buffer's port TABLE_START clocks later, when the entry's last byte has been read
 # (byte 27 is addressed at cnt 27: from cnt 28 on the entry reads nothing it uses).
 _DECODE_AT = _ENTRY_READ - TABLE_START
-# Clocks from the ``decode`` pulse to the entry's last (``hw.layer_plan``).
+# Clocks from the ``decode`` pulse to the entry's last (``hw.layer_plan``); the same for a
+# prepared layer's shorter entry, whose decode is as much earlier.
 DECODE_LEAD = _ENTRY_READ + 1 - _DECODE_AT
+
+
+def entry_bytes_read(prepared: bool) -> int:
+    """Bytes the sequencer reads of a layer's entry (bytes 0 .. n - 1): all but the section
+    size, or on a prepared image all but the weight unit's and ``bias_bits``."""
+    return _ENTRY_READ_PREPARED if prepared else _ENTRY_READ
 assert ENTRY_BYTES == 32
 
 
@@ -77,8 +87,8 @@ class RunError(enum.Enum, shape=4):
 
 class _S(enum.Enum, shape=3):
     IDLE = 0
-    FL = 1  # read the input's fractional length (header, or the previous layer's out_fl);
-    # after a layer, only address the entry
+    FL = 1  # read the input's fractional length (header, or the previous layer's out_fl)
+    # on the first layer of a run (later ones keep the previous layer's out_fl)
     ENTRY = 2  # read the layer-table entry
     DERIVE = 3  # products and quotients, then the checks
     BIAS = 4  # biases: a byte fetched and a bias emitted per clock
@@ -115,7 +125,8 @@ class Sequencer(wiring.Component):
             its bases (``DescWord``), keeps the derive program's checks, and runs nothing;
             ``busy`` meanwhile. ``prepared`` (out): the
             pass has completed; the runs since then read only each table's ``L`` counts
-            and no biases (``resident``, out, to the weight unit). ``unprepare`` (in): a
+            (the top gives the weight unit this as its ``resident``) and no biases, and
+            fewer of each entry's bytes (``entry_bytes_read``). ``unprepare`` (in): a
             load starts (``prepared`` falls). ``held`` (in): the weight unit holds a
             loaded table; ``bias_base`` (in): the layer's bias base (the weight unit's).
         ``conv`` (out): the layer is a convolution (the top routes the activation read
@@ -127,13 +138,14 @@ class Sequencer(wiring.Component):
         ``post_params`` (out, ``PostParams``), ``post_idle`` (in); ``bias_wr_addr``,
             ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
 
-    Each layer costs, before its compute starts: the input's fractional length (3 clocks,
-    on the first layer of a run; else 1 to address the entry), the entry (30), then the
+    Each layer costs, before its compute starts: the input's fractional length (a clock,
+    on the first layer of a run), the entry (30; 25 prepared, bytes 0..22), then the
     derive program (a clock, then 27 steps of a clock each plus one per bit of the step's
     multiplier, or 16 for the two divisions, none by 1; the checks are made in the clock
     that ends the last step), then one clock per bias (wider than 8 bits: one per byte), as
     a byte is fetched and a bias emitted in the same clock, and the start (1), which lets
-    the weight streams go. Meanwhile the weight unit (``decode`` 12 clocks before the entry
+    the weight streams go; the clock that finds the layer's blocks idle goes to the next
+    entry. Meanwhile the weight unit (``decode`` 12 clocks before the entry
     ends: its table reader needs the buffer just after the entry's last byte) loads the table
     and codebook; the biases take each word's bytes from a copy and fetch no byte of another
     in a clock the table reader has the port (``img_free`` low). Prepared: no biases, only
@@ -171,7 +183,6 @@ class Sequencer(wiring.Component):
             "unprepare": In(1),
             "prepared": Out(1),
             "preparing": Out(1),
-            "resident": Out(1),
             "held": In(1),
             "bias_base": In(unsigned(config.channel_width)),
             "decode_busy": In(1),
@@ -206,7 +217,7 @@ class Sequencer(wiring.Component):
         rt = cfg.resident_tables
         prep = Signal() if rt else Const(0)
         prepared = self.prepared if rt else Const(0)
-        m.d.comb += [self.resident.eq(prepared), self.preparing.eq(prep)]
+        m.d.comb += self.preparing.eq(prep)
         if rt:
             with m.If(self.unprepare):
                 m.d.sync += self.prepared.eq(0)
@@ -284,6 +295,8 @@ class Sequencer(wiring.Component):
                   22: [out_shift.eq(fl_diff), in_fl.eq(e_byte)],
                   27: [bias_bits.eq(e_byte),
                        unsupported.eq(unsupported | (bias_shift < 0) | (e_byte > bias_room))]}
+        # A prepared image's layers read fewer of the entry's bytes (``entry_bytes_read``).
+        entry_read = Mux(prepared, _ENTRY_READ_PREPARED, _ENTRY_READ)
         # (steady from the decode, in the entry's clock _DECODE_AT, long after byte 0 set
         # is_conv, until the layer has drained)
         m.d.comb += [self.conv.eq(is_conv), self.sparse.eq(~is_conv)]
@@ -325,6 +338,7 @@ class Sequencer(wiring.Component):
         # Each layer's too_big and no_window, as the preparation's program found them.
         kept_too_big = Signal(cfg.max_layers)
         kept_no_window = Signal(cfg.max_layers)
+        kept_unsupported = Signal(cfg.max_layers)  # (byte 27's check, unread when prepared)
 
         def fits(limit):
             return ~x_r_ovf & ~_exceeds(x_r, limit)
@@ -438,6 +452,15 @@ class Sequencer(wiring.Component):
 
         m.d.comb += self.desc_addr.eq(Cat(Const(int(DescWord.BIAS_ADDR), 4), self.layer))
 
+        def advance():
+            # To the next layer's entry (in_fl is the out_fl this layer kept), or the end.
+            m.d.sync += self.layer.eq(self.layer + 1)
+            with m.If(self.layer + 1 == last_layer):
+                m.d.sync += state.eq(_S.IDLE)
+            with m.Else():
+                m.d.sync += [state.eq(_S.ENTRY), cnt.eq(0),
+                             rd_byte.eq(_entry_byte(self.layer + 1, 0))]
+
         with m.Switch(state):
             with m.Case(_S.IDLE):
                 with m.If(self.run):
@@ -458,21 +481,20 @@ class Sequencer(wiring.Component):
                         m.d.sync += [self.layer.eq(0), last_layer.eq(self.n_layers),
                                      prep.eq(1), state.eq(_S.FL), cnt.eq(0), rd_byte.eq(7)]
             with m.Case(_S.FL):
-                # Clock 0 addresses the byte, clock 2 takes it from ``e_byte``; after
-                # another layer (in_fl is its out_fl, kept) the state starts at 3, only to
-                # address the entry.
-                m.d.comb += self.img_en.eq(cnt == 0)
-                m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == 2):
-                    m.d.sync += in_fl.eq(e_byte.as_signed())
-                with m.If(cnt >= 2):
-                    m.d.sync += [cnt.eq(0), state.eq(_S.ENTRY),
-                                 rd_byte.eq(_entry_byte(self.layer, 0))]
+                # Clock 0 addresses the byte; clock 1 takes it as it arrives (a register
+                # loaded from the buffer's output, no logic after it) and addresses the
+                # entry's byte 0, as the entry's clock 0 would: the entry goes on at 1.
+                m.d.comb += self.img_en.eq(1)
+                with m.If(cnt == 0):
+                    m.d.sync += [cnt.eq(1), rd_byte.eq(_entry_byte(self.layer, 0))]
+                with m.Else():
+                    m.d.sync += [in_fl.eq(byte.as_signed()), state.eq(_S.ENTRY),
+                                 cnt.eq(1), rd_byte.eq(rd_byte + 1)]
             with m.Case(_S.ENTRY):
                 # One byte addressed per clock; byte n-1 arrives while n is addressed
                 # and is in ``e_byte`` a clock later.
-                # (bytes 0 .. _ENTRY_READ - 1; the port is the weight unit's after them)
-                m.d.comb += self.img_en.eq(cnt < _ENTRY_READ)
+                # (bytes 0 .. entry_read - 1; the port is the weight unit's after them)
+                m.d.comb += self.img_en.eq(cnt < entry_read)
                 m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
                 with m.Switch(cnt):
                     for n, stmts in fields.items():
@@ -480,13 +502,15 @@ class Sequencer(wiring.Component):
                             m.d.sync += stmts
                 with m.If((cnt > _GEOM_FIRST + 1) & (cnt <= _GEOM_END + 1)):
                     m.d.sync += geom.eq(Cat(geom[8:], e_byte))
-                with m.If(cnt == _DECODE_AT):
+                with m.If(cnt == entry_read - TABLE_START):
                     # The weight unit loads the layer's table while the derive program
                     # runs (``is_conv``, hence ``sparse``, came with byte 0).
                     m.d.comb += self.decode.eq(1)
-                with m.If(cnt == _ENTRY_READ + 1):
+                with m.If(cnt == entry_read + 1):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
                                  too_big.eq(0), no_window.eq(0)]
+                    with m.If(prepared):
+                        m.d.sync += unsupported.eq(kept_unsupported.bit_select(self.layer, 1))
                     with m.If(prepared & ~is_conv):
                         # A fully connected layer of a prepared image uses none of the
                         # program's results but its checks, which the preparation kept:
@@ -538,7 +562,9 @@ class Sequencer(wiring.Component):
                                             kept_too_big.bit_select(self.layer, 1).eq(
                                                 too_big),
                                             kept_no_window.bit_select(self.layer, 1).eq(
-                                                no_window)]
+                                                no_window),
+                                            kept_unsupported.bit_select(self.layer, 1).eq(
+                                                unsupported)]
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
                                                      rd_byte.eq(self.desc_data),
@@ -610,15 +636,11 @@ class Sequencer(wiring.Component):
                         m.d.comb += self.drop.eq(1)
                         m.d.sync += state.eq(_S.NEXT)
                 with m.Elif(drained):
-                    m.d.sync += state.eq(_S.NEXT)
+                    advance()
             with m.Case(_S.NEXT):
-                m.d.sync += self.layer.eq(self.layer + 1)
+                # (the preparation's, after each layer)
+                advance()
                 with m.If(self.layer + 1 == last_layer):
-                    m.d.sync += state.eq(_S.IDLE)
                     if rt:
-                        m.d.sync += prep.eq(0)
-                        with m.If(prep):
-                            m.d.sync += self.prepared.eq(1)
-                with m.Else():
-                    m.d.sync += [state.eq(_S.FL), cnt.eq(3)]
+                        m.d.sync += [prep.eq(0), self.prepared.eq(1)]
         return m

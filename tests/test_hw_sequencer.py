@@ -90,7 +90,7 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None,
             if ctx.get(seq.bias_wr_en):
                 written[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
             if ctx.get(seq.decode):
-                assert ctx.get(seq.resident) == 0
+                assert ctx.get(seq.prepared) == 0
                 decoded.append(ctx.get(seq.decode_layer))
                 ctx.set(seq.bias_base, bases[decoded[-1]])
                 held_in = 40
@@ -105,7 +105,7 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None,
             if dropped:  # (the unit is idle from the clock after the drop)
                 ctx.set(seq.held, 0)
         assert decoded == list(range(len(image.layers)))
-        assert ctx.get(seq.prepared) and ctx.get(seq.resident)
+        assert ctx.get(seq.prepared)
         got["prepared_biases"] = written
 
     async def bench(ctx):
@@ -137,7 +137,7 @@ def sequence(cfg, data, first, count, *, loaded=True, buffer=None, port=None,
                 biases[ctx.get(seq.bias_wr_addr)] = ctx.get(seq.bias_wr_data)
             if ctx.get(seq.decode):
                 assert rec is None and not biases
-                assert ctx.get(seq.resident) == prepared
+                assert ctx.get(seq.prepared) == prepared
                 ctx.set(seq.bias_base, bases[ctx.get(seq.decode_layer)])
                 rec = {"layer": ctx.get(seq.decode_layer), "conv": ctx.get(seq.conv),
                        "sparse": ctx.get(seq.sparse), "setup": since}
@@ -212,17 +212,17 @@ def check_layers(cfg, data, first, count, *, port=None, prepared=False):
         assert g["params"]["post"] == want["post"]
         assert g["params"]["biases"] == ([] if prepared else want["biases"])
         # From the run pulse (or from the clock the previous layer's blocks fell idle, which
-        # the model counts with that layer) to the decode pulse; then to the go: the
-        # derive program, and the biases, which read no byte while the port is not free.
-        extra = 0 if n == first else 1
-        assert g["setup"] == entry_cycles(first=(n == first)) + extra, n
+        # the model counts with that layer, and which addresses nothing: the next entry
+        # starts in the clock after it) to the decode pulse; then to the go: the derive
+        # program, and the biases, which read no byte while the port is not free.
+        assert g["setup"] == entry_cycles(first=(n == first), prepared=prepared), n
         derive = DECODE_LEAD + derive_cycles(cfg, image, n, resident=prepared)
         busy = frozenset(t - derive - 1 for t in g["busy"] if t > derive)
         assert g["to_go"] == derive + bias_cycles(cfg, image, n, busy,
                                                   resident=prepared), n
         if not busy:
             assert g["setup"] + g["to_go"] == setup_cycles(
-                cfg, image, n, first=(n == first), resident=prepared) + extra
+                cfg, image, n, first=(n == first), resident=prepared)
     if prepared:
         # The preparation put every layer's biases at its base, side by side.
         want = [b for n in range(len(image.layers)) for b in layer_params(cfg, image, n)["biases"]]
