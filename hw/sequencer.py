@@ -32,13 +32,13 @@ _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
 # 27's check (bias_bits) was made and kept by the preparation, which also put the biases.
 _ENTRY_READ_PREPARED = 23
 _GEOM_FIRST, _GEOM_END = 4, 20  # bytes 4..19: kernel, stride, padding and the shapes
-# The entry's clock (``cnt``) of the ``decode`` pulse: the weight unit's table reader takes
-# the image buffer's port TABLE_START clocks later, when the entry's last byte has been read
-# (byte 27 is addressed at cnt 27: from cnt 28 on the entry reads nothing it uses).
-_DECODE_AT = _ENTRY_READ - TABLE_START
-# Clocks from the ``decode`` pulse to the entry's last (``hw.layer_plan``); the same for a
-# prepared layer's shorter entry, whose decode is as much earlier.
-DECODE_LEAD = _ENTRY_READ + 1 - _DECODE_AT
+# The ``decode`` pulse comes in the entry's clock (``cnt``) n - TABLE_START, n the bytes it
+# reads: the weight unit's table reader takes the image buffer's port TABLE_START clocks
+# later, when the entry's last byte has been addressed (at cnt n - 1).
+# Clocks from the ``decode`` pulse to the entry's last, cnt n + 1 (``hw.layer_plan``): the
+# same for a prepared layer's shorter entry (n = 23, not 28), whose decode is as much
+# earlier.
+DECODE_LEAD = TABLE_START + 1
 
 
 def entry_bytes_read(prepared: bool) -> int:
@@ -297,7 +297,7 @@ class Sequencer(wiring.Component):
                        unsupported.eq(unsupported | (bias_shift < 0) | (e_byte > bias_room))]}
         # A prepared image's layers read fewer of the entry's bytes (``entry_bytes_read``).
         entry_read = Mux(prepared, _ENTRY_READ_PREPARED, _ENTRY_READ)
-        # (steady from the decode, in the entry's clock _DECODE_AT, long after byte 0 set
+        # (steady from the decode, in the entry's clock 12 or 17, long after byte 0 set
         # is_conv, until the layer has drained)
         m.d.comb += [self.conv.eq(is_conv), self.sparse.eq(~is_conv)]
         p_eff = Signal(8)  # the pool window as a divisor: 1 without pooling
