@@ -2,6 +2,7 @@
 accuracy stays within the documented quantization loss, and the pipeline reproduces them."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,19 +90,21 @@ def test_every_bit_flip_refused(shipped):
 # round the training's floats differently from the machine the committed images were made
 # on: there the pipeline is deterministic but not byte-identical to them. Seen on 2026-12-03:
 # an AMD EPYC with AVX2 (no AVX-512) gave other bytes from byte 1204 of LeNet-300-100's
-# image on, the same size, with the commit the images were last reproduced byte for byte.
+# image on, the same size, with the commit the images were last reproduced byte for byte
+# (before ``weights`` pinned MKL's code path; not tried since).
 NOT_REFERENCE_CPUS = {"AVX2"}
-# The images the pipeline makes, byte for byte, on a CPU known to round differently from
-# the reference although its capability is the reference's ("AVX512"), as SHA-256 digests:
-# the pipeline is deterministic there too, so the test takes exactly these bytes (and the
-# tolerances below), and anything else still fails. Seen on 2026-12-05: an Intel Xeon
-# at 2.80 GHz with AVX-512 (VNNI, VBMI2, BITALG) gave other bytes from byte 1104 of
-# LeNet-300-100's image (the same size, the same 1.38 % test error through the golden
-# model; LeNet-5's 30,600 bytes for 30,641, 0.64 % for 0.67 %) with the images of 19c619b,
-# and numpy 2.3.5, 2.4.5 and 2.4.6 alike.
+# The images an Intel Xeon at 2.80 GHz with AVX-512 (VNNI, VBMI2, BITALG; capability
+# "AVX512", the reference's) makes, as SHA-256 digests. With MKL on its own AVX-512 code
+# path (2026-12-05, before the pin): other bytes from byte 1104 of LeNet-300-100's image
+# (the same size and error), LeNet-5's 30,600 bytes for 30,641. Since ``weights`` sets
+# ``MKL_CBWR=AVX2`` (session 20) it makes the committed LeNet-300-100 byte for byte, and a
+# LeNet-5 of 30,656 bytes (its convolutions' kernels still round otherwise; capping
+# oneDNN's ISA at AVX2 or AVX512_CORE does not restore them either). The test takes
+# exactly these, with the tolerances below; anything else still fails.
 OTHER_CPU_IMAGES = {
     "lenet300": {"972777219d91b46761c26734026483e121bc9699f78e22af461d5178f378f960"},
-    "lenet5": {"3848172f6c2093647b0ac0976e138bbe06e4dddc7184ee95365c800e59f77e29"},
+    "lenet5": {"3848172f6c2093647b0ac0976e138bbe06e4dddc7184ee95365c800e59f77e29",
+               "8f6aed6f6565057868545bed6799b48bc21c2188f27d0302f04e7a205f4a2daa"},
 }
 # What a run on such a CPU must still give: the same structure, a size within 2 %, and a
 # golden-model error within this much of the committed image's.
@@ -143,3 +146,16 @@ def test_numpy_side_never_imports_torch_or_amaranth():
             "bad = [m for m in ('torch', 'amaranth') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "AVX2"), ("COMPATIBLE", "COMPATIBLE")])
+def test_weights_pins_mkl_code_path(preset, expected):
+    """Importing ``weights`` sets ``MKL_CBWR=AVX2`` (the pin that makes an AVX-512 Intel
+    CPU reproduce the committed images), before torch runs, and keeps a user's own."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if preset is not None:
+        env["MKL_CBWR"] = preset
+    code = "import os, weights.compress; print(os.environ['MKL_CBWR'])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env,
+                         capture_output=True, text=True).stdout.split()
+    assert out[-1] == expected
