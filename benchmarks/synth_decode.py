@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, metavar="N",
                         help="nextpnr's placer seed (another placement of the same netlist)")
     parser.add_argument("--synth-opts", default="", metavar="OPTS",
-                        help="options added to Yosys's synth_ice40 / synth_ecp5 command")
+                        help="options added to Yosys's synth_ice40 / synth_ecp5 command "
+                             "(give them with '=': --synth-opts=-nowidelut)")
     args = parser.parse_args(argv)
     blocks = args.block.split(",")
     unknown = [b for b in blocks if b not in BLOCKS]
