@@ -13,6 +13,13 @@ accelerator prepares them at the load and a layer's table is its ``L`` counts, w
 biases (docs/architecture.md, "Resident tables").
 
     .venv/bin/python benchmarks/fc_budget.py [--presets small,icebreaker,ulx3s-85f] [--json]
+    .venv/bin/python benchmarks/fc_budget.py --run-bits lenet5:3=5 --run-bits lenet300:2=4
+
+``--run-bits IMAGE:LAYER=R`` re-encodes one layer of a shipped image with zero runs of up
+to ``2^R - 1`` (``run_bits`` R) before the model: the same weights (the coding is
+lossless, so the accuracy is the image's), other symbols and stream bytes. A wider run
+field leaves fewer filler symbols in a sparse layer, at some bytes of table and code;
+``image_bytes`` gives the image's size with every change applied.
 
 The figures are ``hw.layer_plan`` (``setup_cycles``, ``table_cycles``, ``go_cycles``,
 ``predict_cycles``;
@@ -20,12 +27,15 @@ within 5 % of the simulated RTL on every shipped layer, docs/results.md), not si
 """
 
 import argparse
+import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from golden.decode import expand_runs, huffman_symbols
 from hw.config import PRESETS, get_preset
 from hw.image_loader import resident_fits
 from hw.layer_plan import (
@@ -36,15 +46,55 @@ from hw.layer_plan import (
     setup_cycles,
     table_cycles,
 )
-from weights.image import Kind, read_image_file
+from weights.image import Kind, encode_streams, read_image_file, write_image
 
-__all__ = ["fc_budget", "main"]
+__all__ = ["fc_budget", "main", "parse_run_bits", "with_run_bits"]
 
 IMAGES = Path(__file__).resolve().parent.parent / "weights" / "images"
 TARGET = 1.25
 
 
-def fc_budget(preset: str) -> list[dict]:
+def with_run_bits(image, i: int, run_bits: int):
+    """``image`` with layer ``i``'s streams re-encoded with ``run_bits`` (its table and
+    streams anew, from the same codebook indices, as ``weights.compress`` encodes them)."""
+    layer = image.layers[i]
+    indices = np.stack([
+        expand_runs(huffman_symbols(s, layer.table, layer.alphabet, layer.fan_in),
+                    layer.alphabet, layer.fan_in) for s in layer.streams])
+    table, streams = encode_streams(indices, len(layer.codebook), run_bits)
+    new = dataclasses.replace(layer, run_bits=run_bits, table=table, streams=streams,
+                              _cache={})
+    layers = list(image.layers)
+    layers[i] = new
+    return dataclasses.replace(image, layers=tuple(layers))
+
+
+def parse_run_bits(specs: list[str]) -> dict:
+    """``["lenet5:3=5", ...]`` -> ``{("lenet5", 3): 5, ...}``; ValueError, saying why, for a
+    malformed one, an image that is not shipped, a layer it does not have or that is not
+    fully connected, or a width outside 0..8."""
+    out = {}
+    for spec in specs:
+        found = re.fullmatch(r"(\w+):(\d+)=(\d+)", spec)
+        if not found:
+            raise ValueError(f"--run-bits {spec!r}: expected IMAGE:LAYER=R, e.g. lenet5:3=5")
+        name, i, r = found.group(1), int(found.group(2)), int(found.group(3))
+        path = IMAGES / f"{name}.img"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in IMAGES.glob("*.img")))
+            raise ValueError(f"--run-bits {spec!r}: no shipped image {name!r} (known: {known})")
+        layers = read_image_file(path).layers
+        if i >= len(layers) or layers[i].kind != Kind.FC:
+            fc = [n for n, layer in enumerate(layers) if layer.kind == Kind.FC]
+            raise ValueError(f"--run-bits {spec!r}: {name}'s fully connected layers are "
+                             f"{', '.join(map(str, fc))}")
+        if not 0 <= r <= 8:
+            raise ValueError(f"--run-bits {spec!r}: run_bits must be 0..8")
+        out[(name, i)] = r
+    return out
+
+
+def fc_budget(preset: str, run_bits: dict | None = None) -> list[dict]:
     """One dict per fully connected layer of each shipped image on ``preset``: ``image``,
     ``layer`` (index), ``resident``, ``nonzero``, ``lanes``, ``share`` (non-zeros ÷ lanes),
     ``setup``
@@ -52,11 +102,17 @@ def fc_budget(preset: str) -> list[dict]:
     ``busiest`` (the busiest lane's decoding, ``hw.layer_plan.lane_clocks``),
     ``start`` (clocks to the streams' start: ``entry_cycles + go_cycles``), ``cycles`` (the
     whole layer, not the first of a run), ``ratio`` (cycles ÷ share) and ``core_ratio``
-    ((cycles − start) ÷ share) and ``lanes_ratio`` (``busiest`` ÷ share)."""
+    ((cycles − start) ÷ share) and ``lanes_ratio`` (``busiest`` ÷ share), with the layer's
+    ``run_bits`` and the image's size, ``image_bytes``. ``run_bits`` maps ``(image name,
+    layer)`` to a width to re-encode that layer with first (``with_run_bits``)."""
     cfg = get_preset(preset)
     rows = []
     for path in sorted(IMAGES.glob("*.img")):
         image = read_image_file(path)
+        for (name, i), r in sorted((run_bits or {}).items()):
+            if name == path.stem:
+                image = with_run_bits(image, i, r)
+        size = len(write_image(image))
         resident = resident_fits(cfg, image)
         for i, layer in enumerate(image.layers):
             if layer.kind != Kind.FC:
@@ -73,7 +129,8 @@ def fc_budget(preset: str) -> list[dict]:
                          "lanes": cfg.decode_lanes, "share": share, "setup": setup,
                          "table": table, "start": start, "cycles": cycles,
                          "ratio": cycles / share, "core_ratio": (cycles - start) / share,
-                         "busiest": busiest, "lanes_ratio": busiest / share})
+                         "busiest": busiest, "lanes_ratio": busiest / share,
+                         "run_bits": layer.run_bits, "image_bytes": size})
     return rows
 
 
@@ -83,6 +140,9 @@ def main(argv=None) -> int:
                         help=f"comma-separated presets (default: {','.join(PRESETS)})")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON object: preset -> list of layers")
+    parser.add_argument("--run-bits", action="append", default=[], metavar="IMAGE:LAYER=R",
+                        help="re-encode a shipped image's fully connected layer with run_bits "
+                             "R first (lossless: the same weights); repeatable")
     args = parser.parse_args(argv)
     presets = args.presets.split(",")
     unknown = [p for p in presets if p not in PRESETS]
@@ -90,19 +150,25 @@ def main(argv=None) -> int:
         print(f"fc_budget: error: unknown preset {', '.join(unknown)}; known: "
               f"{', '.join(PRESETS)}", file=sys.stderr)
         return 2
-    result = {p: fc_budget(p) for p in presets}
+    try:
+        run_bits = parse_run_bits(args.run_bits)
+    except ValueError as e:
+        print(f"fc_budget: error: {e}", file=sys.stderr)
+        return 2
+    result = {p: fc_budget(p, run_bits) for p in presets}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"| preset | image | resident | layer | nnz ÷ lanes | setup | table | to the streams "
-          f"| cycles | ratio (target {TARGET}) | core only | lanes only |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"| cycles | ratio (target {TARGET}) | core only | lanes only | run_bits | image bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p, rows in result.items():
         for r in rows:
             print(f"| `{p}` | {r['image']} | {'yes' if r['resident'] else 'no'} | "
                   f"{r['layer']} | {r['share']:,.0f} | {r['setup']} | "
                   f"{r['table']} | {r['start']} | {r['cycles']:,} | {r['ratio']:.2f} | "
-                  f"{r['core_ratio']:.2f} | {r['lanes_ratio']:.2f} |")
+                  f"{r['core_ratio']:.2f} | {r['lanes_ratio']:.2f} | {r['run_bits']} | "
+                  f"{r['image_bytes']:,} |")
     return 0
 
 

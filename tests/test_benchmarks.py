@@ -71,6 +71,37 @@ def test_fc_budget_splits_each_fc_layer():
     assert proc.returncode == 2 and "known: small" in proc.stderr
 
 
+def test_fc_budget_reencodes_with_other_run_bits():
+    """``--run-bits``: the shipped layer re-encoded with its own width is the shipped image
+    byte for byte; a wider one keeps the weights and leaves the busiest lane fewer
+    symbols (LeNet-5's last layer: fillers for runs over 7 zeros); bad specs are refused."""
+    spec = importlib.util.spec_from_file_location("fc_budget",
+                                                  ROOT / "benchmarks" / "fc_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from weights.image import read_image_file, write_image
+    path = ROOT / "weights" / "images" / "lenet5.img"
+    image = read_image_file(path)
+    same = module.with_run_bits(image, 3, image.layers[3].run_bits)
+    assert write_image(same) == path.read_bytes()
+    wider = module.with_run_bits(image, 3, 5)
+    assert wider.layers[3].run_bits == 5 != image.layers[3].run_bits
+    assert (wider.layers[3].weights() == image.layers[3].weights()).all()
+    assert wider.layers[3].symbol_count() < image.layers[3].symbol_count()
+    before = {(r["image"], r["layer"]): r for r in module.fc_budget("small")}
+    after = {(r["image"], r["layer"]): r
+             for r in module.fc_budget("small", module.parse_run_bits(["lenet5:3=5"]))}
+    assert after[("lenet5", 3)]["lanes_ratio"] < before[("lenet5", 3)]["lanes_ratio"]
+    assert after[("lenet5", 3)]["image_bytes"] != before[("lenet5", 3)]["image_bytes"]
+    assert after[("lenet300", 0)] == before[("lenet300", 0)]
+    for bad, says in (("lenet5:3", "IMAGE:LAYER=R"), ("nope:1=3", "no shipped image"),
+                      ("lenet5:0=3", "fully connected layers are 2, 3"),
+                      ("lenet5:3=9", "0..8")):
+        proc = subprocess.run([sys.executable, "benchmarks/fc_budget.py", "--run-bits", bad],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and says in proc.stderr, (bad, proc.stderr)
+
+
 def test_deal_order_model():
     """The deal model's busiest lane on a known case (a long channel dealt last lands on a
     lane that already has one: 8 clocks; dealt first: 6), and on the shipped images: the
