@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from golden.decode import expand_runs, huffman_symbols
 from hw.config import PRESETS, get_preset
 from hw.image_loader import resident_fits
 from hw.layer_plan import (
@@ -46,7 +45,7 @@ from hw.layer_plan import (
     setup_cycles,
     table_cycles,
 )
-from weights.image import Kind, encode_streams, read_image_file, write_image
+from weights.image import Kind, read_image_file, write_image
 
 __all__ = ["fc_budget", "main", "parse_run_bits", "with_run_bits"]
 
@@ -55,17 +54,10 @@ TARGET = 1.25
 
 
 def with_run_bits(image, i: int, run_bits: int):
-    """``image`` with layer ``i``'s streams re-encoded with ``run_bits`` (its table and
-    streams anew, from the same codebook indices, as ``weights.compress`` encodes them)."""
-    layer = image.layers[i]
-    indices = np.stack([
-        expand_runs(huffman_symbols(s, layer.table, layer.alphabet, layer.fan_in),
-                    layer.alphabet, layer.fan_in) for s in layer.streams])
-    table, streams = encode_streams(indices, len(layer.codebook), run_bits)
-    new = dataclasses.replace(layer, run_bits=run_bits, table=table, streams=streams,
-                              _cache={})
+    """``image`` with layer ``i``'s streams re-encoded with ``run_bits`` from the same
+    codebook indices (``Layer.with_indices``, as the compressor encodes them)."""
     layers = list(image.layers)
-    layers[i] = new
+    layers[i] = layers[i].with_indices(layers[i].indices(), run_bits=run_bits)
     return dataclasses.replace(image, layers=tuple(layers))
 
 

@@ -44,6 +44,24 @@ def test_round_trip_identical_integers(seed, bw):
             assert getattr(a, f) == getattr(b, f), f
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_indices_and_reencoding(seed):
+    """``Layer.indices`` are what the weights look up (-1: a pruned weight, 0); encoding them
+    again with the layer's own ``run_bits`` gives its bytes back, and with another width
+    the same weights under other streams."""
+    image = random_image(seed, 8)
+    for layer in image.layers:
+        idx = layer.indices()
+        assert idx.shape == (layer.out_c, layer.fan_in) and idx.min() >= -1
+        assert np.array_equal(np.where(idx < 0, 0, np.asarray(layer.codebook)[idx]),
+                              layer.weights())
+        again = layer.with_indices(idx, max_code_len=layer.table.max_len)
+        assert again.table == layer.table and again.streams == layer.streams
+        other = layer.with_indices(idx, run_bits=(layer.run_bits + 3) % 9)
+        assert other.run_bits == (layer.run_bits + 3) % 9
+        assert np.array_equal(other.weights(), layer.weights())
+
+
 def test_decode_steps_match_the_writer():
     rng = np.random.default_rng(3)
     for run_bits in (0, 1, 3):

@@ -5,6 +5,7 @@ checks everything the document lists, in its order, and raises ``ImageError`` wi
 line saying what is wrong and where.
 """
 
+import dataclasses
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golden.decode import Alphabet, StreamError, decode_channel, huffman_symbols
+from golden.decode import Alphabet, StreamError, decode_channel, expand_runs, huffman_symbols
 from golden.fixedpoint import BIT_WIDTHS, int_range
 from weights.huffman import MAX_CODE_LENGTH, HuffmanError, Table, code_lengths, encode
 
@@ -122,6 +123,25 @@ class Layer:
             w.setflags(write=False)
             self._cache["w"] = w
         return self._cache["w"]
+
+    def indices(self) -> np.ndarray:
+        """Codebook indices, shape ``(out_c, fan_in)``, -1 for a pruned weight."""
+        if "idx" not in self._cache:
+            idx = np.stack([expand_runs(huffman_symbols(s, self.table, self.alphabet,
+                                                        self.fan_in), self.alphabet, self.fan_in)
+                            for s in self.streams])
+            idx.setflags(write=False)
+            self._cache["idx"] = idx
+        return self._cache["idx"]
+
+    def with_indices(self, indices: np.ndarray, *, run_bits: int | None = None,
+                     max_code_len: int = MAX_CODE_LENGTH) -> "Layer":
+        """This layer with ``indices`` (``(out_c, fan_in)``, -1 pruned) encoded anew
+        (``encode_streams``): its table and streams, with ``run_bits`` (default its own)."""
+        run_bits = self.run_bits if run_bits is None else run_bits
+        table, streams = encode_streams(indices, len(self.codebook), run_bits, max_code_len)
+        return dataclasses.replace(self, run_bits=run_bits, table=table, streams=streams,
+                                   _cache={})
 
     def symbol_count(self) -> int:
         """Number of Huffman symbols in all of this layer's streams."""

@@ -28,17 +28,11 @@ import dataclasses
 
 import numpy as np
 
-from golden.decode import expand_runs, huffman_symbols
+from golden.decode import huffman_symbols
 from weights.huffman import MAX_CODE_LENGTH
-from weights.image import Image, Layer, encode_streams
+from weights.image import Image, Layer
 
 __all__ = ["channel_order", "order_channels"]
-
-
-def _indices(layer: Layer) -> np.ndarray:
-    """The layer's codebook indices, ``(out_c, fan_in)``, -1 for a pruned weight."""
-    return np.stack([expand_runs(huffman_symbols(s, layer.table, layer.alphabet, layer.fan_in),
-                                 layer.alphabet, layer.fan_in) for s in layer.streams])
 
 
 def channel_order(layer: Layer) -> np.ndarray:
@@ -55,10 +49,8 @@ def _permute_inputs(layer: Layer, perm: np.ndarray, max_code_len: int) -> Layer:
     """``layer`` with its input channels reordered as ``perm`` (each a block of columns),
     re-encoded: its zero runs, and so its symbols and Huffman table, change."""
     blocks = len(perm)
-    idx = _indices(layer).reshape(layer.out_c, blocks, -1)[:, perm, :]
-    table, streams = encode_streams(idx.reshape(layer.out_c, -1), len(layer.codebook),
-                                    layer.run_bits, max_code_len)
-    return dataclasses.replace(layer, table=table, streams=streams, _cache={})
+    idx = layer.indices().reshape(layer.out_c, blocks, -1)[:, perm, :]
+    return layer.with_indices(idx.reshape(layer.out_c, -1), max_code_len=max_code_len)
 
 
 def order_channels(image: Image, max_code_len: int = MAX_CODE_LENGTH) -> Image:
