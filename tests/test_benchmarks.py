@@ -304,3 +304,34 @@ def test_packing_counts_lone_flip_flops():
         "SB_MAC16": {"attributes": {"blackbox": 1}, "cells": {}}}})
     assert rows == [{"block": "top.pe", "lut4": 0, "ff": 2, "lone": 2, "cells": 2},
                     {"block": "top", "lut4": 1, "ff": 1, "lone": 0, "cells": 1}]
+
+
+def test_fc_stages_measures_each_fc_layer(tmp_path):
+    """The stage probe on the simulated core: a random network's two fully connected layers
+    on ``small``; each stage's transfers are the layer's (its stream bytes, a sum and an
+    activation a channel), in pipeline order, and the derived spans add up to its cycles."""
+    from tests.imagegen import random_image
+    from weights.image import write_image
+
+    spec = importlib.util.spec_from_file_location("fc_stages", ROOT / "benchmarks/fc_stages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    image = random_image(3)
+    rows = module.measure(get_preset("small"), write_image(image))
+    assert [r["layer"] for r in rows] == [2, 3]
+    for r in rows:
+        layer = image.layers[r["layer"]]
+        st = r["stages"]
+        lanes = [j for j in range(2) if f"fetch{j}" in st]
+        assert sum(st[f"fetch{j}"]["count"] for j in lanes) == sum(map(len, layer.streams))
+        assert st["fc_out"]["count"] == st["post_wr"]["count"] == layer.out_c
+        assert st["decode"]["first"] <= st["go"]["first"]
+        for j in lanes:
+            assert (st["go"]["first"] < st[f"fetch{j}"]["first"] < st[f"path{j}"]["first"]
+                    < st[f"fc_in{j}"]["first"] <= st[f"fc_in{j}"]["last"] < st["fc_out"]["last"])
+        assert st["fc_out"]["last"] < st["post_wr"]["last"] < r["cycles"]
+        assert r["tail"] > 0 and r["bytes_to_weights"] > 0
+        assert r["ratio"] == pytest.approx(r["cycles"] * 2 / r["nonzero_weights"])
+    proc = subprocess.run([sys.executable, "benchmarks/fc_stages.py", "--presets", "nope"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "known presets" in proc.stderr
