@@ -422,19 +422,21 @@ def test_a_tool_that_finishes_returns_its_exit_code(tmp_path):
 
 
 # What CI builds: each board with its own preset. The iCEBreaker's does not fit the UP5K
-# yet (the test checks the one-line error naming what overflowed); the ULX3S's (13x10 PEs)
-# gives a bitstream in about 12 minutes (Yosys 2, nextpnr 9 with the static placer,
-# docs/results.md).
-BUILDS = [("icebreaker", None, False), ("ulx3s-85f", None, True)]
+# yet (the test checks the one-line error naming what overflowed). The ULX3S's (13x10 PEs)
+# gives a bitstream in about 15-20 minutes (Yosys 3, nextpnr 15 with the static placer,
+# docs/results.md), built with its PLL at 45 MHz, the clock it meets (51.22 MHz achieved
+# in session 23, against 48.94 at its 100 MHz target): the test asks for timing met, so a
+# change that slows the design below a clock a board can run fails here.
+BUILDS = [("icebreaker", None, False, None), ("ulx3s-85f", None, True, 45.0)]
 TOOL_TIMEOUT = 2400  # seconds per tool: a router that does not converge fails the test
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "preset", "fits"), BUILDS, ids=[b[0] for b in BUILDS])
-def test_build_bitstream(name, preset, fits, tmp_path):
-    """The whole flow (YoWASP Yosys, nextpnr, pack) and the report. The test checks the
-    flow and the figures, not the clock target: timing_met may be false. A preset that
-    does not fit its device must fail with one line naming what overflowed."""
+@pytest.mark.parametrize(("name", "preset", "fits", "mhz"), BUILDS, ids=[b[0] for b in BUILDS])
+def test_build_bitstream(name, preset, fits, mhz, tmp_path):
+    """The whole flow (YoWASP Yosys, nextpnr, pack) and the report. A board built at a
+    clock it is known to meet (``mhz``) must meet it; a preset that does not fit its
+    device must fail with one line naming what overflowed."""
     from hw.config import get_preset
 
     board = BOARDS[name]
@@ -444,15 +446,17 @@ def test_build_bitstream(name, preset, fits, tmp_path):
         with pytest.raises(BuildError, match=rf"^the design does not fit the {board.device}: "
                                              rf"{board.cells['luts']} \d+/{board.luts_total} "):
             build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
-                  progress=lines.append)
+                  target_mhz=mhz, progress=lines.append)
         return
     rep = build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
-                progress=lines.append)
+                target_mhz=mhz, progress=lines.append)
     print(rep)
     assert set(rep) == BUILD_KEYS and rep["seed"] == board.seed
     assert Path(rep["bitstream"]).stat().st_size > 0
-    assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == board.target_mhz
+    assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == board.pll(mhz).out_mhz
     assert rep["timing_met"] == (rep["fmax_mhz"] >= rep["target_mhz"])
+    if mhz is not None:
+        assert rep["timing_met"], f"{name} at {mhz:g} MHz: {rep['fmax_mhz']} MHz achieved"
     assert 0 < rep["luts"] <= rep["luts_total"] and rep["brams"] <= rep["brams_total"]
     assert 0 < rep["dsps"] <= rep["dsps_total"]
     assert rep["pes"] == config.rows * config.cols
