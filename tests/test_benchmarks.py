@@ -306,10 +306,10 @@ def test_packing_counts_lone_flip_flops():
                     {"block": "top", "lut4": 1, "ff": 1, "lone": 0, "cells": 1}]
 
 
-def test_fc_stages_measures_each_fc_layer(tmp_path):
+def test_fc_stages_measures_each_fc_layer():
     """The stage probe on the simulated core: a random network's two fully connected layers
     on ``small``; each stage's transfers are the layer's (its stream bytes, a sum and an
-    activation a channel), in pipeline order, and the derived spans add up to its cycles."""
+    activation a channel), in pipeline order, with a tail after the last weight."""
     from tests.imagegen import random_image
     from weights.image import write_image
 
@@ -331,7 +331,6 @@ def test_fc_stages_measures_each_fc_layer(tmp_path):
                     < st[f"fc_in{j}"]["first"] <= st[f"fc_in{j}"]["last"] < st["fc_out"]["last"])
         assert st["fc_out"]["last"] < st["post_wr"]["last"] < r["cycles"]
         assert r["tail"] > 0 and r["bytes_to_weights"] > 0
-        assert r["ratio"] == pytest.approx(r["cycles"] * 2 / r["nonzero_weights"])
     proc = subprocess.run([sys.executable, "benchmarks/fc_stages.py", "--presets", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "known presets" in proc.stderr
