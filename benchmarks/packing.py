@@ -29,7 +29,6 @@ packing.
 
 import argparse
 import collections
-import dataclasses
 import json
 import re
 import subprocess
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 from espalier.build import tool_env
-from hw.config import AcceleratorConfig
+from hw.config import with_settings
 from platforms.boards import BoardTop, get_board
 
 __all__ = ["blocks", "lone_flip_flops", "main", "preset_with"]
@@ -94,26 +93,10 @@ def lone_flip_flops(netlist: dict, top: str = "top") -> dict:
 
 def preset_with(settings: list[str]):
     """The iCEBreaker's preset with ``FIELD=VALUE`` settings applied (None: none given);
-    ``ValueError`` for an unknown field, a value that is not an integer or a boolean, or a
-    configuration ``AcceleratorConfig`` refuses."""
+    ``ValueError`` as ``hw.config.with_settings``."""
     if not settings:
         return None
-    fields = {f.name: f for f in dataclasses.fields(AcceleratorConfig)}
-    changes = {}
-    for item in settings:
-        name, sep, text = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(fields)}")
-        if text.lower() in ("true", "false"):
-            changes[name] = text.lower() == "true"
-        else:
-            try:
-                changes[name] = int(text)
-            except ValueError:
-                raise ValueError(f"--set {item!r}: the value must be an integer, true "
-                                 f"or false") from None
-    return dataclasses.replace(get_board("icebreaker").config, **changes)
+    return with_settings(get_board("icebreaker").config, settings)
 
 
 def blocks(netlist: dict) -> list[dict]:

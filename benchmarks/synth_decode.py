@@ -8,6 +8,8 @@ fetch, decode lanes), or any block of the accelerator by name.
     .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decoder,conv_feed
     .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f --block decoder --seed 2
     .venv/bin/python benchmarks/synth_decode.py --board ulx3s-85f --synth-opts=-nowidelut
+    .venv/bin/python benchmarks/synth_decode.py --board icebreaker --block decoder \
+        --set serial_decoder=true
 
 Several blocks (comma-separated) are built one after the other and printed as a table
 (``--json``: a list).
@@ -37,7 +39,7 @@ from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
-from hw.config import get_preset
+from hw.config import get_preset, with_settings
 from hw.conv_drain import ConvDrain
 from hw.conv_feed import ConvFeed
 from hw.decode_path import DecodePath
@@ -164,22 +166,25 @@ def _yosys_stat(text: str, family: str) -> dict:
 
 
 def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | None = None,
-          seed: int | None = None, synth_opts: str = "", progress=print) -> dict:
+          seed: int | None = None, synth_opts: str = "", settings=(),
+          progress=print) -> dict:
     """Synthesise (and place and route) ``block`` built from the board's preset; return the
     figures. A design that does not fit the device gets ``fmax_mhz`` None and the
     placer's utilisation under ``placed``. ``router``: nextpnr's ``--router`` (its default
     when None); ``seed``: nextpnr's placer seed (its default when None); ``synth_opts``:
-    options added to Yosys's ``synth_*`` command. The build directory is
+    options added to Yosys's ``synth_*`` command; ``settings``: ``FIELD=VALUE`` changes to
+    the preset (``hw.config.with_settings``). The build directory is
     ``build/synth_decode/BOARD-BLOCK`` (nextpnr's timing report ``timing.json`` there, for
     ``benchmarks/slack.py``)."""
     spec = BOARDS[board]
-    cfg = get_preset(board)
+    cfg = with_settings(get_preset(board), settings)
     build = Path("build") / "synth_decode" / f"{board}-{block}"
     build.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **{k: _tool(v) for k, v in _TOOLS.items()}}
     top = _Harness(BLOCKS[block](cfg))
     (build / "top.il").write_text(rtlil.convert(top, name="top", ports=[top.si, top.so]))
     figures = {"board": board, "block": block, "seed": seed, "synth_opts": synth_opts,
+               "settings": list(settings),
                "decode_lanes": cfg.decode_lanes,
                "image_bytes": cfg.image_bytes}
     t = time.perf_counter()
@@ -222,13 +227,20 @@ def main(argv=None) -> int:
     parser.add_argument("--synth-opts", default="", metavar="OPTS",
                         help="options added to Yosys's synth_ice40 / synth_ecp5 command "
                              "(give them with '=': --synth-opts=-nowidelut)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replace a field of the board's preset (repeatable), e.g. "
+                             "serial_decoder=true")
     args = parser.parse_args(argv)
+    try:
+        with_settings(get_preset(args.board), args.set)
+    except ValueError as e:
+        parser.error(str(e))
     blocks = args.block.split(",")
     unknown = [b for b in blocks if b not in BLOCKS]
     if unknown:
         parser.error(f"unknown block {', '.join(unknown)}; known: {', '.join(BLOCKS)}")
     results = [synth(args.board, block=b, pnr=not args.no_pnr, router=args.router,
-                     seed=args.seed, synth_opts=args.synth_opts,
+                     seed=args.seed, synth_opts=args.synth_opts, settings=args.set,
                      progress=lambda s: print(s, file=sys.stderr, flush=True))
                for b in blocks]
     if args.json:

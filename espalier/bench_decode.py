@@ -23,7 +23,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.sim import Simulator
 
 from hw.broadcast import StreamBroadcast
-from hw.config import get_preset
+from hw.config import get_preset, with_settings
 from hw.huffman_decode import DecodeError, HuffmanDecoder
 from hw.image_loader import DescWord, descriptor_words, image_words
 from hw.layouts import DecodeParams
@@ -121,8 +121,9 @@ class _Harness(wiring.Component):
         return m
 
 
-def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
-    """Simulate Huffman decoding of every layer of ``image_bytes`` on preset ``preset``.
+def bench_decode(image_bytes: bytes, preset: str, progress=None, settings=()) -> dict:
+    """Simulate Huffman decoding of every layer of ``image_bytes`` on preset ``preset``
+    (with ``FIELD=VALUE`` ``settings`` applied, ``hw.config.with_settings``).
 
     Returns ``symbols``, ``cycles`` (the decode stage's clocks, all layers), ``lanes``,
     ``symbols_per_cycle_per_lane`` (``symbols / (cycles · lanes)``), ``weights``,
@@ -133,7 +134,7 @@ def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
     each layer (``done`` layers of ``total``). Raises ``weights.image.ImageError`` for an
     invalid image and ValueError for one that does not fit the preset.
     """
-    cfg = get_preset(preset)
+    cfg = with_settings(get_preset(preset), settings)
     data = bytes(image_bytes)
     image = read_image(data)
     cfg.check_image(image, len(data))
@@ -209,6 +210,7 @@ def bench_decode(image_bytes: bytes, preset: str, progress=None) -> dict:
     cycles = sum(f["cycles"] for f in layers)
     return {
         "preset": preset,
+        "settings": list(settings),
         "lanes": lanes,
         "symbols": symbols,
         "cycles": cycles,

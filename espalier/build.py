@@ -244,23 +244,26 @@ def nextpnr_opts(board_opts: str, seed: int | None = None) -> str:
 
 def build(board: str, *, out_dir=None, target_mhz: float | None = None,
           timeout: float | None = None, preset: str | None = None, seed: int | None = None,
-          progress=print) -> dict:
+          settings=(), progress=print) -> dict:
     """Build ``board``'s bitstream in ``out_dir`` (default ``build/<board>``) with the
     accelerator clock at ``target_mhz`` (default the board's target) and return the report
     (``board``, ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``luts``, ``luts_total``,
     ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``, ``bitstream``,
-    ``seconds``, ``seed``). ``preset`` builds another accelerator preset (``hw.config``) on
-    the board instead of the board's own. ``timeout`` limits each tool's run, in seconds.
+    ``seconds``, ``seed``, ``settings``). ``preset`` builds another accelerator preset (``hw.config``) on
+    the board instead of the board's own; ``settings`` (``FIELD=VALUE`` strings,
+    ``hw.config.with_settings``) change fields of that preset, and the report's
+    ``settings`` lists them. ``timeout`` limits each tool's run, in seconds.
     ``seed`` (a non-negative integer) seeds nextpnr's placer; None: the board's own seed
     (``Board.seed``), or nextpnr's default if it has none. The report's ``seed`` is the one
     used (None: nextpnr's default).
     Raises ValueError for an unknown board or a clock the PLL cannot make, and BuildError
     when a tool fails or runs out of time, or the design does not fit the device (naming
     the resources that overflowed)."""
-    from hw.config import get_preset
+    from hw.config import get_preset, with_settings
     from platforms.boards import BoardTop, get_board
 
     spec = get_board(board)
+    settings = list(settings)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"a seed must be a non-negative integer, not {seed!r}")
     if seed is None:
@@ -272,12 +275,14 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
         if shutil.which(command) is None:
             raise BuildError(f"{command} not found: install the FPGA tools with "
                              f"pip install -e '.[fpga]' (or set {tool_env_var(tool)})")
-    config = None if preset is None else get_preset(preset)
+    config = None if preset is None and not settings else with_settings(
+        get_preset(preset or spec.preset), settings)
     top = BoardTop(spec, config=config, target_mhz=target_mhz)
     out = Path("build") / spec.name if out_dir is None else Path(out_dir)
     start = time.perf_counter()
 
-    progress(f"{spec.name}: elaborating ({preset or spec.preset} preset, "
+    progress(f"{spec.name}: elaborating ({preset or spec.preset} preset"
+             + "".join(f", {x}" for x in settings) + ", "
              f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
     platform = spec.platform()
     opts = {"nextpnr_opts": nextpnr_opts(spec.nextpnr_opts, seed)}
@@ -322,6 +327,7 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     report = _report(spec, top.target_mhz, pnr_log or "", bitstream,
                      time.perf_counter() - start, top.config)
     report["seed"] = seed
+    report["settings"] = settings
     return report
 
 
@@ -343,6 +349,9 @@ def add_parser(subparsers):
     sp.add_argument("--config", metavar="PRESET",
                     help="build another accelerator preset on the board (e.g. small); "
                          "default: the board's own")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="replace a field of the preset (hw.config.AcceleratorConfig; "
+                         "repeatable), e.g. serial_decoder=true")
     sp.add_argument("--mhz", type=float, metavar="F",
                     help="accelerator clock to ask the PLL for (default: the board's target)")
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -387,7 +396,8 @@ def run(args) -> int:
         raise UserError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
     try:
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
-                       timeout=args.timeout, seed=args.seed, progress=_progress)
+                       timeout=args.timeout, seed=args.seed, settings=args.set,
+                       progress=_progress)
     except (ValueError, BuildError) as e:
         raise UserError(str(e)) from None
     _emit(args, report, _table(report))

@@ -255,27 +255,41 @@ def cmd_bench_decode(args) -> int:
     def progress(done, total, layer):
         _progress(f"layer {done}/{total} simulated")
 
+    _config(args)  # an unknown preset or a bad --set: one line, before any simulation
     try:
-        rep = bench_decode(data, args.config, progress=progress)
+        rep = bench_decode(data, args.config, progress=progress, settings=args.set)
     except (ImageError, ValueError) as e:
         raise UserError(f"{args.image}: {e}") from None
-    rows = [f"{args.image} on {args.config}: {rep['symbols']} symbols in {rep['cycles']} cycles "
-            f"on {rep['lanes']} lanes = {rep['symbols_per_cycle_per_lane']:.3f} symbols per "
-            f"cycle per lane (simulated at {rep['sim_cycles_per_s']:.0f} cycles/s)"]
+    rows = [f"{args.image} on {_config_name(args)}: {rep['symbols']} symbols in "
+            f"{rep['cycles']} cycles on {rep['lanes']} lanes = "
+            f"{rep['symbols_per_cycle_per_lane']:.3f} symbols per cycle per lane (simulated "
+            f"at {rep['sim_cycles_per_s']:.0f} cycles/s)"]
     _emit(args, rep, "\n".join(rows))
     return 0
+
+
+def _config(args):
+    """The ``--config`` preset with the ``--set`` settings applied; a UserError for an
+    unknown preset or a bad setting."""
+    from hw.config import get_preset, with_settings
+
+    try:
+        return with_settings(get_preset(args.config), args.set)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _config_name(args) -> str:
+    """The preset's name, with the ``--set`` settings if any (for reports)."""
+    return args.config + "".join(f" {s}" for s in args.set)
 
 
 def cmd_sim(args) -> int:
     from espalier.sim import simulate
     from golden.model import GoldenModel
-    from hw.config import get_preset
     from weights.datasets import to_float
 
-    try:
-        config = get_preset(args.config)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    config = _config(args)
     if args.images < 1:
         raise UserError(f"--images must be at least 1, not {args.images}")
     data = _read_bytes(args.image)
@@ -289,9 +303,9 @@ def cmd_sim(args) -> int:
     try:
         rep = simulate(data, config, inputs, vcd=args.vcd, progress=_progress)
     except ValueError as e:
-        raise UserError(f"{args.image} on {args.config}: {e}") from None
-    rep = {"image": str(args.image), "config": args.config, **rep}
-    rows = [f"{args.image} on {args.config} ({rep['pes']} PEs, {rep['decode_lanes']} decode "
+        raise UserError(f"{args.image} on {_config_name(args)}: {e}") from None
+    rep = {"image": str(args.image), "config": args.config, "settings": list(args.set), **rep}
+    rows = [f"{args.image} on {_config_name(args)} ({rep['pes']} PEs, {rep['decode_lanes']} decode "
             f"lanes): {rep['bit_exact']}/{rep['images']} images bit-exact in every layer",
             f"{'layer':<7}{'cycles':>10}{'MACs':>12}{'util':>8}{'model':>10}"
             f"{'err':>7}"]
@@ -464,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("image", help="weight image file")
     sp.add_argument("--config", default="small",
                     help="hardware preset: small, icebreaker or ulx3s-85f (default small)")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="replace a field of the preset (hw.config.AcceleratorConfig; "
+                         "repeatable), e.g. serial_decoder=true")
     sp.add_argument("--images", type=int, default=1,
                     help="how many MNIST test digits, from the first (default 1)")
     sp.add_argument("--vcd", metavar="FILE", help="write the waveforms to FILE")
@@ -517,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("image", help="weight image file")
     bp.add_argument("--config", default="small", help="hardware preset: small, icebreaker or "
                                                       "ulx3s-85f (default small)")
+    bp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="replace a field of the preset (hw.config.AcceleratorConfig; "
+                         "repeatable), e.g. serial_decoder=true")
     json_flag(bp)
     bp = bsub.add_parser("tradeoff", help="compression ratio against golden-model error",
                          description="Compress a shipped model with every layer's kept fraction "

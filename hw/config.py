@@ -12,7 +12,7 @@ from golden.fixedpoint import BIT_WIDTHS
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import MAX_ALPHABET, MAX_INDEX_BITS, MAX_RUN_BITS
 
-__all__ = ["DEFAULT", "PRESETS", "AcceleratorConfig", "get_preset"]
+__all__ = ["DEFAULT", "PRESETS", "AcceleratorConfig", "get_preset", "with_settings"]
 
 # The weight image's own ranges (docs/weight-image.md, "Layer table entry"): one definition,
 # in weights.image.
@@ -69,6 +69,12 @@ class AcceleratorConfig:
         only each table's counts (docs/architecture.md, "Resident tables"). Without it
         every run loads each layer's table, codebook and biases: about 400 logic cells
         fewer on the iCE40 (session 18).
+        ``serial_decoder``: each lane's Huffman decoder takes a bit a clock, one code
+        length after another (``hw.huffman_decode``, its serial form), instead of a code a
+        clock with every length compared at once: a code of ``l`` bits takes ``l`` clocks,
+        for a decoder without per-length registers, comparators or shifters (its counts
+        in a small memory). For devices short of logic cells (docs/decoder.md, "The
+        serial form").
     """
 
     rows: int
@@ -90,6 +96,7 @@ class AcceleratorConfig:
     row_broadcast: bool = False
     fc_on_array: bool = False
     resident_tables: bool = True
+    serial_decoder: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
@@ -122,7 +129,7 @@ class AcceleratorConfig:
         if self.drain_width not in (1, 2):
             raise ValueError(f"drain_width must be 1 or 2 (outputs written a clock), "
                              f"not {self.drain_width!r}")
-        for name in ("row_broadcast", "fc_on_array", "resident_tables"):
+        for name in ("row_broadcast", "fc_on_array", "resident_tables", "serial_decoder"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, not "
                                  f"{getattr(self, name)!r}")
@@ -355,3 +362,25 @@ def get_preset(name: str) -> AcceleratorConfig:
     except KeyError:
         raise ValueError(f"unknown accelerator preset {name!r}; known presets: "
                          f"{', '.join(PRESETS)}") from None
+
+
+def with_settings(config: AcceleratorConfig, settings) -> AcceleratorConfig:
+    """``config`` with ``FIELD=VALUE`` settings (strings, as a command line gives them; a
+    value is an integer, ``true`` or ``false``) applied; ``ValueError`` for an unknown
+    field, a value that is neither, or a configuration ``AcceleratorConfig`` refuses."""
+    fields = {f.name for f in dataclasses.fields(AcceleratorConfig)}
+    changes = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields))}")
+        if text.lower() in ("true", "false"):
+            changes[name] = text.lower() == "true"
+        else:
+            try:
+                changes[name] = int(text)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: the value must be an integer, true "
+                                 f"or false") from None
+    return dataclasses.replace(config, **changes)

@@ -87,6 +87,15 @@ class HuffmanDecoder(wiring.Component):
     Back-pressure: ``o.valid`` does not depend on ``o.ready``; when ``o`` stalls, the
     token and the memory read are held and decoding waits. ``i.ready`` depends only on
     registers (buffer room).
+
+    The serial form (``config.serial_decoder``, ``_SerialForm``): the same ports, table,
+    tokens and errors, but stage 1 takes a bit a clock, trying one code length a clock
+    against a count from a small memory, with a 16-bit buffer: a code of ``l`` bits takes
+    ``l`` clocks (throughput a bit a clock, plus a clock per channel end), for about a
+    third of the parallel form's logic (docs/decoder.md, "The serial form"). Its counts
+    are written to the count memory as they come, and decoding begins once the symbols
+    are stored (two clocks after the last count on a resident table). ``NO_CODE`` is
+    reported when ``L`` bits have matched no code.
     """
 
     def __init__(self, config):
@@ -104,11 +113,6 @@ class HuffmanDecoder(wiring.Component):
         cfg = self._config
         m = Module()
         max_len = cfg.max_code_len
-        # The bit buffer: a longest code plus two bytes. One byte would do for correctness;
-        # the second absorbs runs of long codes (measured on the LeNet images: 0.95-0.99
-        # symbols per clock with one byte of slack, 0.97-1.0 with two).
-        width = max_len + 16
-        aw = cfg.table_addr_width
         p = self.params
 
         # Symbols are written (table load) and read (decoding) at different times.
@@ -127,52 +131,21 @@ class HuffmanDecoder(wiring.Component):
         run_max = Signal(cfg.max_run_bits)
         last_left = Signal(cfg.fan_in_width)
 
-        # -- table: per-length limit and delta registers, symbol memory ------------------
-        limit = [None] + [Signal(n + 1, name=f"limit_{n}") for n in range(1, max_len + 1)]
-        delta = [None] + [Signal(aw, name=f"delta_{n}") for n in range(1, max_len + 1)]
+        # -- table: the counts (per-length registers, or the serial form's count memory),
+        # then the symbol memory
         t_len = Signal(range(max_len + 2))  # the length whose count comes next
-        t_code = Signal(max_len + 2)  # first code of that length
         t_offset = Signal(cfg.symbol_width + 5)  # symbols of all shorter lengths
         t_total = Signal(cfg.symbol_width + 5)  # symbols in the table
-
-        # Counts: limit[l] = first_code[l] + count[l], delta[l] = offset[l] - first_code[l].
-        # Lengths past L continue the recurrence with a count of 0, so limit[l] =
-        # limit[L] << (l - L): then "code < limit" holds, for every length from the code's
-        # own up, which makes the comparisons a thermometer code. Those lengths need no
-        # table word, so they are done while the symbols arrive.
         item = self.table.payload
         counting = Signal()  # this clock's length takes a count from the table
-        extending = Signal()  # this clock's length is past L: a count of 0
         count = Signal(cfg.symbol_width)
-        t_limit = Signal.like(t_code)
-        t_delta = Signal(aw)
-        m.d.comb += [
-            counting.eq((state == _State.COUNTS) & ok & self.table.valid),
-            extending.eq((state == _State.SYMBOLS) & ok & (t_len <= max_len)),
-            count.eq(Mux(state == _State.COUNTS, item.count, 0)),
-            t_limit.eq(t_code + count),
-            t_delta.eq(t_offset - t_code),
-        ]
+        m.d.comb += counting.eq((state == _State.COUNTS) & ok & self.table.valid)
         with m.If((state == _State.COUNTS) & ok):
             m.d.comb += self.table.ready.eq(1)
-        with m.If(counting | extending):
-            with m.Switch(t_len):
-                for n in range(1, max_len + 1):
-                    with m.Case(n):
-                        m.d.sync += [limit[n].eq(t_limit), delta[n].eq(t_delta)]
-            m.d.sync += [
-                t_code.eq(t_limit << 1),
-                t_offset.eq(t_offset + count),
-                t_len.eq(t_len + 1),
-            ]
-        # A resident table (no symbols to wait for) may decode before the lengths past L are
-        # done: their limits start at 2^l, which is what the recurrence gives them when
-        # the code is complete (limit[L] = 2^L), as every table but the single 1-bit code
-        # is (the loader checks); a code never ends past L, so their deltas are unused.
-        complete = Signal()
+        form = _SerialForm(cfg) if cfg.serial_decoder else _ParallelForm(cfg)
+        form.counts(m, self, state, ok, counting, count, t_len, t_offset)
         with m.If(counting & (t_len == p.max_len)):
-            m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS),
-                         complete.eq(~((p.max_len == 1) & (count == 1)))]
+            m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS)]
             with m.If(t_offset + count > cfg.max_table_symbols):
                 m.d.sync += self.error.eq(DecodeError.TABLE)
 
@@ -191,63 +164,8 @@ class HuffmanDecoder(wiring.Component):
                     m.d.sync += s_addr.eq(s_addr + 1)
                     with m.If(s_addr + 1 == t_total):
                         m.d.sync += s_done.eq(1)
-        early = p.resident & complete if cfg.resident_tables else 0
-        with m.If((state == _State.SYMBOLS) & s_done & ((t_len > max_len) | early)):
+        with m.If((state == _State.SYMBOLS) & s_done & form.table_done):
             m.d.sync += state.eq(_State.DECODE)
-
-        # -- decode stage: find the next code's length and symbol address ----------------
-        # The bit buffer is left-aligned: ``bits[-1]`` is the next bit and the top
-        # ``count`` bits are the unconsumed ones (the rest are 0). The next code's bits are
-        # then always the top ``max_len`` bits, with no multiplexer in front of the
-        # comparisons, and consuming a code is a shift selected by its one-hot length:
-        # the loop ``bits`` -> comparisons -> shift -> ``bits`` has no adder or barrel
-        # shifter in it (it was ``ptr`` -> window multiplexer -> comparisons -> subtract ->
-        # ``ptr``, the design's critical path).
-        bits = Signal(width)
-        count = Signal(range(width + 1))
-        window = Signal(max_len)
-        m.d.comb += window.eq(bits[width - max_len:])
-
-        # therm[j]: the next code is at most j + 1 bits long. Its length is the lowest set
-        # bit, decoded from the thermometer code without a priority chain (a chain of 16
-        # muxes was the critical path).
-        therm = Signal(max_len)
-        for n in range(1, max_len + 1):
-            m.d.comb += therm[n - 1].eq(window[max_len - n:] < limit[n])
-        d_len_m1 = Signal(range(max_len + 1))  # code length - 1; max_len: no code
-        for b in range(len(d_len_m1)):
-            terms = []
-            for lo in range(max_len + 1):
-                # the maximal runs lo..hi of values with bit b set
-                if not (lo >> b) & 1 or (lo and (lo - 1) >> b & 1):
-                    continue
-                hi = lo
-                while hi < max_len and (hi + 1) >> b & 1:
-                    hi += 1
-                at_least = ~therm[lo - 1] if lo else Const(1)
-                at_most = therm[hi] if hi < max_len else Const(1)
-                terms.append(at_least & at_most)
-            m.d.comb += d_len_m1[b].eq(Cat(*terms).any())
-        onehot = Signal(max_len)
-        m.d.comb += onehot.eq(therm & ~(therm << 1))
-        d_found = Signal()
-        d_addr = Signal(aw)
-        m.d.comb += [
-            d_found.eq(therm[-1]),
-            # The symbol address for every length at once, the top n bits (the code,
-            # modulo the memory depth) plus delta[n], added while the comparisons run;
-            # the one-hot length then selects one (an and-or multiplexer).
-            d_addr.eq(functools.reduce(operator.or_, (
-                Mux(onehot[n - 1], (window[max_len - n:] + delta[n])[:aw], 0)
-                for n in range(1, max_len + 1)))),
-        ]
-
-        # Is the whole code in the buffer? Its length l is at most ``count`` when, for
-        # some t <= ``count``, l <= t: thermometer bit t - 1 (``count >= t`` comes from a
-        # register, so this adds no comparison behind the comparisons).
-        d_hit = Signal()
-        fit = [(count >= t) & therm[t - 1] for t in range(1, max_len)] + [count >= max_len]
-        m.d.comb += d_hit.eq(d_found & Cat(*fit).any())
 
         # -- memory stage: the symbol's meaning, the channel's remaining fan-in -----------
         # ``m_left`` is the channel's weights not yet covered, less one, so that "this
@@ -304,59 +222,26 @@ class HuffmanDecoder(wiring.Component):
         with m.If(m_valid & m_over & ok):
             m.d.sync += self.error.eq(DecodeError.PAST_FAN_IN)
 
+        # -- decode stage and bit buffer ---------------------------------------------------
+        # Stage 1 finds the next code and its symbol-memory address (``go``: it takes one,
+        # unless ``cancel`` drops it); ``no_code``: the buffer holds a pattern that is no
+        # code. The bit buffer takes a byte right below its unconsumed bits, so byte
+        # boundaries sit at multiples of 8 from the bottom of those, and dropping a
+        # channel's padding (its last byte's unused bits) shifts out ``count mod 8`` bits.
         decoding = Signal()
-        go = Signal()  # stage 1 takes a code (unless ``cancel`` drops it)
+        m.d.comb += decoding.eq((state == _State.DECODE) & ok)
         d_issue = Signal()
+        go, no_code = form.decode(m, self, decoding, m_free, cancel, d_issue, rd)
         m.d.comb += [
-            decoding.eq((state == _State.DECODE) & ok),
-            go.eq(decoding & d_hit & m_free),
             d_issue.eq(go & ~cancel),
-            rd.addr.eq(d_addr),
             # (not ``d_issue``: a read that ``cancel`` drops only fills an invalid stage,
             # and the memory's enable stays off the late path)
             rd.en.eq(go),
         ]
         with m.If(m_free):
             m.d.sync += m_valid.eq(d_issue)
-        with m.If(decoding & ~d_found & (count >= p.max_len) & m_free & ~cancel):
+        with m.If(no_code & m_free & ~cancel):
             m.d.sync += self.error.eq(DecodeError.NO_CODE)
-
-        # -- bit buffer: a byte enters right below the unconsumed bits, so byte boundaries
-        # sit at multiples of 8 from the bottom of those, and dropping a channel's padding
-        # (its last byte's unused bits) shifts out ``count mod 8`` bits.
-        refill = Signal()
-        room = Signal(init=1)  # count <= width - 8, registered (it gates the input)
-        filled = Signal(width)  # ``bits`` with this clock's byte
-        filled_count = Signal.like(count)
-        m.d.comb += [
-            self.i.ready.eq(decoding & room),
-            refill.eq(self.i.valid & self.i.ready),
-            filled.eq(bits | Mux(refill, Cat(Const(0, width - 8), self.i.payload) >> count, 0)),
-            filled_count.eq(count + Mux(refill, 8, 0)),
-        ]
-        shifted = functools.reduce(operator.or_, (
-            Mux(onehot[n - 1], Cat(Const(0, n), filled)[:width], 0)
-            for n in range(1, max_len + 1)))
-        # Dropping padding: ``to_byte`` is ``filled`` from its first whole byte on.
-        pad = Signal(3)
-        to_byte = Signal(width)
-        m.d.comb += [
-            pad.eq(count[:3]),
-            to_byte.eq(filled << pad),
-        ]
-        # The next ``bits``: the shift by stage 1's code (late: it waits for the
-        # comparisons) is the last multiplexer; the rest is ready early.
-        m.d.sync += bits.eq(Mux(d_issue, shifted, Mux(cancel, to_byte, filled)))
-        # (``room`` after a code: ``filled_count - length <= width - 8``, as a comparison
-        # of the length with a value ready before it)
-        with m.If(cancel):
-            m.d.sync += [count.eq(filled_count - pad),
-                         room.eq(filled_count - pad <= width - 8)]
-        with m.Elif(d_issue):
-            m.d.sync += [count.eq(filled_count - d_len_m1 - 1),
-                         room.eq(d_len_m1 >= filled_count - (width - 7))]
-        with m.Else():
-            m.d.sync += [count.eq(filled_count), room.eq(filled_count <= width - 8)]
 
         # -- start: clear everything and load a new table --------------------------------
         with m.If(self.start):
@@ -364,20 +249,15 @@ class HuffmanDecoder(wiring.Component):
                 state.eq(_State.COUNTS),
                 self.error.eq(DecodeError.NONE),
                 t_len.eq(1),
-                t_code.eq(0),
-                *(limit[n].eq(1 << n) for n in range(1, max_len + 1)
-                  if cfg.resident_tables),
                 # (a resident table's symbols are in the memory from table_base on already)
                 t_offset.eq(p.table_base),
                 s_addr.eq(p.table_base),
                 s_done.eq(p.resident),
-                bits.eq(0),
-                count.eq(0),
-                room.eq(1),
                 m_valid.eq(0),
                 m_left.eq(p.fan_in - 1),
                 last_left.eq(p.fan_in - 1),
                 run_max.eq((Const(1, 1) << p.run_bits) - 1),
+                *form.clear(p),
             ]
             bad = ((p.max_len == 0) | (p.max_len > max_len) | (p.fan_in == 0)
                    | (p.fan_in > cfg.max_fan_in) | (p.codebook_size == 0)
@@ -387,3 +267,274 @@ class HuffmanDecoder(wiring.Component):
                 m.d.sync += self.error.eq(DecodeError.TABLE)
 
         return m
+
+
+class _ParallelForm:
+    """One code a clock: every length compared at once (``HuffmanDecoder``'s docstring).
+
+    A form of stage 1 has three parts, which ``HuffmanDecoder.elaborate`` calls: ``counts``
+    drives ``count`` (the count this clock's table word gives) and keeps what the form
+    needs of the counts, and sets ``table_done`` (decoding may begin once the symbols are
+    in); ``decode`` builds stage 1 and the bit buffer and returns ``go`` (stage 1 takes a
+    code this clock, its symbol address on ``rd.addr``) and ``no_code``; ``clear`` gives
+    the form's statements for ``start``.
+    """
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+
+    def counts(self, m, dec, state, ok, counting, count, t_len, t_offset):
+        cfg = self._cfg
+        max_len = cfg.max_code_len
+        aw = cfg.table_addr_width
+        p = dec.params
+        item = dec.table.payload
+        self.limit = limit = [None] + [Signal(n + 1, name=f"limit_{n}")
+                                       for n in range(1, max_len + 1)]
+        self.delta = delta = [None] + [Signal(aw, name=f"delta_{n}")
+                                       for n in range(1, max_len + 1)]
+        t_code = Signal(max_len + 2)  # first code of that length
+        self._t_code = t_code
+
+        # Counts: limit[l] = first_code[l] + count[l], delta[l] = offset[l] - first_code[l].
+        # Lengths past L continue the recurrence with a count of 0, so limit[l] =
+        # limit[L] << (l - L): then "code < limit" holds, for every length from the code's
+        # own up, which makes the comparisons a thermometer code. Those lengths need no
+        # table word, so they are done while the symbols arrive.
+        extending = Signal()  # this clock's length is past L: a count of 0
+        t_limit = Signal.like(t_code)
+        t_delta = Signal(aw)
+        m.d.comb += [
+            extending.eq((state == _State.SYMBOLS) & ok & (t_len <= max_len)),
+            count.eq(Mux(state == _State.COUNTS, item.count, 0)),
+            t_limit.eq(t_code + count),
+            t_delta.eq(t_offset - t_code),
+        ]
+        with m.If(counting | extending):
+            with m.Switch(t_len):
+                for n in range(1, max_len + 1):
+                    with m.Case(n):
+                        m.d.sync += [limit[n].eq(t_limit), delta[n].eq(t_delta)]
+            m.d.sync += [
+                t_code.eq(t_limit << 1),
+                t_offset.eq(t_offset + count),
+                t_len.eq(t_len + 1),
+            ]
+        # A resident table (no symbols to wait for) may decode before the lengths past L are
+        # done: their limits start at 2^l, which is what the recurrence gives them when
+        # the code is complete (limit[L] = 2^L), as every table but the single 1-bit code
+        # is (the loader checks); a code never ends past L, so their deltas are unused.
+        complete = Signal()
+        with m.If(counting & (t_len == p.max_len)):
+            m.d.sync += complete.eq(~((p.max_len == 1) & (count == 1)))
+        early = p.resident & complete if cfg.resident_tables else 0
+        self.table_done = (t_len > max_len) | early
+
+    def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
+        cfg = self._cfg
+        max_len = cfg.max_code_len
+        aw = cfg.table_addr_width
+        p = dec.params
+        limit, delta = self.limit, self.delta
+        # The bit buffer: a longest code plus two bytes. One byte would do for correctness;
+        # the second absorbs runs of long codes (measured on the LeNet images: 0.95-0.99
+        # symbols per clock with one byte of slack, 0.97-1.0 with two).
+        width = max_len + 16
+
+        # The bit buffer is left-aligned: ``bits[-1]`` is the next bit and the top
+        # ``count`` bits are the unconsumed ones (the rest are 0). The next code's bits are
+        # then always the top ``max_len`` bits, with no multiplexer in front of the
+        # comparisons, and consuming a code is a shift selected by its one-hot length:
+        # the loop ``bits`` -> comparisons -> shift -> ``bits`` has no adder or barrel
+        # shifter in it (it was ``ptr`` -> window multiplexer -> comparisons -> subtract ->
+        # ``ptr``, the design's critical path).
+        buf = self.buf = _BitBuffer(m, dec, width, decoding)
+        bits, count = buf.bits, buf.count
+        window = Signal(max_len)
+        m.d.comb += window.eq(bits[width - max_len:])
+
+        # therm[j]: the next code is at most j + 1 bits long. Its length is the lowest set
+        # bit, decoded from the thermometer code without a priority chain (a chain of 16
+        # muxes was the critical path).
+        therm = Signal(max_len)
+        for n in range(1, max_len + 1):
+            m.d.comb += therm[n - 1].eq(window[max_len - n:] < limit[n])
+        d_len_m1 = Signal(range(max_len + 1))  # code length - 1; max_len: no code
+        for b in range(len(d_len_m1)):
+            terms = []
+            for lo in range(max_len + 1):
+                # the maximal runs lo..hi of values with bit b set
+                if not (lo >> b) & 1 or (lo and (lo - 1) >> b & 1):
+                    continue
+                hi = lo
+                while hi < max_len and (hi + 1) >> b & 1:
+                    hi += 1
+                at_least = ~therm[lo - 1] if lo else Const(1)
+                at_most = therm[hi] if hi < max_len else Const(1)
+                terms.append(at_least & at_most)
+            m.d.comb += d_len_m1[b].eq(Cat(*terms).any())
+        onehot = Signal(max_len)
+        m.d.comb += onehot.eq(therm & ~(therm << 1))
+        d_found = Signal()
+        d_addr = Signal(aw)
+        m.d.comb += [
+            d_found.eq(therm[-1]),
+            # The symbol address for every length at once, the top n bits (the code,
+            # modulo the memory depth) plus delta[n], added while the comparisons run;
+            # the one-hot length then selects one (an and-or multiplexer).
+            d_addr.eq(functools.reduce(operator.or_, (
+                Mux(onehot[n - 1], (window[max_len - n:] + delta[n])[:aw], 0)
+                for n in range(1, max_len + 1)))),
+        ]
+
+        # Is the whole code in the buffer? Its length l is at most ``count`` when, for
+        # some t <= ``count``, l <= t: thermometer bit t - 1 (``count >= t`` comes from a
+        # register, so this adds no comparison behind the comparisons).
+        d_hit = Signal()
+        fit = [(count >= t) & therm[t - 1] for t in range(1, max_len)] + [count >= max_len]
+        m.d.comb += d_hit.eq(d_found & Cat(*fit).any())
+
+        go = Signal()  # stage 1 takes a code (unless ``cancel`` drops it)
+        m.d.comb += [go.eq(decoding & d_hit & m_free), rd.addr.eq(d_addr)]
+
+        # The next ``bits``: the shift by stage 1's code (late: it waits for the
+        # comparisons) is the last multiplexer; the rest is ready early.
+        shifted = functools.reduce(operator.or_, (
+            Mux(onehot[n - 1], Cat(Const(0, n), buf.filled)[:width], 0)
+            for n in range(1, max_len + 1)))
+        # (``room`` after a code: ``filled_count - length <= width - 8``, as a comparison
+        # of the length with a value ready before it)
+        buf.update(m, d_issue, cancel, shifted, buf.filled_count - d_len_m1 - 1,
+                   d_len_m1 >= buf.filled_count - (width - 7))
+        return go, decoding & ~d_found & (count >= p.max_len)
+
+    def clear(self, p):
+        return [
+            self._t_code.eq(0),
+            *(self.limit[n].eq(1 << n) for n in range(1, self._cfg.max_code_len + 1)
+              if self._cfg.resident_tables),
+            *self.buf.clear(),
+        ]
+
+
+class _BitBuffer:
+    """A left-aligned bit buffer of ``width`` bits (``bits``, the top ``count`` of them
+    unconsumed, the rest 0) that takes a byte right below its unconsumed bits while it has
+    room for one (``room``, a register: ``count <= width - 8``), so byte boundaries sit at
+    multiples of 8 from the bottom of those. ``filled`` is ``bits`` with this clock's byte
+    and ``filled_count`` its count; dropping a channel's padding (its last byte's unused
+    bits, ``pad = count mod 8``) leaves ``to_byte``, ``filled`` from its first whole byte
+    on."""
+
+    def __init__(self, m, dec, width, decoding):
+        self.width = width
+        self.bits = bits = Signal(width)
+        self.count = count = Signal(range(width + 1))
+        self.room = room = Signal(init=1)  # count <= width - 8, registered (it gates the input)
+        refill = Signal()
+        self.filled = filled = Signal(width)  # ``bits`` with this clock's byte
+        self.filled_count = filled_count = Signal.like(count)
+        m.d.comb += [
+            dec.i.ready.eq(decoding & room),
+            refill.eq(dec.i.valid & dec.i.ready),
+            filled.eq(bits | Mux(refill, Cat(Const(0, width - 8), dec.i.payload) >> count, 0)),
+            filled_count.eq(count + Mux(refill, 8, 0)),
+        ]
+        # Dropping padding: ``to_byte`` is ``filled`` from its first whole byte on.
+        self.pad = pad = Signal(3)
+        self.to_byte = to_byte = Signal(width)
+        m.d.comb += [
+            pad.eq(count[:3]),
+            to_byte.eq(filled << pad),
+        ]
+
+    def update(self, m, take, cancel, shifted, taken_count, taken_room):
+        """The next ``bits``: ``shifted`` (``filled`` less the bits stage 1 takes, late)
+        when it takes them (``take``), ``to_byte`` on ``cancel``, else ``filled``; with
+        the count and the room after the taken bits given by the caller."""
+        width, filled_count, pad = self.width, self.filled_count, self.pad
+        m.d.sync += self.bits.eq(Mux(take, shifted, Mux(cancel, self.to_byte, self.filled)))
+        with m.If(cancel):
+            m.d.sync += [self.count.eq(filled_count - pad),
+                         self.room.eq(filled_count - pad <= width - 8)]
+        with m.Elif(take):
+            m.d.sync += [self.count.eq(taken_count), self.room.eq(taken_room)]
+        with m.Else():
+            m.d.sync += [self.count.eq(filled_count), self.room.eq(filled_count <= width - 8)]
+
+    def clear(self):
+        return [self.bits.eq(0), self.count.eq(0), self.room.eq(1)]
+
+
+class _SerialForm:
+    """A bit a clock (``AcceleratorConfig.serial_decoder``): the canonical decoder of
+    ITU-T T.81, Annex F.2.2.3 (DECODE), one length per clock. With ``code`` the bits taken
+    so far (``n`` of them) and ``first`` the first code of length ``n + 1``, the next bit
+    gives ``c = 2 code + bit``, a code of that length when ``c < limit = first +
+    count[n + 1]``; its symbol-memory address is ``c + delta`` (``delta = offset - first``,
+    ``offset`` the symbols of the shorter lengths, from ``table_base``). Otherwise the next
+    length's ``first`` is ``2 limit`` and its ``delta`` is ``delta - limit``. The counts
+    are in a memory of ``max_code_len`` words, read a clock ahead (the next length's, or
+    length 1's after a code), so the loop holds one comparison and one adder's carry
+    chain, and the per-length registers, comparisons and shifts of the parallel form are
+    gone; a code of ``l`` bits takes ``l`` clocks."""
+
+    def __init__(self, cfg):
+        self._cfg = cfg
+        self.table_done = Const(1)
+
+    def counts(self, m, dec, state, ok, counting, count, t_len, t_offset):
+        cfg = self._cfg
+        m.submodules.counts = cmem = memory.Memory(
+            shape=range(cfg.max_table_symbols + 1), depth=cfg.max_code_len, init=[])
+        wr = cmem.write_port()
+        self.cnt_rd = read_port(m, cmem, name="cnt_rd")
+        # (a count above max_table_symbols is stored short; its table is a TABLE error)
+        m.d.comb += [wr.addr.eq(t_len - 1), wr.data.eq(count), wr.en.eq(counting),
+                     count.eq(dec.table.payload.count)]
+        with m.If(counting):
+            m.d.sync += [t_offset.eq(t_offset + count), t_len.eq(t_len + 1)]
+
+    def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
+        cfg = self._cfg
+        max_len = cfg.max_code_len
+        aw = cfg.table_addr_width
+        p = dec.params
+        # Two bytes: the one being taken and the next, so a bit a clock never waits.
+        buf = self.buf = _BitBuffer(m, dec, 16, decoding)
+        self.code = code = Signal(max_len)  # the bits taken of the code so far
+        self.first = first = Signal(max_len + 1)  # the first code of length n + 1
+        self.delta = delta = Signal(aw)  # address - code for length n + 1
+        self.n = n = Signal(range(max_len))  # bits taken of the code so far
+        cnt = self.cnt_rd.data  # count[n + 1]
+
+        step = Signal()  # stage 1 takes a bit (unless ``cancel`` drops it)
+        c = Signal(max_len + 1)
+        lim = Signal(max_len + 1)
+        hit = Signal()
+        go = Signal()
+        m.d.comb += [
+            step.eq(decoding & (buf.count != 0) & m_free),
+            c.eq(Cat(buf.bits[-1], code)),
+            lim.eq(first + cnt),
+            hit.eq(c < lim),
+            go.eq(step & hit),
+            rd.addr.eq((c + delta)[:aw]),
+        ]
+        take = Signal()  # a bit taken
+        restart = Signal()  # the next clock starts a code
+        m.d.comb += [take.eq(step & ~cancel), restart.eq(cancel | go)]
+        with m.If(restart):
+            m.d.sync += [code.eq(0), first.eq(0), delta.eq(p.table_base), n.eq(0)]
+        with m.Elif(take):
+            m.d.sync += [code.eq(c), first.eq(lim << 1), delta.eq(delta - lim), n.eq(n + 1)]
+        # The count of the length the next clock tries.
+        m.d.comb += self.cnt_rd.addr.eq(Mux(restart | dec.start, 0, Mux(take, n + 1, n)))
+        width = buf.width
+        buf.update(m, take, cancel, Cat(Const(0, 1), buf.filled)[:width],
+                   buf.filled_count - 1, buf.filled_count <= width - 7)
+        return go, step & ~hit & (n + 1 == p.max_len)
+
+    def clear(self, p):
+        return [self.code.eq(0), self.first.eq(0), self.delta.eq(p.table_base),
+                self.n.eq(0), *self.buf.clear()]

@@ -14,9 +14,10 @@ from hw.sequencer import DECODE_LEAD, entry_bytes_read
 from hw.weight_unit import TABLE_START
 from weights.image import Kind
 
-__all__ = ["bias_cycles", "check_runnable", "compute_problems", "derive_cycles",
-           "entry_cycles", "go_cycles", "lane_clocks", "layer_params", "predict_cycles",
-           "setup_cycles", "table_cycles", "table_requests"]
+__all__ = ["bias_cycles", "channel_decode_clocks", "check_runnable", "compute_problems",
+           "derive_cycles", "entry_cycles", "go_cycles", "lane_clocks", "layer_params",
+           "predict_cycles", "setup_cycles", "table_cycles", "table_requests",
+           "tile_decode_clocks"]
 
 
 
@@ -245,13 +246,24 @@ def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> in
             + bias_cycles(config, image, index, resident=resident))
 
 
-def lane_clocks(layer, lanes: int) -> list[int]:
-    """The clock each lane finishes decoding when channels go to the lane with the fewest
-    bytes: a symbol a clock and a clock for each channel's end (``HuffmanDecoder``), from
-    the clock its first channel is dealt (``StreamFetch`` deals one a clock, so lane ``j``
-    of a layer's first ``lanes`` channels starts ``j`` clocks after the first)."""
+def channel_decode_clocks(layer, stream, *, serial: bool = False) -> int:
+    """Clocks a lane's Huffman decoder takes on one channel's ``stream``: a symbol a clock
+    and a clock for the channel's end (``HuffmanDecoder``), or in its serial form
+    (``serial_decoder``) a bit a clock, every bit of the channel's codes, and the end."""
     from golden.decode import huffman_symbols
 
+    symbols = huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in)
+    if serial:
+        lengths = layer.table.lengths()
+        return 1 + int(sum(int(lengths[s]) for s in symbols))
+    return 1 + len(symbols)
+
+
+def lane_clocks(layer, lanes: int, *, serial: bool = False) -> list[int]:
+    """The clock each lane finishes decoding when channels go to the lane with the fewest
+    bytes (``channel_decode_clocks`` each), from the clock its first channel is dealt
+    (``StreamFetch`` deals one a clock, so lane ``j`` of a layer's first ``lanes`` channels
+    starts ``j`` clocks after the first)."""
     load = [0] * lanes
     clocks = [None] * lanes
     for dealt, stream in enumerate(layer.streams):
@@ -259,9 +271,24 @@ def lane_clocks(layer, lanes: int) -> list[int]:
         load[j] += len(stream)
         if clocks[j] is None:
             clocks[j] = dealt
-        clocks[j] += 1 + len(huffman_symbols(stream, layer.table, layer.alphabet,
-                                             layer.fan_in))
+        clocks[j] += channel_decode_clocks(layer, stream, serial=serial)
     return [c or 0 for c in clocks]
+
+
+def tile_decode_clocks(config, layer, tile: int) -> int:
+    """Clocks the lanes take to decode a convolution tile's weights into the tile buffer:
+    its channels dealt to the lanes in turn, a weight a clock (the expanders emit every
+    weight of a channel, ``fan_in`` of them), or with ``serial_decoder`` each channel the
+    longer of its weights and its bits (``channel_decode_clocks``)."""
+    first = tile * config.cols
+    channels = range(first, min(first + config.cols, layer.out_c))
+    lanes = config.decode_lanes
+    if not config.serial_decoder:
+        return -(-len(channels) // lanes) * layer.fan_in
+    return max(sum(max(layer.fan_in, channel_decode_clocks(layer, layer.streams[c],
+                                                           serial=True))
+                   for c in channels[j::lanes])
+               for j in range(min(lanes, len(channels))))
 
 
 def table_cycles(layer, *, resident: bool = False) -> int:
@@ -296,8 +323,9 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
         positions = (oh // p) * (ow // p) * p * p  # those in whole pooling windows
         groups = -(-positions // config.rows)
         tiles = -(-layer.out_c // config.cols)
-        # The first tile's weights: its channels, dealt to the lanes.
-        n += -(-min(config.cols, layer.out_c) // lanes) * n_in
+        # The first tile's weights: its channels, dealt to the lanes in turn
+        # (``tile_decode_clocks``).
+        n += tile_decode_clocks(config, layer, 0)
         for t in range(tiles):
             live = min(config.cols, layer.out_c - t * config.cols)
             # The array's step rate, or the drain's item a clock (one per window and
@@ -308,7 +336,13 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
             # The tile's start: the walker's restart and its first group's positions
             # (rows + 2); with one row the walker's position is the group's, so a clock
             # to restart it and one at the tile's end (a position past the windows).
-            n += (2 if config.rows == 1 else config.rows + 2) + groups * per_group
+            compute = (2 if config.rows == 1 else config.rows + 2) + groups * per_group
+            # The next tile's weights are decoded meanwhile, into the tile buffer's other
+            # bank; the next tile waits for them if they take longer (the serial
+            # decoder's lanes on a layer of few positions; never on the shipped images).
+            if t + 1 < tiles:
+                compute = max(compute, tile_decode_clocks(config, layer, t + 1))
+            n += compute
         n += config.row_clocks + config.rows + 8  # the array, the drain and post-processing
     else:
         # One symbol a clock per lane, and a clock per channel end. StreamFetch deals
@@ -317,5 +351,5 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
         # from its first deal. Then the pipeline's tail: 24 clocks, the median excess
         # over the lanes' decoding of the shipped fc layers on all three presets (16-33,
         # fetch start-up and the fc path's pipeline; docs/results.md).
-        n += max(lane_clocks(layer, lanes)) + 24
+        n += max(lane_clocks(layer, lanes, serial=config.serial_decoder)) + 24
     return n  # (the clock that finds the blocks idle goes to the next entry, or ends)

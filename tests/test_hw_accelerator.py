@@ -156,6 +156,22 @@ def test_random_network(shape, seed):
     check_network(cfg, write_image(image), random_inputs(image, 1, seed))
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 1, True), (2, 3, 2, False)],
+                         ids=["1x4x1-ice", "2x3x2"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_network_serial_decoder(shape, seed):
+    """The Huffman decoders' serial form (a bit a clock, ``serial_decoder``): bit-exact,
+    on the iCE40's shape and on one with two lanes, and the cycle model within 10 % of
+    every layer (its fc term counts the codes' bits instead of their symbols)."""
+    rows, cols, lanes, ice = shape
+    cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
+                              act_depth=1024, max_channels=64, row_broadcast=ice,
+                              fc_on_array=ice, serial_decoder=True)
+    image = random_image(seed + 20)
+    check_network(cfg, write_image(image), random_inputs(image, 1, seed),
+                  model_tolerance=0.10)
+
+
 def test_resident_and_layer_by_layer_tables():
     """The same network on a build whose memories hold every layer's tables, codebooks
     and biases side by side (prepared at the load) and on one whose bias memory holds one

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from hw.config import DEFAULT, PRESETS, AcceleratorConfig, get_preset
+from hw.config import DEFAULT, PRESETS, AcceleratorConfig, get_preset, with_settings
 from tests.imagegen import random_layer
 from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Kind, read_image_file
@@ -41,10 +41,23 @@ def test_keyword_only_and_frozen():
     (dict(decode_lanes=5), "use at most 4"),
     (dict(row_broadcast=1), "row_broadcast must be True or False"),
     (dict(fc_on_array="yes"), "fc_on_array must be True or False"),
+    (dict(serial_decoder=0), "serial_decoder must be True or False"),
 ])
 def test_validation(change, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(DEFAULT, **change)
+
+
+def test_with_settings():
+    """``FIELD=VALUE`` settings (the benchmarks' ``--set``) replace fields; bad ones are a
+    ValueError saying why."""
+    cfg = with_settings(get_preset("small"), ["serial_decoder=true", "cols=3", "rows=1"])
+    assert (cfg.serial_decoder, cfg.cols, cfg.rows) == (True, 3, 1)
+    assert with_settings(DEFAULT, []) == DEFAULT
+    for bad, says in (("nope=1", "FIELD one of"), ("cols", "FIELD one of"),
+                      ("cols=x", "integer, true or false"), ("acc_width=3", "at least")):
+        with pytest.raises(ValueError, match=says):
+            with_settings(DEFAULT, [bad])
 
 
 def test_derived_widths():

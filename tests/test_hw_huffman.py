@@ -1,4 +1,5 @@
-"""HuffmanDecoder against golden.decode.huffman_symbols, token by token, with random stalls."""
+"""HuffmanDecoder against golden.decode.huffman_symbols, token by token, with random stalls,
+in both its forms: a code a clock (the presets') and a bit a clock (``serial_decoder``)."""
 
 import dataclasses
 import glob
@@ -19,12 +20,18 @@ from weights.huffman import Table, code_lengths, encode
 from weights.image import Kind, encode_streams, read_image_file
 
 SMALL = get_preset("small")
+SERIAL = dataclasses.replace(SMALL, serial_decoder=True)
 STALL = 0.3
+#: Both forms of the decoder, for ``pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)``.
+FORMS = [SMALL, SERIAL]
+FORM_IDS = ["parallel", "serial"]
 
 
-def small_config(bw: int):
-    """The small preset at data width ``bw`` (a wider accumulator for 16 bits)."""
-    return dataclasses.replace(SMALL, bw=bw, acc_width=max(SMALL.acc_width, 2 * bw + 10))
+def small_config(bw: int, serial: bool = False):
+    """The small preset at data width ``bw`` (a wider accumulator for 16 bits), in the
+    decoder's serial form with ``serial``."""
+    return dataclasses.replace(SMALL, bw=bw, acc_width=max(SMALL.acc_width, 2 * bw + 10),
+                               serial_decoder=serial)
 
 
 # -- layers and their expected tokens (shared with test_hw_expand) -----------------------
@@ -192,40 +199,45 @@ def check_case(case: Case, cfg=SMALL, *, seed=0, stall=STALL, vcd=None, base=Non
     (8, 1, 1, 0.2),
     (16, 4, 3, 0.15),
 ])
-def test_imagegen_layers(seed, bw, index_bits, run_bits, density, dump_vcd, tmp_path):
+@pytest.mark.parametrize("serial", [False, True], ids=FORM_IDS)
+def test_imagegen_layers(seed, bw, index_bits, run_bits, density, serial, dump_vcd, tmp_path):
     case = imagegen_case(seed, bw=bw, index_bits=index_bits, run_bits=run_bits,
                          density=density)
-    check_case(case, small_config(bw), seed=seed,
+    check_case(case, small_config(bw, serial), seed=seed,
                vcd=tmp_path / "huffman.vcd" if dump_vcd else None)
 
 
 @pytest.mark.parametrize("seed,run_bits,k", [(0, 0, 16), (1, 1, 8), (2, 2, 5), (3, 3, 3)])
-def test_long_codes(seed, run_bits, k):
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_long_codes(seed, run_bits, k, cfg):
     """Skewed frequencies over the whole alphabet: codes of every length up to 16 bits."""
     case = synthetic_case(seed, fan_in=24, out_c=3, k=k, run_bits=run_bits, density=0.4,
                           skew=True)
     assert case.table.max_len == 16
-    check_case(case, seed=seed)
+    check_case(case, cfg, seed=seed)
 
 
 @pytest.mark.parametrize("max_len,k,run_bits", [(2, 1, 0), (5, 9, 1), (9, 9, 1)])
-def test_length_limited(max_len, k, run_bits):
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_length_limited(max_len, k, run_bits, cfg):
     case = synthetic_case(7, fan_in=20, out_c=3, k=k, run_bits=run_bits, density=0.4,
                           max_len=max_len, skew=True)
     assert case.table.max_len == max_len
-    check_case(case, seed=max_len)
+    check_case(case, cfg, seed=max_len)
 
 
 @pytest.mark.parametrize("density,run_bits", [(1.0, 0), (0.0, 0), (0.0, 3)])
-def test_single_symbol_table(density, run_bits):
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_single_symbol_table(density, run_bits, cfg):
     """K = 1: only (run 0, index 0) when dense, only EOS when empty: a 1-bit code '0'."""
     case = synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=run_bits, density=density)
     assert case.table.counts == (1,)
-    check_case(case, seed=5)
+    check_case(case, cfg, seed=5)
 
 
 @pytest.mark.parametrize("which", ["imagegen", "long", "limited", "single", "empty"])
-def test_resident_table(which):
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_resident_table(which, cfg):
     """A resident table: its symbols written at a base by an earlier load, the layer then
     decoded from the counts alone (decoding starts once they are in: the limits past L
     start at 2^l, except for the single 1-bit code, which waits for the recurrence)."""
@@ -240,26 +252,29 @@ def test_resident_table(which):
         "empty": lambda: synthetic_case(3, fan_in=13, out_c=5, k=1, run_bits=3, density=0.0),
     }[which]()
     base = SMALL.max_table_symbols - len(case.table.symbols) - 3
-    check_case(case, seed=11, base=base)
+    check_case(case, cfg, seed=11, base=base)
 
 
-def test_resident_single_symbol_no_code():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_resident_single_symbol_no_code(cfg):
     """A resident single-symbol table still refuses a '1' bit (its lengths past L = 1 are
     worked out before decoding starts)."""
     params = {"fan_in": 20, "codebook_size": 1, "run_bits": 0, "max_len": 1}
-    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=60,
+    error, cycles = watch_error(cfg, params, [1, 0], bytes([0x00, 0x10]), bound=60,
                                 base=200)
     assert error == DecodeError.NO_CODE and cycles <= 15 + 16
 
 
-def test_full_index_and_run_width():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_full_index_and_run_width(cfg):
     """run_bits 8 (R = 255) with a fan-in above R + 1, so ZRUN fillers occur."""
     case = synthetic_case(4, fan_in=600, out_c=2, k=2, run_bits=8, density=0.01)
     assert any(TokenKind.ZRUN == t["kind"] for t in case.tokens())
-    check_case(case, seed=4, stall=0.1)
+    check_case(case, cfg, seed=4, stall=0.1)
 
 
-def test_run_matches_low_bits_of_remaining_fan_in():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_run_matches_low_bits_of_remaining_fan_in(cfg):
     """The channel-end test compares a run with the low ``max_run_bits`` bits of the
     remaining fan-in and checks the high bits apart: a pair whose run equals those low
     bits while more than ``2^max_run_bits`` weights remain must not end the channel
@@ -280,15 +295,16 @@ def test_run_matches_low_bits_of_remaining_fan_in():
                 np.array([3, -5]))
     first = case.tokens()[0]
     assert first["kind"] == TokenKind.PAIR and first["run"] == 43 and not first["last"]
-    check_case(case, seed=8, stall=0.2)
-    check_case(case, seed=9, stall=0.0)
+    check_case(case, cfg, seed=8, stall=0.2)
+    check_case(case, cfg, seed=9, stall=0.0)
 
 
-def test_back_to_back_layers():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_back_to_back_layers(cfg):
     """A second start loads a new table; nothing of the first layer leaks into it."""
     cases = [imagegen_case(11, run_bits=1),
              synthetic_case(12, fan_in=17, out_c=3, k=6, run_bits=3, density=0.5, skew=True)]
-    dut = HuffmanDecoder(SMALL)
+    dut = HuffmanDecoder(cfg)
     rng = np.random.default_rng(3)
     done = []
 
@@ -323,11 +339,12 @@ IMAGES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "weights
 
 
 @pytest.mark.skipif(not IMAGES, reason="no weights/images/lenet300*.img yet")
-def test_real_image_layer():
+@pytest.mark.parametrize("serial", [False, True], ids=FORM_IDS)
+def test_real_image_layer(serial):
     """The smallest layer of the shipped LeNet-300-100 image (its last, fc3)."""
     image = read_image_file(IMAGES[0])
     layer = min(image.layers, key=lambda la: sum(map(len, la.streams)))
-    cfg = small_config(image.bw)
+    cfg = small_config(image.bw, serial)
     cfg.check_layer(layer, image.bw)
     check_case(case_from_layer(layer), cfg, stall=0.1)
 
@@ -400,6 +417,31 @@ def test_throughput_one_clock_per_channel(seed, kw):
     assert clocks == base
 
 
+def serial_clocks(case: Case) -> int:
+    """The serial form's clocks from a layer's first token to its last (both counted),
+    unstalled: a clock per bit of every code but the first, and one per channel end but
+    the last's (its ``cancel``, which takes no bit)."""
+    lengths = case.table.lengths()
+    codes = [int(lengths[s]) for syms in case.symbols() for s in syms]
+    return 1 + sum(codes[1:]) + len(case.streams) - 1
+
+
+@pytest.mark.parametrize("seed, kw", [
+    (5, dict(fan_in=12, out_c=12, k=2, run_bits=2, density=0.25, last_pruned=True)),
+    (6, dict(fan_in=30, out_c=5, k=4, run_bits=2, density=0.5)),
+    (7, dict(fan_in=24, out_c=3, k=8, run_bits=1, density=0.4, skew=True)),
+])
+def test_serial_throughput_one_bit_per_clock(seed, kw):
+    """The serial form, unstalled: exactly a bit a clock, plus a clock per channel end."""
+    case = synthetic_case(seed, **kw)
+    expected = expected_dicts(case.tokens())
+    cycles = []
+    got, error = simulate(SERIAL, case.params, case.table_items(), b"".join(case.streams),
+                          len(expected), stall=0.0, cycles=cycles)
+    assert error == DecodeError.NONE and got == expected
+    assert cycles[-1] - cycles[0] + 1 == serial_clocks(case)
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 def items_of(params, words) -> list[dict]:
@@ -463,10 +505,11 @@ def watch_error(cfg, params, table_words, data, *, bound: int, base=None):
     return result["error"], result["cycles"]
 
 
-def test_error_no_code():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_no_code(cfg):
     """A single-symbol table codes only '0': a '1' bit is an error, not a hang."""
     params = {"fan_in": 20, "codebook_size": 1, "run_bits": 0, "max_len": 1}
-    error, cycles = watch_error(SMALL, params, [1, 0], bytes([0x00, 0x10]), bound=60)
+    error, cycles = watch_error(cfg, params, [1, 0], bytes([0x00, 0x10]), bound=60)
     # the lengths 2..16 past L = 1 take 15 clocks after the table's last word
     assert error == DecodeError.NO_CODE and cycles <= 15 + 16
 
@@ -483,9 +526,10 @@ def past_fan_in_case(symbols, fan_in, run_bits):
     ([2, 1], 4),  # pair(run 2) at 0..2, then pair(run 1) lands on position 4 = N
     ([4, 4], 5),  # ZRUN covers 0..3, a second ZRUN passes N = 5
 ])
-def test_error_past_fan_in(symbols, fan_in):
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_past_fan_in(symbols, fan_in, cfg):
     params, words, data = past_fan_in_case(symbols, fan_in, run_bits=2)
-    error, cycles = watch_error(SMALL, params, words, data, bound=60)
+    error, cycles = watch_error(cfg, params, words, data, bound=60)
     # the lengths past L take max_code_len - L clocks after the table's last word
     assert error == DecodeError.PAST_FAN_IN
     assert cycles <= SMALL.max_code_len - params["max_len"] + 8
@@ -496,29 +540,33 @@ def test_error_past_fan_in(symbols, fan_in):
     {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 0},
     {"fan_in": 4, "codebook_size": 0, "run_bits": 0, "max_len": 1},
 ])
-def test_error_bad_params(params):
-    error, _ = watch_error(SMALL, params, [1, 0], b"\x00", bound=10)
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_bad_params(params, cfg):
+    error, _ = watch_error(cfg, params, [1, 0], b"\x00", bound=10)
     assert error == DecodeError.TABLE
 
 
-def test_error_table_too_big():
-    cfg = dataclasses.replace(SMALL, max_table_symbols=4)
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_table_too_big(cfg):
+    cfg = dataclasses.replace(cfg, max_table_symbols=4)
     params = {"fan_in": 4, "codebook_size": 4, "run_bits": 0, "max_len": 3}
     error, _ = watch_error(cfg, params, [1, 1, 4, 0, 1, 2, 3, 4, 5], b"\x00", bound=10)
     assert error == DecodeError.TABLE
 
 
-def test_error_symbol_outside_alphabet():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_symbol_outside_alphabet(cfg):
     params = {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 1}
-    error, _ = watch_error(SMALL, params, [2, 0, 3], b"\x00", bound=10)  # A = 3
+    error, _ = watch_error(cfg, params, [2, 0, 3], b"\x00", bound=10)  # A = 3
     assert error == DecodeError.TABLE
 
 
-def test_restart_clears_error():
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_restart_clears_error(cfg):
     """After an error, start and a good layer decode normally."""
     case = imagegen_case(5, fan_in=16, out_c=2)
     expected = expected_dicts(case.tokens())
-    dut = HuffmanDecoder(SMALL)
+    dut = HuffmanDecoder(cfg)
     got = []
 
     async def bench(ctx):
