@@ -317,6 +317,10 @@ PRESETS = {
     # - row_broadcast: the one row's activation goes to the eight PEs in the same clock
     #   (a fan-out of 8), which removes the weight skew and the output de-skew, 980
     #   flip-flops (14,112 -> 13,157 logic cells), and 7 clocks a conv layer.
+    # - no serial_decoder (yet): the decoder a bit a clock takes 1,238 logic cells fewer
+    #   (10,351 -> 9,113, session 24), but the fully connected layers' Huffman stage 6-7
+    #   times the clocks (LeNet-300-100 15,417 -> 89,487 cycles, LeNet-5 299,913 ->
+    #   470,738), and the design does not fit either way (docs/decoder.md).
     # - no resident_tables: they take 400 logic cells (10,336 -> 10,736) on a device the
     #   design is already twice too big for; LeNet-300-100's fc1 and fc2 meet issue 5's
     #   1.25 without them here (one lane: the per-layer loads are a smaller share).
