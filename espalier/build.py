@@ -342,7 +342,7 @@ def add_parser(subparsers):
     help_ = "Synthesize, place and route a board's bitstream and report clock and resources."
     sp = subparsers.add_parser("build", help=help_, description=help_ + (
         " Uses the YoWASP Yosys and nextpnr from PyPI (pip install 'espalier[fpga]'). "
-        "The iCEBreaker's takes about a minute; the ULX3S 85F's 15-25 minutes."))
+        "The iCEBreaker's takes about a minute; the ULX3S 85F's about 17 minutes."))
     sp.set_defaults(func=run)
     sp.add_argument("--board", required=True, metavar=f"{{{boards}}}", help="which board")
     sp.add_argument("--out", metavar="DIR", help="build directory (default build/BOARD)")

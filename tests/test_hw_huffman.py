@@ -399,47 +399,44 @@ def test_throughput_one_symbol_per_clock():
     assert measure_throughput(case) >= 0.95
 
 
-@pytest.mark.parametrize("seed, kw", [
+def unstalled_clocks(case: Case, cfg) -> int:
+    """A form's clocks from a layer's first token to its last (both counted), unstalled:
+    a clock per symbol but the first's (the parallel form), or a clock per bit of every
+    code but the first (the serial form), and one per channel end but the last's (its
+    ``cancel``: the code decoded behind a channel's last symbol is dropped, and the serial
+    form takes no bit in that clock)."""
+    symbols = [s for syms in case.symbols() for s in syms]
+    if cfg.serial_decoder:
+        lengths = case.table.lengths()
+        per_code = [int(lengths[s]) for s in symbols]
+    else:
+        per_code = [1] * len(symbols)
+    return 1 + sum(per_code[1:]) + len(case.streams) - 1
+
+
+_THROUGHPUT_CASES = [
     (5, dict(fan_in=12, out_c=12, k=2, run_bits=2, density=0.25, last_pruned=True)),
     (6, dict(fan_in=30, out_c=5, k=4, run_bits=2, density=0.5)),
-])
-def test_throughput_one_clock_per_channel(seed, kw):
-    """Unstalled, a symbol a clock plus exactly one clock per channel end (the code decoded
-    behind a channel's last symbol is dropped), whether the channel ends with EOS or not."""
+]
+# (codes of up to 16 bits: the serial form only, as a byte a clock of input cannot keep the
+# parallel form at a code a clock on them)
+_LONG_CODES = (7, dict(fan_in=24, out_c=3, k=8, run_bits=1, density=0.4, skew=True))
+
+
+@pytest.mark.parametrize("seed, kw, cfg", [
+    *((seed, kw, cfg) for cfg in FORMS for seed, kw in _THROUGHPUT_CASES),
+    (*_LONG_CODES, SERIAL),
+], ids=["5-parallel", "6-parallel", "5-serial", "6-serial", "7-long-serial"])
+def test_throughput_exact(seed, kw, cfg):
+    """Unstalled, exactly a symbol a clock (the parallel form) or a bit a clock (the serial
+    form), plus one clock per channel end, whether the channel ends with EOS or not."""
     case = synthetic_case(seed, **kw)
     expected = expected_dicts(case.tokens())
     cycles = []
-    got, error = simulate(SMALL, case.params, case.table_items(), b"".join(case.streams),
+    got, error = simulate(cfg, case.params, case.table_items(), b"".join(case.streams),
                           len(expected), stall=0.0, cycles=cycles)
     assert error == DecodeError.NONE and got == expected
-    clocks = cycles[-1] - cycles[0] + 1
-    base = len(expected) + len(case.streams) - 1  # the last channel's end is after it
-    assert clocks == base
-
-
-def serial_clocks(case: Case) -> int:
-    """The serial form's clocks from a layer's first token to its last (both counted),
-    unstalled: a clock per bit of every code but the first, and one per channel end but
-    the last's (its ``cancel``, which takes no bit)."""
-    lengths = case.table.lengths()
-    codes = [int(lengths[s]) for syms in case.symbols() for s in syms]
-    return 1 + sum(codes[1:]) + len(case.streams) - 1
-
-
-@pytest.mark.parametrize("seed, kw", [
-    (5, dict(fan_in=12, out_c=12, k=2, run_bits=2, density=0.25, last_pruned=True)),
-    (6, dict(fan_in=30, out_c=5, k=4, run_bits=2, density=0.5)),
-    (7, dict(fan_in=24, out_c=3, k=8, run_bits=1, density=0.4, skew=True)),
-])
-def test_serial_throughput_one_bit_per_clock(seed, kw):
-    """The serial form, unstalled: exactly a bit a clock, plus a clock per channel end."""
-    case = synthetic_case(seed, **kw)
-    expected = expected_dicts(case.tokens())
-    cycles = []
-    got, error = simulate(SERIAL, case.params, case.table_items(), b"".join(case.streams),
-                          len(expected), stall=0.0, cycles=cycles)
-    assert error == DecodeError.NONE and got == expected
-    assert cycles[-1] - cycles[0] + 1 == serial_clocks(case)
+    assert cycles[-1] - cycles[0] + 1 == unstalled_clocks(case, cfg)
 
 
 # -- errors ---------------------------------------------------------------------------------
