@@ -18,7 +18,21 @@ from hw.layouts import DecodeParams, SymbolEntry, Token, TokenKind
 from hw.ram import read_port
 from hw.symbol_split import TableItem
 
-__all__ = ["DecodeError", "HuffmanDecoder"]
+__all__ = ["SERIAL_FIRST_BITS", "serial_first_bits", "DecodeError", "HuffmanDecoder"]
+
+
+# The serial form's first step of a code takes this many bits at most: the table's
+# shortest code length, if it is shorter.
+SERIAL_FIRST_BITS = 4
+
+
+def serial_first_bits(counts, max_code_len: int) -> int:
+    """The bits the serial form's first step of a code takes for a table with ``counts``
+    (``counts[l - 1]`` codes of length ``l``) on a build whose longest code is
+    ``max_code_len``: the shortest code length, at most ``SERIAL_FIRST_BITS`` (and
+    ``max_code_len``); a code of ``l`` bits then takes ``l - j + 1`` clocks."""
+    cap = min(SERIAL_FIRST_BITS, max_code_len)
+    return next((n for n, c in enumerate(counts[:cap], start=1) if c), cap)
 
 
 class DecodeError(enum.Enum, shape=2):
@@ -89,9 +103,10 @@ class HuffmanDecoder(wiring.Component):
     registers (buffer room).
 
     The serial form (``config.serial_decoder``, ``_SerialForm``): the same ports, table,
-    tokens and errors, but stage 1 takes a bit a clock, trying one code length a clock
-    against a count from a small memory, with a 16-bit buffer: a code of ``l`` bits takes
-    ``l`` clocks (throughput a bit a clock, plus a clock per channel end), for about a
+    tokens and errors, but stage 1 tries one code length a clock against a count from a
+    small memory, with a 16-bit buffer: a code's first step takes the table's shortest
+    length's bits (``j``, at most ``SERIAL_FIRST_BITS``), each later step a bit, so a code
+    of ``l`` bits takes ``l - j + 1`` clocks (plus a clock per channel end), for about a
     third of the parallel form's logic (docs/decoder.md, "The serial form"). Its counts
     are written to the count memory as they come, and decoding begins once the symbols
     are stored (two clocks after the last count on a resident table). ``NO_CODE`` is
@@ -475,13 +490,27 @@ class _SerialForm:
     ``offset`` the symbols of the shorter lengths, from ``table_base``). Otherwise the next
     length's ``first`` is ``2 limit`` and its ``delta`` is ``delta - limit``. The counts
     are in a memory of ``max_code_len`` words, read a clock ahead (the next length's, or
-    length 1's after a code), so the loop holds one comparison and one adder's carry
+    length j's after a code), so the loop holds one comparison and one adder's carry
     chain, and the per-length registers, comparisons and shifts of the parallel form are
-    gone; a code of ``l`` bits takes ``l`` clocks."""
+    gone. A code starts at length ``j``, the table's shortest (at most
+    ``SERIAL_FIRST_BITS``): no code is shorter, so its first code is 0 and its ``delta``
+    ``table_base``, and the first step takes ``j`` bits at once; a code of ``l`` bits takes
+    ``l - j + 1`` clocks."""
 
     def __init__(self, cfg):
         self._cfg = cfg
         self.table_done = Const(1)
+        max_len = cfg.max_code_len
+        self._first_max = min(SERIAL_FIRST_BITS, max_len)
+        self.code = Signal(max_len)  # the bits taken of the code so far
+        self.first = Signal(max_len + 1)  # the first code of length n + 1
+        self.delta = Signal(cfg.table_addr_width)  # address - code for length n + 1
+        self.n = Signal(range(max_len))  # bits taken of the code so far
+        # A code's first step takes ``j = serial_first_bits(counts)`` bits at once (``j_m1``
+        # = j - 1, found while the counts come); ``fresh``: the next step is a first step.
+        self.j_m1 = Signal(range(self._first_max))
+        self.j_found = Signal()
+        self.fresh = Signal(init=1)
 
     def counts(self, m, dec, state, ok, counting, count, t_len, t_offset):
         cfg = self._cfg
@@ -494,47 +523,60 @@ class _SerialForm:
                      count.eq(dec.table.payload.count)]
         with m.If(counting):
             m.d.sync += [t_offset.eq(t_offset + count), t_len.eq(t_len + 1)]
+        # The shortest length (up to ``SERIAL_FIRST_BITS``): the first nonzero count's.
+        # Below it the counts are 0, so its first code is 0 and its symbols' offset 0.
+        with m.If(counting & (count != 0) & ~self.j_found & (t_len <= self._first_max)):
+            m.d.sync += [self.j_m1.eq(t_len - 1), self.n.eq(t_len - 1), self.j_found.eq(1)]
 
     def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
         cfg = self._cfg
         max_len = cfg.max_code_len
         aw = cfg.table_addr_width
         p = dec.params
-        # Two bytes: the one being taken and the next, so a bit a clock never waits.
+        # Two bytes: the one being taken and the next. A first step takes up to
+        # ``SERIAL_FIRST_BITS`` = 4 bits and any other one bit, while a byte comes whenever
+        # 8 bits or fewer are left, so an unstalled input never leaves fewer bits than a
+        # step takes (after a step from c >= j bits: c + 8 - j >= 8 bits, or c - j >= 9 - 4).
         buf = self.buf = _BitBuffer(m, dec, 16, decoding)
-        self.code = code = Signal(max_len)  # the bits taken of the code so far
-        self.first = first = Signal(max_len + 1)  # the first code of length n + 1
-        self.delta = delta = Signal(aw)  # address - code for length n + 1
-        self.n = n = Signal(range(max_len))  # bits taken of the code so far
+        width = buf.width
+        code, first, delta, n = self.code, self.first, self.delta, self.n
+        fresh, j_m1, jmax = self.fresh, self.j_m1, self._first_max
         cnt = self.cnt_rd.data  # count[n + 1]
 
-        step = Signal()  # stage 1 takes a bit (unless ``cancel`` drops it)
+        # A first step's code: the top j bits; a later step's: the code so far and a bit.
+        top = Signal(jmax)
+        m.d.comb += top.eq(buf.bits[width - jmax:] >> (jmax - 1 - j_m1).as_unsigned())
+        step = Signal()  # stage 1 takes a step (unless ``cancel`` drops it)
         c = Signal(max_len + 1)
         lim = Signal(max_len + 1)
         hit = Signal()
         go = Signal()
         m.d.comb += [
-            step.eq(decoding & (buf.count != 0) & m_free),
-            c.eq(Cat(buf.bits[-1], code)),
+            step.eq(decoding & Mux(fresh, buf.count > j_m1, buf.count != 0) & m_free),
+            c.eq(Mux(fresh, top, Cat(buf.bits[-1], code))),
             lim.eq(first + cnt),
             hit.eq(c < lim),
             go.eq(step & hit),
             rd.addr.eq((c + delta)[:aw]),
         ]
-        take = Signal()  # a bit taken
+        take = Signal()  # a step taken
         restart = Signal()  # the next clock starts a code
         m.d.comb += [take.eq(step & ~cancel), restart.eq(cancel | go)]
         with m.If(restart):
-            m.d.sync += [code.eq(0), first.eq(0), delta.eq(p.table_base), n.eq(0)]
+            m.d.sync += [code.eq(0), first.eq(0), delta.eq(p.table_base), n.eq(j_m1),
+                         fresh.eq(1)]
         with m.Elif(take):
-            m.d.sync += [code.eq(c), first.eq(lim << 1), delta.eq(delta - lim), n.eq(n + 1)]
+            m.d.sync += [code.eq(c), first.eq(lim << 1), delta.eq(delta - lim), n.eq(n + 1),
+                         fresh.eq(0)]
         # The count of the length the next clock tries.
-        m.d.comb += self.cnt_rd.addr.eq(Mux(restart | dec.start, 0, Mux(take, n + 1, n)))
-        width = buf.width
-        buf.update(m, take, cancel, Cat(Const(0, 1), buf.filled)[:width],
-                   buf.filled_count - 1, buf.filled_count <= width - 7)
-        return go, step & ~hit & (n + 1 == p.max_len)
+        m.d.comb += self.cnt_rd.addr.eq(Mux(restart | dec.start, j_m1, Mux(take, n + 1, n)))
+        taken = Mux(fresh, j_m1 + 1, 1)  # the bits a step takes
+        buf.update(m, take, cancel, (buf.filled << taken)[:width],
+                   buf.filled_count - taken, buf.filled_count - taken <= width - 8)
+        # (``>=``: a table whose counts are all 0 has no first length within L)
+        return go, step & ~hit & (n + 1 >= p.max_len)
 
     def clear(self, p):
         return [self.code.eq(0), self.first.eq(0), self.delta.eq(p.table_base),
-                self.n.eq(0), *self.buf.clear()]
+                self.n.eq(self._first_max - 1), self.j_m1.eq(self._first_max - 1),
+                self.j_found.eq(0), self.fresh.eq(1), *self.buf.clear()]

@@ -9,9 +9,11 @@ images the hardware does; ``predict_cycles`` is the cycle model of docs/architec
 """
 
 from hw.conv_feed import coord_width
+from hw.huffman_decode import serial_first_bits
 from hw.image_loader import DescWord, descriptor_words, resident_fits
 from hw.sequencer import DECODE_LEAD, entry_bytes_read
 from hw.weight_unit import TABLE_START
+from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Kind
 
 __all__ = ["bias_cycles", "channel_decode_clocks", "check_runnable", "compute_problems",
@@ -246,20 +248,45 @@ def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> in
             + bias_cycles(config, image, index, resident=resident))
 
 
-def channel_decode_clocks(layer, stream, *, serial: bool = False) -> int:
-    """Clocks a lane's Huffman decoder takes on one channel's ``stream``: a symbol a clock
-    and a clock for the channel's end (``HuffmanDecoder``), or in its serial form
-    (``serial_decoder``) a bit a clock, every bit of the channel's codes, and the end."""
+def _serial_steps(layer, stream, max_code_len: int) -> list[tuple[int, int]]:
+    """Per symbol of one channel's ``stream``: the serial decoder's clocks on its code (a
+    first step of the table's shortest length's bits, ``serial_first_bits``, then a bit a
+    clock: ``l - j + 1`` for a code of ``l`` bits) and the weights it covers."""
     from golden.decode import huffman_symbols
 
     symbols = huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in)
+    alpha = layer.alphabet
+    lengths = layer.table.lengths()
+    j = serial_first_bits(layer.table.counts, max_code_len)
+    out = []
+    pos = 0
+    for s in symbols:
+        if s == alpha.eos:
+            weights = layer.fan_in - pos
+        elif s == alpha.zrun:
+            weights = alpha.max_run + 1
+        else:
+            weights = s // alpha.codebook_size + 1
+        pos += weights
+        out.append((int(lengths[s]) - j + 1, weights))
+    return out
+
+
+def channel_decode_clocks(layer, stream, *, serial: bool = False,
+                          max_code_len: int = MAX_CODE_LENGTH) -> int:
+    """Clocks a lane's Huffman decoder takes on one channel's ``stream``: a symbol a clock
+    and a clock for the channel's end (``HuffmanDecoder``), or in its serial form
+    (``serial_decoder``) ``l - j + 1`` clocks a code of ``l`` bits (``_serial_steps``) and
+    the end."""
+    from golden.decode import huffman_symbols
+
     if serial:
-        lengths = layer.table.lengths()
-        return 1 + int(sum(int(lengths[s]) for s in symbols))
-    return 1 + len(symbols)
+        return 1 + sum(clocks for clocks, _ in _serial_steps(layer, stream, max_code_len))
+    return 1 + len(huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in))
 
 
-def lane_clocks(layer, lanes: int, *, serial: bool = False) -> list[int]:
+def lane_clocks(layer, lanes: int, *, serial: bool = False,
+                max_code_len: int = MAX_CODE_LENGTH) -> list[int]:
     """The clock each lane finishes decoding when channels go to the lane with the fewest
     bytes (``channel_decode_clocks`` each), from the clock its first channel is dealt
     (``StreamFetch`` deals one a clock, so lane ``j`` of a layer's first ``lanes`` channels
@@ -271,23 +298,28 @@ def lane_clocks(layer, lanes: int, *, serial: bool = False) -> list[int]:
         load[j] += len(stream)
         if clocks[j] is None:
             clocks[j] = dealt
-        clocks[j] += channel_decode_clocks(layer, stream, serial=serial)
+        clocks[j] += channel_decode_clocks(layer, stream, serial=serial,
+                                           max_code_len=max_code_len)
     return [c or 0 for c in clocks]
 
 
 def tile_decode_clocks(config, layer, tile: int) -> int:
     """Clocks the lanes take to decode a convolution tile's weights into the tile buffer:
     its channels dealt to the lanes in turn, a weight a clock (the expanders emit every
-    weight of a channel, ``fan_in`` of them), or with ``serial_decoder`` each channel the
-    longer of its weights and its bits (``channel_decode_clocks``)."""
+    weight of a channel, ``fan_in`` of them), or with ``serial_decoder`` per symbol the
+    longer of its code's clocks and its weights (``_serial_steps``: the expander waits for
+    a code, the decoder for the expander to take the last one), and the channel's end."""
     first = tile * config.cols
     channels = range(first, min(first + config.cols, layer.out_c))
     lanes = config.decode_lanes
     if not config.serial_decoder:
         return -(-len(channels) // lanes) * layer.fan_in
-    return max(sum(max(layer.fan_in, channel_decode_clocks(layer, layer.streams[c],
-                                                           serial=True))
-                   for c in channels[j::lanes])
+
+    def channel(c):
+        steps = _serial_steps(layer, layer.streams[c], config.max_code_len)
+        return 1 + sum(max(clocks, weights) for clocks, weights in steps)
+
+    return max(sum(channel(c) for c in channels[j::lanes])
                for j in range(min(lanes, len(channels))))
 
 
@@ -351,5 +383,6 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
         # from its first deal. Then the pipeline's tail: 24 clocks, the median excess
         # over the lanes' decoding of the shipped fc layers on all three presets (16-33,
         # fetch start-up and the fc path's pipeline; docs/results.md).
-        n += max(lane_clocks(layer, lanes, serial=config.serial_decoder)) + 24
+        n += max(lane_clocks(layer, lanes, serial=config.serial_decoder,
+                             max_code_len=config.max_code_len)) + 24
     return n  # (the clock that finds the blocks idle goes to the next entry, or ends)

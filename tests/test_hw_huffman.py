@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 
 from golden.decode import Alphabet, huffman_symbols
 from hw.config import get_preset
-from hw.huffman_decode import DecodeError, HuffmanDecoder
+from hw.huffman_decode import SERIAL_FIRST_BITS, DecodeError, HuffmanDecoder
 from hw.layouts import SymbolEntry, TokenKind
 from hw.symbol_split import table_items
 from tests.imagegen import random_layer
@@ -401,32 +401,45 @@ def test_throughput_one_symbol_per_clock():
 
 def unstalled_clocks(case: Case, cfg) -> int:
     """A form's clocks from a layer's first token to its last (both counted), unstalled:
-    a clock per symbol but the first's (the parallel form), or a clock per bit of every
-    code but the first (the serial form), and one per channel end but the last's (its
+    a clock per symbol but the first's (the parallel form), or for every code but the
+    first a clock per bit after a first step of the table's shortest length (the serial
+    form), and one per channel end but the last's (its
     ``cancel``: the code decoded behind a channel's last symbol is dropped, and the serial
     form takes no bit in that clock)."""
     symbols = [s for syms in case.symbols() for s in syms]
     if cfg.serial_decoder:
+        # the first step takes the shortest length's bits (at most SERIAL_FIRST_BITS and
+        # the build's longest code), each later one a bit
         lengths = case.table.lengths()
-        per_code = [int(lengths[s]) for s in symbols]
+        shortest = min(int(n) for n in lengths if n)
+        j = min(shortest, SERIAL_FIRST_BITS, cfg.max_code_len)
+        per_code = [int(lengths[s]) - j + 1 for s in symbols]
     else:
         per_code = [1] * len(symbols)
     return 1 + sum(per_code[1:]) + len(case.streams) - 1
 
 
+# The shortest codes: 2, 3, 4 and 5 bits (the serial form's first step takes 2, 3, 4 and,
+# capped at SERIAL_FIRST_BITS, 4 bits).
 _THROUGHPUT_CASES = [
     (5, dict(fan_in=12, out_c=12, k=2, run_bits=2, density=0.25, last_pruned=True)),
     (6, dict(fan_in=30, out_c=5, k=4, run_bits=2, density=0.5)),
+    (9, dict(fan_in=40, out_c=4, k=32, run_bits=1, density=1.0)),
+    (8, dict(fan_in=60, out_c=3, k=64, run_bits=1, density=1.0)),
 ]
-# (codes of up to 16 bits: the serial form only, as a byte a clock of input cannot keep the
-# parallel form at a code a clock on them)
+# (codes of up to 16 bits, the shortest of 1 bit: the serial form only, as a byte a clock of
+# input cannot keep the parallel form at a code a clock on them)
 _LONG_CODES = (7, dict(fan_in=24, out_c=3, k=8, run_bits=1, density=0.4, skew=True))
+# A build whose longest code is 3 bits (the serial form's first step at most 3 bits wide).
+_SHORT_BUILD = (10, dict(fan_in=20, out_c=4, k=2, run_bits=1, density=0.6, max_len=3))
 
 
 @pytest.mark.parametrize("seed, kw, cfg", [
     *((seed, kw, cfg) for cfg in FORMS for seed, kw in _THROUGHPUT_CASES),
     (*_LONG_CODES, SERIAL),
-], ids=["5-parallel", "6-parallel", "5-serial", "6-serial", "7-long-serial"])
+    (*_SHORT_BUILD, dataclasses.replace(SERIAL, max_code_len=3)),
+], ids=[*(f"{seed}-{form}" for form in FORM_IDS for seed, _ in _THROUGHPUT_CASES),
+        "7-long-serial", "10-max3-serial"])
 def test_throughput_exact(seed, kw, cfg):
     """Unstalled, exactly a symbol a clock (the parallel form) or a bit a clock (the serial
     form), plus one clock per channel end, whether the channel ends with EOS or not."""
