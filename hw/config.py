@@ -71,7 +71,8 @@ class AcceleratorConfig:
         fewer on the iCE40 (session 18).
         ``serial_decoder``: each lane's Huffman decoder takes a bit a clock, one code
         length after another (``hw.huffman_decode``, its serial form), instead of a code a
-        clock with every length compared at once: a code of ``l`` bits takes ``l`` clocks,
+        clock with every length compared at once: a code of ``l`` bits takes ``l - j + 1``
+        clocks, ``j`` the table's shortest length (at most 4, taken in one step),
         for a decoder without per-length registers, comparators or shifters (its counts
         in a small memory). For devices short of logic cells (docs/decoder.md, "The
         serial form").
@@ -138,7 +139,16 @@ class AcceleratorConfig:
                              f"a lane decodes one column's output channel, so use at most "
                              f"{self.cols}")
 
-    # -- derived widths -------------------------------------------------------------------
+    # -- derived forms and widths ---------------------------------------------------------
+
+    @property
+    def pool_after_post(self) -> bool:
+        """Max-pooling after post-processing, on the ``bw``-bit outputs: the drain's
+        channel-by-channel form (one row, ``drain_width`` 1: the ``icebreaker`` preset)
+        passes every position's accumulators with their window's flags, and
+        ``PostProcess`` keeps each channel's running maximum (``cols`` registers of
+        ``bw`` bits instead of the drain's ``cols`` of ``acc_width`` bits)."""
+        return self.rows == 1 and self.drain_width == 1
 
     @property
     def min_acc_width(self) -> int:
@@ -317,10 +327,14 @@ PRESETS = {
     # - row_broadcast: the one row's activation goes to the eight PEs in the same clock
     #   (a fan-out of 8), which removes the weight skew and the output de-skew, 980
     #   flip-flops (14,112 -> 13,157 logic cells), and 7 clocks a conv layer.
-    # - no serial_decoder (yet): the decoder a bit a clock takes 1,238 logic cells fewer
-    #   (10,351 -> 9,113, session 24), but the fully connected layers' Huffman stage 6-7
-    #   times the clocks (LeNet-300-100 15,417 -> 89,487 cycles, LeNet-5 299,913 ->
-    #   470,738), and the design does not fit either way (docs/decoder.md).
+    # - no serial_decoder (yet): the serial decoder takes about 1,200 logic cells fewer
+    #   (10,200 -> 8,996, session 25), but the fully connected layers' Huffman stage 4
+    #   times the clocks (LeNet-300-100 15,417 -> 58,466 cycles, LeNet-5 299,913 ->
+    #   392,733, with its first step of the shortest code's bits), and the design does
+    #   not fit either way (docs/decoder.md).
+    # - one row, drain_width 1: pooling after post-processing (pool_after_post), on 8-bit
+    #   outputs rather than 26-bit accumulators (-151 logic cells, -137 with the serial
+    #   decoder, session 25).
     # - no resident_tables: they take 400 logic cells (10,336 -> 10,736) on a device the
     #   design is already twice too big for; LeNet-300-100's fc1 and fc2 meet issue 5's
     #   1.25 without them here (one lane: the per-layer loads are a smaller share).

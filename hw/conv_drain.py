@@ -8,7 +8,8 @@ dropped); golden.fixedpoint.flatten (the ``(c, y, x)`` order of the output bank)
 Pooling the exact accumulators before post-processing gives the golden result: adding a
 channel's bias, ``requantize`` (``round_shift`` then ``saturate``) and ``relu`` are each
 non-decreasing, so the maximum of the post-processed values of a window is the
-post-processed maximum of its accumulators.
+post-processed maximum of its accumulators. The channel-by-channel form
+(``config.pool_after_post``) leaves the pooling to post-processing, after those steps.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
@@ -126,12 +127,15 @@ class ConvDrain(wiring.Component):
     for ``2k + 1`` at ``addr + 1``, ``two`` set). The first window of a pair is held while
     the second is folded, so folding never waits for the emitter on it.
 
-    One row with ``drain_width`` 1 (the ``icebreaker`` preset) folds channel by channel
-    instead: a vector stays at ``i`` for ``cols`` clocks, one a channel, in which channel
-    ``c``'s running maximum is updated and, when the vector closes its window, its item
-    leaves (``o.valid`` then follows ``i.valid``; the vector is taken with its last
-    channel). One comparator and no copy of the window's vector: the array's output comes
-    only once in ``N`` clocks there, so with ``N >= cols`` it never waits for the drain.
+    One row with ``drain_width`` 1 (the ``icebreaker`` preset, ``config.pool_after_post``)
+    does not fold: a vector stays at ``i`` for ``cols`` clocks, one a channel, in which
+    channel ``c``'s accumulator leaves as an item, every position's, with its window's
+    flags (``opens``, ``closes``, and ``live`` for the tile's live columns: the dead ones
+    leave too, so that every vector is ``cols`` items); the vector is taken with its last
+    channel. Post-processing keeps the running maxima, of ``bw`` bits instead of
+    ``acc_width`` (the same result: the steps there never decrease a value). The array's
+    output comes only once in ``N`` clocks there, so with ``N >= cols`` it never waits
+    for the drain.
 
     Throughput: a vector a clock is folded in (one row, one width: a vector in ``cols``
     clocks); a window's (or pair's) items leave one a clock. A group's ``rows`` vectors
@@ -286,45 +290,41 @@ class ConvDrain(wiring.Component):
         return m
 
     def _channel_by_channel(self, m):
-        """One row, one item a clock: the vector at ``i`` is folded a channel a clock."""
+        """One row, one item a clock: the vector at ``i`` leaves a channel a clock, every
+        position's, with its window's flags; post-processing pools
+        (``config.pool_after_post``)."""
         cfg = self._config
         cols = cfg.cols
         p = self.params
         src = self.i.payload
 
-        c = Signal(range(cols))  # the channel being folded
-        wi = Signal(16)  # the window's vectors folded before this one
-        # The running maxima rotate a place a clock, so that channel c's is always in
-        # ``mx[0]`` when c is folded (no multiplexer or write decoder on them).
-        mx = [Signal(signed(cfg.acc_width), name=f"mx_{j}") for j in range(cols)]
+        c = Signal(range(cols))  # the channel leaving
+        wi = Signal(16)  # the window's vectors before this one
         x = Signal(signed(cfg.acc_width))
         with m.Switch(c):
             for j in range(cols):
                 with m.Case(j):
                     m.d.comb += x.eq(src.acc[j])
-        folded = Signal(signed(cfg.acc_width))
-        m.d.comb += folded.eq(Mux((wi == 0) | (x > mx[0]), x, mx[0]))
 
         out = _OutputWalk(m, cfg, p, registered=False)
         closes = Signal()
-        emit = Signal()  # this channel of a closing vector is live: its item leaves
-        step = Signal()  # the channel is done this clock
+        step = Signal()  # the channel leaves this clock
         last_c = Signal()
         m.d.comb += [
             closes.eq(wi + 1 == p.pool_area),
-            emit.eq(closes & (out.left > c)),
-            step.eq(out.running & self.i.valid & (~emit | self.o.ready)),
+            step.eq(out.running & self.i.valid & self.o.ready),
             last_c.eq(c == cols - 1),
             self.i.ready.eq(step & last_c),
-            self.o.valid.eq(out.running & self.i.valid & emit),
-            self.o.payload.acc.eq(folded),
+            self.o.valid.eq(out.running & self.i.valid),
+            self.o.payload.acc.eq(x),
             self.o.payload.channel.eq(out.channel(c)),
             self.o.payload.addr.eq(out.addr()),
+            self.o.payload.opens.eq(wi == 0),
+            self.o.payload.closes.eq(closes),
+            self.o.payload.live.eq(out.left > c),
             self.done.eq(~out.running),
         ]
         with m.If(step):
-            m.d.sync += [mx[j].eq(mx[j + 1]) for j in range(cols - 1)]
-            m.d.sync += mx[cols - 1].eq(folded)
             with m.If(last_c):
                 m.d.sync += [c.eq(0), out.col_addr.eq(0)]
                 with m.If(closes):

@@ -106,6 +106,13 @@ class PostItem(data.StructLayout):
 
     With ``drain_width`` 2 an item can carry a second accumulator of the same channel:
     ``two`` set, ``acc1`` goes to word ``addr + 1`` (the next pooling window).
+
+    With ``config.pool_after_post`` every position's accumulator is an item, and
+    post-processing pools: ``opens`` (the window's first position: the channel's running
+    maximum starts again), ``closes`` (its last: the maximum is written to ``addr``) and
+    ``live`` (the channel is one of the layer's; a tile's dead columns come too, unwritten,
+    ``cols`` items a position, so each channel's maximum is always ``cols`` items back).
+    An unpooled or fully connected layer's items have all three set.
     """
 
     def __init__(self, config):
@@ -117,6 +124,8 @@ class PostItem(data.StructLayout):
         if config.drain_width == 2:
             fields["acc1"] = signed(config.acc_width)
             fields["two"] = unsigned(1)
+        if config.pool_after_post:
+            fields.update(opens=unsigned(1), closes=unsigned(1), live=unsigned(1))
         super().__init__(fields)
 
 

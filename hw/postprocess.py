@@ -4,7 +4,9 @@ buffer, one accumulator per clock.
 Ref: docs/numerics.md, "Steps of one layer", steps 2-5; mirrors ``golden.model.postprocess``
 bit for bit (``requantize(acc + align_bias(...))``, then ``relu``). Max-pooling (step 6)
 happens before, on the accumulators (``ConvDrain``): the steps here never decrease a value,
-so the maximum of a window's outputs is the output of its largest accumulator.
+so the maximum of a window's outputs is the output of its largest accumulator. With
+``config.pool_after_post`` (one row, one item a clock) it happens here, after them, on the
+``bw``-bit outputs.
 """
 
 from itertools import pairwise
@@ -31,11 +33,14 @@ class PostProcess(wiring.Component):
             memory (``max_channels`` raw biases, signed ``acc_width`` bits), written before
             a layer while no item is in the pipeline.
         ``i`` (in stream of ``PostItem``): accumulators with their bias ``channel`` and
-            output word ``addr``.
+            output word ``addr`` (with ``config.pool_after_post`` also each one's pooling
+            window's flags, ``opens``, ``closes`` and ``live``: ``PostItem``).
         ``wr_addr``, ``wr_data``, ``wr_en`` (out): the output bank's write port.
         ``wr_data1``, ``wr_two`` (out, ``drain_width`` 2 only): an item's second result
             (``acc1``, to ``wr_addr + 1``) and whether it is written (``two``).
-        ``idle`` (out): no accepted item is in the pipeline, and every write has landed.
+        ``idle`` (out): no accepted item is in the pipeline, and every write has landed
+            (with ``pool_after_post``: no item of a live channel; a dead column's items
+            write nothing).
 
     Precondition (the sequencer checks it): every bias shifted left by ``bias_shift`` fits
     in ``acc_width`` signed bits, so the aligned bias is exact. A nonzero bias then has
@@ -43,7 +48,9 @@ class PostProcess(wiring.Component):
     modulo ``2^ceil(log2(acc_width))``, which still gives 0.
 
     Stages: ``a_`` bias read; ``b_`` bias aligned; ``c_`` sum; ``d_`` rounded shift;
-    ``e_`` saturated and ReLU-ed, and written.
+    ``e_`` saturated and ReLU-ed, and written (with ``pool_after_post``: the larger of it
+    and the channel's running maximum, unless the item opens its window, written when it
+    closes the window of a live channel).
     Latency: an item accepted in clock 0 is written (``wr_en``) in clock 5; ``idle`` rises
     in clock 6 after the last item, when the bank holds it.
     Throughput: one item per clock (two results with ``drain_width`` 2: the second goes
@@ -97,7 +104,8 @@ class PostProcess(wiring.Component):
         m.d.sync += [valid["a"].eq(self.i.valid), addr["a"].eq(self.i.payload.addr)]
         for prev, cur in pairwise(stages):
             m.d.sync += [valid[cur].eq(valid[prev]), addr[cur].eq(addr[prev])]
-        m.d.comb += self.idle.eq(~Cat(*valid.values()).any())
+        if not cfg.pool_after_post:
+            m.d.comb += self.idle.eq(~Cat(*valid.values()).any())
 
         # -- a: the bias word is being read ------------------------------------------------
         pairs = cfg.drain_width == 2
@@ -164,6 +172,30 @@ class PostProcess(wiring.Component):
             return e_y
 
         e_y = result(a_acc, "")
+        wr_en = valid["e"]
+        if cfg.pool_after_post:
+            # Max-pooling on the outputs: each channel's running maximum, ``cols`` of them
+            # rotating a place an item (a tile's every vector is ``cols`` items, channel
+            # after channel), so that the item's channel's is always ``mx[0]``; a window's
+            # first item starts it again, its last is written, if its channel is live.
+            flags = ("opens", "closes", "live")
+            flag = {(f, st): Signal(name=f"{st}_{f}") for f in flags for st in stages}
+            for f in flags:
+                m.d.sync += flag[f, "a"].eq(self.i.payload[f])
+                for prev, cur in pairwise(stages):
+                    m.d.sync += flag[f, cur].eq(flag[f, prev])
+            mx = [Signal(signed(cfg.bw), name=f"mx_{j}") for j in range(cfg.cols)]
+            e_max = Signal(signed(cfg.bw))
+            m.d.comb += e_max.eq(Mux(flag["opens", "e"] | (e_y > mx[0]), e_y, mx[0]))
+            with m.If(valid["e"]):
+                m.d.sync += [mx[j].eq(mx[j + 1]) for j in range(cfg.cols - 1)]
+                m.d.sync += mx[-1].eq(e_max)
+            e_y = e_max
+            wr_en = valid["e"] & flag["closes", "e"] & flag["live", "e"]
+            # A dead column's item writes nothing: ``idle`` does not wait for it (it only
+            # turns the maxima, whose next window starts them again).
+            m.d.comb += self.idle.eq(~Cat(*(valid[st] & flag["live", st]
+                                            for st in stages)).any())
         if pairs:
             m.d.comb += [self.wr_data1.eq(result(a_acc1, "1")),
                          self.wr_two.eq(valid["e"] & two["e"])]
@@ -171,7 +203,7 @@ class PostProcess(wiring.Component):
         m.d.comb += [
             self.wr_addr.eq(addr["e"]),
             self.wr_data.eq(e_y),
-            self.wr_en.eq(valid["e"]),
+            self.wr_en.eq(wr_en),
         ]
 
         return m

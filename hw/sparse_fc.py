@@ -97,6 +97,10 @@ class SparseFC(wiring.Component):
             self.o.payload.acc.eq(o_acc),
             self.o.payload.channel.eq(o_channel),
             self.o.payload.addr.eq(o_channel),
+            # (a channel's sum is its output: with pooling after post-processing, a window
+            # of one, written)
+            *([self.o.payload.opens.eq(1), self.o.payload.closes.eq(1),
+               self.o.payload.live.eq(1)] if cfg.pool_after_post else []),
         ]
 
         h_full = Signal(lanes)  # the lanes' holding registers hold a finished channel

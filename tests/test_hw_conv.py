@@ -135,10 +135,42 @@ def expected_items(cfg, acc, pool):
 
 
 def item_tuple(cfg, i):
+    if cfg.pool_after_post:
+        return (int(i.channel), int(i.addr), int(i.acc), int(i.opens), int(i.closes),
+                int(i.live))
     if cfg.drain_width == 1:
         return (int(i.channel), int(i.addr), int(i.acc))
     return (int(i.channel), int(i.addr), int(i.acc), int(i.two),
             int(i.acc1) if i.two else None)
+
+
+def raw_items(cfg, out_c, out_hw, pool) -> int:
+    """How many items the channel-by-channel drain (``pool_after_post``) emits: every
+    position of the whole windows, ``cols`` items each (the dead columns too), per tile."""
+    p = pool or 1
+    positions = (out_hw[0] // p) * (out_hw[1] // p) * p * p
+    return -(-out_c // cfg.cols) * positions * cfg.cols
+
+
+def pool_items(cfg, raw):
+    """The channel-by-channel drain's items pooled as ``PostProcess`` pools them (each
+    channel's running maximum from an item that opens its window, out when it closes the
+    window of a live channel), as (channel, addr, acc). Checks their shape: each vector is
+    ``cols`` items, channel after channel, with one window's flags, live columns first."""
+    assert len(raw) % cfg.cols == 0
+    out = []
+    running = {}
+    for v in range(0, len(raw), cfg.cols):
+        vec = raw[v:v + cfg.cols]
+        assert [it[0] for it in vec] == list(range(vec[0][0], vec[0][0] + cfg.cols))
+        assert len({it[3:5] for it in vec}) == 1
+        lives = [it[5] for it in vec]
+        assert lives == sorted(lives, reverse=True)
+        for ch, addr, acc, opens, closes, live in vec:
+            running[ch] = acc if opens else max(running[ch], acc)
+            if closes and live:
+                out.append((ch, addr, running[ch]))
+    return out
 
 
 def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3,
@@ -151,8 +183,9 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3,
     rng = np.random.default_rng(seed) if stall else None
     lanes = lane_payloads(cfg, w)
     got = []
-    n_items = len(expected_items(cfg, np.zeros((w.shape[0], *conv_out(x, kernel, stride,
-                                                                       padding))), pool))
+    out_hw = conv_out(x, kernel, stride, padding)
+    n_items = (raw_items(cfg, w.shape[0], out_hw, pool) if cfg.pool_after_post
+               else len(expected_items(cfg, np.zeros((w.shape[0], *out_hw)), pool)))
     cycles = []
 
     async def control(ctx):
@@ -202,6 +235,8 @@ def run_conv(cfg, x, w, kernel, stride, padding, pool, *, seed=0, stall=0.3,
     sim.add_testbench(sink)
     sim.add_testbench(collect)
     sim.run()
+    if cfg.pool_after_post:
+        got = pool_items(cfg, got)
     return got, cycles[0]
 
 

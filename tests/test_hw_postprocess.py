@@ -20,9 +20,13 @@ SMALL = PRESETS["small"]
 # bw 16 at the tightest legal accumulator width (min_acc_width).
 WIDE = dataclasses.replace(SMALL, bw=16, acc_width=2 * 16 + (SMALL.max_fan_in - 1).bit_length())
 # drain_width 2: items carry a second accumulator for the next word (same channel).
+# One row (pool_after_post, the icebreaker's form): post-processing pools, items carry the
+# flags of their pooling window.
 CONFIGS = {"bw8": SMALL, "bw16": WIDE,
            "bw8pairs": dataclasses.replace(SMALL, drain_width=2),
-           "bw16pairs": dataclasses.replace(WIDE, drain_width=2)}
+           "bw16pairs": dataclasses.replace(WIDE, drain_width=2),
+           "bw8row": dataclasses.replace(SMALL, rows=1),
+           "bw16row": dataclasses.replace(WIDE, rows=1)}
 STALL = 0.3
 LATENCY = 5  # clocks from an item's acceptance to its write
 
@@ -77,6 +81,9 @@ def run(cfg, biases, params, items, *, seed=0, stall=STALL, init=None, timing=No
     if init is None:
         lo, hi = int_range(cfg.bw)
         init = [int(v) for v in rng.integers(lo, hi + 1, cfg.act_depth)]
+    if cfg.pool_after_post:
+        # (an item without pooling flags is its own window, written)
+        items = [{"opens": 1, "closes": 1, "live": 1, **item} for item in items]
     top = _WithBank(cfg, init)
     dut = top.post
     got = {}
@@ -247,14 +254,30 @@ def test_throughput_and_idle():
 
 # -- pooling: whole maps in the conv path's order ----------------------------------------------
 
-def conv_items(acc, p, cols, drain_width=1):
+def conv_items(acc, p, cols, drain_width=1, *, pool_after_post=False):
     """Items for the (C, H, W) map ``acc`` as the conv drain emits them, pooled ``p x p``
     with stride ``p``: tiles of ``cols`` channels, windows in raster order within a tile
     (with ``drain_width`` 2, pairs of them), each window's largest accumulator (partial
-    windows at the bottom and right dropped)."""
+    windows at the bottom and right dropped). With ``pool_after_post``, not pooled: every
+    position of a window in raster order, ``cols`` items each (the tile's dead columns
+    too), with the window's flags."""
     c_n, h, w = acc.shape
     ph, pw = h // p, w // p
     n = ph * pw
+    if pool_after_post:
+        items = []
+        for t in range(0, c_n, cols):
+            for k in range(n):
+                py, px = divmod(k, pw)
+                for pos in range(p * p):
+                    y, x = py * p + pos // p, px * p + pos % p
+                    for ch in range(t, t + cols):
+                        live = ch < c_n
+                        items.append({"acc": int(acc[ch, y, x]) if live else 0,
+                                      "channel": ch, "addr": ch * n + k,
+                                      "opens": int(pos == 0), "closes": int(pos == p * p - 1),
+                                      "live": int(live)})
+        return items
 
     def peak(ch, k):
         py, px = divmod(k, pw)
@@ -281,8 +304,9 @@ def check_map(cfg, shape, p, *, seed, bias_shift=2, out_shift=6, use_relu=True, 
     acc = rng.integers(-spread, spread, shape)
     biases = random_biases(rng, cfg, shape[0], bias_shift) >> (cfg.acc_width - 2 * cfg.bw)
     params, fls = layer_params(bias_shift, out_shift, use_relu)
-    bank, init = run(cfg, biases, params, conv_items(acc, p, cfg.cols, cfg.drain_width),
-                     seed=seed, stall=stall)
+    items = conv_items(acc, p, cfg.cols, cfg.drain_width,
+                       pool_after_post=cfg.pool_after_post)
+    bank, init = run(cfg, biases, params, items, seed=seed, stall=stall)
     want = postprocess(acc[None], biases, bw=cfg.bw, use_relu=use_relu,
                        pool=p if p > 1 else 0, pool_stride=p if p > 1 else 0, **fls)[0]
     size = want.size
@@ -302,11 +326,57 @@ def test_pooling(name, shape, p):
     check_map(CONFIGS[name], shape, p, seed=sum(shape) + p)
 
 
+@pytest.mark.parametrize("rows", [2, 1])
 @pytest.mark.parametrize("cols", [1, 2, 3])
-def test_pooling_no_stalls(cols):
-    """Back to back, across tiles."""
-    cfg = dataclasses.replace(SMALL, cols=cols, decode_lanes=1)
+def test_pooling_no_stalls(cols, rows):
+    """Back to back, across tiles (with one row, pooled here: a last tile of dead columns
+    with cols 2 and 3)."""
+    cfg = dataclasses.replace(SMALL, rows=rows, cols=cols, decode_lanes=1)
     check_map(cfg, (3, 5, 6), 2, seed=cols, stall=0.0)
+
+
+@pytest.mark.parametrize("bw", [8, 16])
+@pytest.mark.parametrize("shape,p,cols", [((4, 6, 6), 2, 3), ((2, 9, 7), 3, 2),
+                                          ((3, 4, 4), 2, 1)])
+@pytest.mark.parametrize("use_relu", [False, True])
+def test_pooling_in_post(bw, shape, p, cols, use_relu):
+    """With one row (``pool_after_post``) the maxima are kept here, a channel's ``cols``
+    items apart: outputs spread inside the ``bw``-bit range, so that a window's maximum is
+    rarely its last position's, with and without ReLU, across tiles whose last has dead
+    columns."""
+    cfg = dataclasses.replace(SMALL if bw == 8 else WIDE, rows=1, cols=cols, decode_lanes=1)
+    rng = np.random.default_rng(sum(shape) + p + cols + bw)
+    out_shift = 3
+    acc = rng.integers(-(1 << (bw + out_shift - 1)), 1 << (bw + out_shift - 1), shape)
+    biases = rng.integers(-(1 << bw), 1 << bw, shape[0])
+    params, fls = layer_params(0, out_shift, use_relu)
+    items = conv_items(acc, p, cfg.cols, pool_after_post=True)
+    bank, init = run(cfg, biases, params, items, seed=bw + p)
+    want = postprocess(acc[None], biases, bw=cfg.bw, use_relu=use_relu, pool=p,
+                       pool_stride=p, **fls)[0]
+    assert bank[:want.size] == [int(v) for v in want.ravel()]
+    assert bank[want.size:] == init[want.size:]
+    # (the data decides: most windows' maxima are not at their last position)
+    last = postprocess(acc[None, :, p - 1::p, p - 1::p], biases, bw=cfg.bw,
+                       use_relu=use_relu, **fls)[0][:, :want.shape[1], :want.shape[2]]
+    assert np.mean(last != want) > 0.3
+
+
+def test_idle_ignores_dead_columns():
+    """With ``pool_after_post`` a last tile's dead columns write nothing, and ``idle`` does
+    not wait for them: 4 channels on 3 columns end with 2 dead items, so ``idle`` rises 2
+    clocks sooner after the last transfer than ``LATENCY``; the outputs are all written."""
+    cfg = dataclasses.replace(SMALL, rows=1, cols=3, decode_lanes=1)
+    rng = np.random.default_rng(3)
+    acc = rng.integers(-500, 500, (4, 4, 4))
+    params, fls = layer_params(0, 2, False)
+    timing = {}
+    bank, init = run(cfg, [0] * 4, params, conv_items(acc, 2, 3, pool_after_post=True),
+                     stall=0.0, timing=timing)
+    want = postprocess(acc[None], np.zeros(4, dtype=np.int64), bw=cfg.bw, use_relu=False,
+                       pool=2, pool_stride=2, **fls)[0]
+    assert bank[:want.size] == [int(v) for v in want.ravel()]
+    assert timing["idle_after"] == LATENCY - 2
 
 
 def test_pooling_without_relu():
