@@ -76,21 +76,13 @@ class BuildError(Exception):
         self.report = report
 
 
-def unfit_report(board, util: dict, config, message: str) -> dict:
-    """The figures of a build of ``board`` that does not fit its device, from nextpnr's
-    utilisation (``parse_nextpnr_log``): the report's resource keys (``luts``,
-    ``luts_total``, ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``) with
-    ``fits`` false, ``overflow`` (each cell type over its device's count: ``used`` and
-    ``available``) and ``error`` (the one-line message)."""
+def _resources(board, util: dict, config) -> dict:
+    """A report's resource keys from nextpnr's utilisation (``parse_nextpnr_log``): each
+    of ``board``'s cell kinds used and the device's total, and the array's PEs."""
     def used(kind):
         return util.get(board.cells[kind], (0, 0))[0]
 
     return {
-        "board": board.name,
-        "fits": False,
-        "error": message,
-        "overflow": {cell: {"used": u, "available": a} for cell, (u, a) in util.items()
-                     if a and u > a},
         "luts": used("luts"),
         "luts_total": board.luts_total,
         "dsps": used("dsps"),
@@ -98,6 +90,22 @@ def unfit_report(board, util: dict, config, message: str) -> dict:
         "brams": used("brams"),
         "brams_total": board.brams_total,
         "pes": config.rows * config.cols,
+    }
+
+
+def unfit_report(board, util: dict, config, message: str) -> dict:
+    """The figures of a build of ``board`` that does not fit its device, from nextpnr's
+    utilisation (``parse_nextpnr_log``): the report's resource keys (``luts``,
+    ``luts_total``, ``dsps``, ``dsps_total``, ``brams``, ``brams_total``, ``pes``) with
+    ``fits`` false, ``overflow`` (each cell type over its device's count: ``used`` and
+    ``available``) and ``error`` (the one-line message)."""
+    return {
+        "board": board.name,
+        "fits": False,
+        "error": message,
+        "overflow": {cell: {"used": u, "available": a} for cell, (u, a) in util.items()
+                     if a and u > a},
+        **_resources(board, util, config),
     }
 
 
@@ -239,24 +247,13 @@ def _report(board, target_mhz: float, pnr_log: str, bitstream: Path, seconds: fl
     fmax = clock["fmax_mhz"]
     target = target_mhz
     met = clock["passed"] if clock["passed"] is not None else fmax >= target
-    util = figures["utilisation"]
     cfg = board.config if config is None else config
-
-    def used(kind):
-        return util.get(board.cells[kind], (0, 0))[0]
-
     return {
         "board": board.name,
         "fmax_mhz": round(fmax, 2),
         "target_mhz": round(target, 3),
         "timing_met": bool(met and fmax >= target),
-        "luts": used("luts"),
-        "luts_total": board.luts_total,
-        "dsps": used("dsps"),
-        "dsps_total": board.dsps_total,
-        "brams": used("brams"),
-        "brams_total": board.brams_total,
-        "pes": cfg.rows * cfg.cols,
+        **_resources(board, figures["utilisation"], cfg),
         "bitstream": str(bitstream),
         "seconds": round(seconds, 1),
     }
