@@ -19,6 +19,7 @@ from weights.huffman import HuffmanError, Table, decode
 __all__ = [
     "Alphabet",
     "StreamError",
+    "advance",
     "codebook_lookup",
     "decode_channel",
     "expand_runs",
@@ -82,7 +83,7 @@ class Alphabet:
         return out
 
 
-def _advance(alpha: Alphabet, s: int, pos: int, fan_in: int) -> tuple[int, int | None]:
+def advance(alpha: Alphabet, s: int, pos: int, fan_in: int) -> tuple[int, int | None]:
     """Apply symbol ``s`` at position ``pos``: (new position, written index or None)."""
     if s == alpha.zrun:
         pos += alpha.max_run + 1
@@ -112,7 +113,7 @@ def huffman_symbols(stream: bytes, table: Table, alpha: Alphabet, fan_in: int) -
         for s, end in decode(stream, table):
             symbols.append(s)
             end_bit = end
-            pos, _ = _advance(alpha, s, pos, fan_in)
+            pos, _ = advance(alpha, s, pos, fan_in)
             if pos == fan_in:
                 break
     except HuffmanError as e:
@@ -135,7 +136,7 @@ def expand_runs(symbols, alpha: Alphabet, fan_in: int) -> np.ndarray:
     for s in symbols:
         if pos >= fan_in:
             raise StreamError("symbols follow the channel's last weight")
-        pos, index = _advance(alpha, int(s), pos, fan_in)
+        pos, index = advance(alpha, int(s), pos, fan_in)
         if index is not None:
             out[pos - 1] = index
     if pos != fan_in:

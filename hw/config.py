@@ -328,7 +328,7 @@ PRESETS = {
     #   (a fan-out of 8), which removes the weight skew and the output de-skew, 980
     #   flip-flops (14,112 -> 13,157 logic cells), and 7 clocks a conv layer.
     # - no serial_decoder (yet): the serial decoder takes about 1,200 logic cells fewer
-    #   (10,200 -> 8,996, session 25), but the fully connected layers' Huffman stage 4
+    #   (10,200 -> 9,007, session 25), but the fully connected layers' Huffman stage 4
     #   times the clocks (LeNet-300-100 15,417 -> 58,466 cycles, LeNet-5 299,913 ->
     #   392,733, with its first step of the shortest code's bits), and the design does
     #   not fit either way (docs/decoder.md).

@@ -26,13 +26,14 @@ __all__ = ["SERIAL_FIRST_BITS", "serial_first_bits", "DecodeError", "HuffmanDeco
 SERIAL_FIRST_BITS = 4
 
 
-def serial_first_bits(counts, max_code_len: int) -> int:
-    """The bits the serial form's first step of a code takes for a table with ``counts``
-    (``counts[l - 1]`` codes of length ``l``) on a build whose longest code is
-    ``max_code_len``: the shortest code length, at most ``SERIAL_FIRST_BITS`` (and
-    ``max_code_len``); a code of ``l`` bits then takes ``l - j + 1`` clocks."""
-    cap = min(SERIAL_FIRST_BITS, max_code_len)
-    return next((n for n, c in enumerate(counts[:cap], start=1) if c), cap)
+def serial_first_bits(counts) -> int:
+    """The bits ``j`` the serial form's first step of a code takes for a table with
+    ``counts`` (``counts[l - 1]`` codes of length ``l``): the shortest code length, at most
+    ``SERIAL_FIRST_BITS``; a code of ``l`` bits then takes ``l - j + 1`` clocks. (A build
+    whose longest code is shorter than ``SERIAL_FIRST_BITS`` caps its hardware there, which
+    changes nothing: a table it runs has a code no longer than that.)"""
+    return next((n for n, c in enumerate(counts[:SERIAL_FIRST_BITS], start=1) if c),
+                SERIAL_FIRST_BITS)
 
 
 class DecodeError(enum.Enum, shape=2):
@@ -482,7 +483,7 @@ class _BitBuffer:
 
 
 class _SerialForm:
-    """A bit a clock (``AcceleratorConfig.serial_decoder``): the canonical decoder of
+    """A length a clock (``AcceleratorConfig.serial_decoder``): the canonical decoder of
     ITU-T T.81, Annex F.2.2.3 (DECODE), one length per clock. With ``code`` the bits taken
     so far (``n`` of them) and ``first`` the first code of length ``n + 1``, the next bit
     gives ``c = 2 code + bit``, a code of that length when ``c < limit = first +
@@ -509,7 +510,6 @@ class _SerialForm:
         # A code's first step takes ``j = serial_first_bits(counts)`` bits at once (``j_m1``
         # = j - 1, found while the counts come); ``fresh``: the next step is a first step.
         self.j_m1 = Signal(range(self._first_max))
-        self.j_found = Signal()
         self.fresh = Signal(init=1)
 
     def counts(self, m, dec, state, ok, counting, count, t_len, t_offset):
@@ -525,8 +525,10 @@ class _SerialForm:
             m.d.sync += [t_offset.eq(t_offset + count), t_len.eq(t_len + 1)]
         # The shortest length (up to ``SERIAL_FIRST_BITS``): the first nonzero count's.
         # Below it the counts are 0, so its first code is 0 and its symbols' offset 0.
-        with m.If(counting & (count != 0) & ~self.j_found & (t_len <= self._first_max)):
-            m.d.sync += [self.j_m1.eq(t_len - 1), self.n.eq(t_len - 1), self.j_found.eq(1)]
+        # (``j_m1`` starts at the cap less one, and the lengths come in increasing order:
+        # once a count below it has set it, no later length is below it.)
+        with m.If(counting & (count != 0) & (t_len <= self.j_m1)):
+            m.d.sync += [self.j_m1.eq(t_len - 1), self.n.eq(t_len - 1)]
 
     def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
         cfg = self._cfg
@@ -579,4 +581,4 @@ class _SerialForm:
     def clear(self, p):
         return [self.code.eq(0), self.first.eq(0), self.delta.eq(p.table_base),
                 self.n.eq(self._first_max - 1), self.j_m1.eq(self._first_max - 1),
-                self.j_found.eq(0), self.fresh.eq(1), *self.buf.clear()]
+                self.fresh.eq(1), *self.buf.clear()]

@@ -13,7 +13,6 @@ from hw.huffman_decode import serial_first_bits
 from hw.image_loader import DescWord, descriptor_words, resident_fits
 from hw.sequencer import DECODE_LEAD, entry_bytes_read
 from hw.weight_unit import TABLE_START
-from weights.huffman import MAX_CODE_LENGTH
 from weights.image import Kind
 
 __all__ = ["bias_cycles", "channel_decode_clocks", "check_runnable", "compute_problems",
@@ -248,32 +247,24 @@ def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> in
             + bias_cycles(config, image, index, resident=resident))
 
 
-def _serial_steps(layer, stream, max_code_len: int) -> list[tuple[int, int]]:
+def _serial_steps(layer, stream) -> list[tuple[int, int]]:
     """Per symbol of one channel's ``stream``: the serial decoder's clocks on its code (a
     first step of the table's shortest length's bits, ``serial_first_bits``, then a bit a
     clock: ``l - j + 1`` for a code of ``l`` bits) and the weights it covers."""
-    from golden.decode import huffman_symbols
+    from golden.decode import advance, huffman_symbols
 
-    symbols = huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in)
-    alpha = layer.alphabet
     lengths = layer.table.lengths()
-    j = serial_first_bits(layer.table.counts, max_code_len)
+    j = serial_first_bits(layer.table.counts)
     out = []
     pos = 0
-    for s in symbols:
-        if s == alpha.eos:
-            weights = layer.fan_in - pos
-        elif s == alpha.zrun:
-            weights = alpha.max_run + 1
-        else:
-            weights = s // alpha.codebook_size + 1
-        pos += weights
-        out.append((int(lengths[s]) - j + 1, weights))
+    for s in huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in):
+        after, _ = advance(layer.alphabet, s, pos, layer.fan_in)
+        out.append((int(lengths[s]) - j + 1, after - pos))
+        pos = after
     return out
 
 
-def channel_decode_clocks(layer, stream, *, serial: bool = False,
-                          max_code_len: int = MAX_CODE_LENGTH) -> int:
+def channel_decode_clocks(layer, stream, *, serial: bool = False) -> int:
     """Clocks a lane's Huffman decoder takes on one channel's ``stream``: a symbol a clock
     and a clock for the channel's end (``HuffmanDecoder``), or in its serial form
     (``serial_decoder``) ``l - j + 1`` clocks a code of ``l`` bits (``_serial_steps``) and
@@ -281,12 +272,11 @@ def channel_decode_clocks(layer, stream, *, serial: bool = False,
     from golden.decode import huffman_symbols
 
     if serial:
-        return 1 + sum(clocks for clocks, _ in _serial_steps(layer, stream, max_code_len))
+        return 1 + sum(clocks for clocks, _ in _serial_steps(layer, stream))
     return 1 + len(huffman_symbols(stream, layer.table, layer.alphabet, layer.fan_in))
 
 
-def lane_clocks(layer, lanes: int, *, serial: bool = False,
-                max_code_len: int = MAX_CODE_LENGTH) -> list[int]:
+def lane_clocks(layer, lanes: int, *, serial: bool = False) -> list[int]:
     """The clock each lane finishes decoding when channels go to the lane with the fewest
     bytes (``channel_decode_clocks`` each), from the clock its first channel is dealt
     (``StreamFetch`` deals one a clock, so lane ``j`` of a layer's first ``lanes`` channels
@@ -298,8 +288,7 @@ def lane_clocks(layer, lanes: int, *, serial: bool = False,
         load[j] += len(stream)
         if clocks[j] is None:
             clocks[j] = dealt
-        clocks[j] += channel_decode_clocks(layer, stream, serial=serial,
-                                           max_code_len=max_code_len)
+        clocks[j] += channel_decode_clocks(layer, stream, serial=serial)
     return [c or 0 for c in clocks]
 
 
@@ -316,7 +305,7 @@ def tile_decode_clocks(config, layer, tile: int) -> int:
         return -(-len(channels) // lanes) * layer.fan_in
 
     def channel(c):
-        steps = _serial_steps(layer, layer.streams[c], config.max_code_len)
+        steps = _serial_steps(layer, layer.streams[c])
         return 1 + sum(max(clocks, weights) for clocks, weights in steps)
 
     return max(sum(channel(c) for c in channels[j::lanes])
@@ -383,6 +372,5 @@ def predict_cycles(config, image, index: int, *, first: bool = True, resident=No
         # from its first deal. Then the pipeline's tail: 24 clocks, the median excess
         # over the lanes' decoding of the shipped fc layers on all three presets (16-33,
         # fetch start-up and the fc path's pipeline; docs/results.md).
-        n += max(lane_clocks(layer, lanes, serial=config.serial_decoder,
-                             max_code_len=config.max_code_len)) + 24
+        n += max(lane_clocks(layer, lanes, serial=config.serial_decoder)) + 24
     return n  # (the clock that finds the blocks idle goes to the next entry, or ends)

@@ -160,9 +160,10 @@ def test_random_network(shape, seed):
                          ids=["1x4x1-ice", "2x3x2"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_network_serial_decoder(shape, seed):
-    """The Huffman decoders' serial form (a bit a clock, ``serial_decoder``): bit-exact,
-    on the iCE40's shape and on one with two lanes, and the cycle model within 10 % of
-    every layer (its fc term counts the codes' bits instead of their symbols)."""
+    """The Huffman decoders' serial form (``serial_decoder``: a code length a clock, after
+    a first step of the shortest code's bits): bit-exact, on the iCE40's shape and on one
+    with two lanes, and the cycle model within 10 % of every layer (its decode terms count
+    each code's clocks instead of a clock a symbol)."""
     rows, cols, lanes, ice = shape
     cfg = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
                               act_depth=1024, max_channels=64, row_broadcast=ice,

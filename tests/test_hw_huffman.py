@@ -408,11 +408,10 @@ def unstalled_clocks(case: Case, cfg) -> int:
     form takes no bit in that clock)."""
     symbols = [s for syms in case.symbols() for s in syms]
     if cfg.serial_decoder:
-        # the first step takes the shortest length's bits (at most SERIAL_FIRST_BITS and
-        # the build's longest code), each later one a bit
+        # the first step takes the shortest length's bits (at most SERIAL_FIRST_BITS),
+        # each later one a bit
         lengths = case.table.lengths()
-        shortest = min(int(n) for n in lengths if n)
-        j = min(shortest, SERIAL_FIRST_BITS, cfg.max_code_len)
+        j = min(min(int(n) for n in lengths if n), SERIAL_FIRST_BITS)
         per_code = [int(lengths[s]) - j + 1 for s in symbols]
     else:
         per_code = [1] * len(symbols)

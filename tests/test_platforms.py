@@ -391,12 +391,17 @@ def test_a_build_that_does_not_fit_reports_its_figures(tmp_path, monkeypatch, ca
     cells over), and ``espalier build --json`` prints them on stdout before the error."""
     tools = tmp_path / "tools"
     tools.mkdir()
-    for var, name in [("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"), ("ICEPACK", "pack")]:
-        tool = tools / name
-        fails = "\nif name == 'nextpnr':\n    sys.exit(1)\n"
-        tool.write_text(FAKE_TOOL.format(python=sys.executable, log=ICE40_OVERFLOW_LOG) + fails)
-        tool.chmod(0o755)
-        monkeypatch.setenv(var, str(tool))
+
+    def failing_nextpnr(log):
+        for var, name in [("YOSYS", "yosys"), ("NEXTPNR_ICE40", "nextpnr"),
+                          ("ICEPACK", "pack")]:
+            tool = tools / name
+            fails = "\nif name == 'nextpnr':\n    sys.exit(1)\n"
+            tool.write_text(FAKE_TOOL.format(python=sys.executable, log=log) + fails)
+            tool.chmod(0o755)
+            monkeypatch.setenv(var, str(tool))
+
+    failing_nextpnr(ICE40_OVERFLOW_LOG)
     out = tmp_path / "b"
     with pytest.raises(BuildError, match=r"^the design does not fit the iCE40UP5K-SG48: "
                                          r"ICESTORM_LC 16118/5280 \(305 %\)") as e:
@@ -417,10 +422,14 @@ def test_a_build_that_does_not_fit_reports_its_figures(tmp_path, monkeypatch, ca
     with pytest.raises(UserError, match="does not fit"):
         run(args)
     assert json.loads(capsys.readouterr().out)["overflow"]["ICESTORM_LC"]["used"] == 16118
-    # a failure that is not an overflow has no figures
-    with pytest.raises(BuildError) as e:
-        raise BuildError("yosys failed")
+    # nextpnr failing on a design that fits: no figures, and nothing on stdout
+    failing_nextpnr(ICE40_LOG)
+    with pytest.raises(BuildError, match="^nextpnr-ice40 failed") as e:
+        build("icebreaker", out_dir=out, preset="small", progress=lambda s: None)
     assert e.value.report is None
+    with pytest.raises(UserError, match="nextpnr-ice40 failed"):
+        run(args)
+    assert capsys.readouterr().out == ""
 
 
 # nextpnr-ecp5's log while router2 works (lines as router2.cc prints them).
