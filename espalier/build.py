@@ -385,7 +385,7 @@ def add_parser(subparsers):
                          "repeatable), e.g. serial_decoder=true")
     sp.add_argument("--mhz", type=float, metavar="F",
                     help="accelerator clock to ask the PLL for, in MHz (default: the "
-                         "board's, a clock its build meets: 30 on the iCEBreaker, 46.875 on "
+                         "board's, a clock its build meets: 30 on the iCEBreaker, 50 on "
                          "the ULX3S 85F)")
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="stop a tool that runs longer than this and report how far it got "

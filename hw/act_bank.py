@@ -37,7 +37,9 @@ class ActivationBank(wiring.Component):
         ``wr_addr``, ``wr_data``, ``wr_en`` (in): the write port.
         ``wr_data1``, ``wr_two`` (in, ``drain_width`` 2 only): with ``wr_en``, ``wr_two``
             also writes ``wr_data1`` to word ``wr_addr + 1`` (below ``act_depth``) in the
-            same clock.
+            same clock. With ``drain_width`` 2 a write lands a clock after ``wr_en``: a
+            word is read no sooner than two clocks after its write (the sequencer's next
+            layer and the host read a bank tens of clocks after its last write at least).
 
     The user never reads and writes the bank in the same clock (a layer reads one bank and
     writes the other; the host does one at a time): the SPRAM has a single port, and the
@@ -136,13 +138,27 @@ class ActivationBank(wiring.Component):
         hi = a[1:]
         # Word a goes to memory a & 1; word a + 1 to the other one, at the same row when
         # a is even and at the next row when a is odd.
+        # The two memories' write ports are registers, so the write lands a clock after
+        # ``wr_en``: formed from the write port (the top's multiplexer of the
+        # post-processing's and the host's, by the sequencer's state) and sent straight
+        # to the copies, spread over the device, these were among the ULX3S build's
+        # longest paths (16.9 ns into the odd memories' data, session 24).
         even_addr = Signal(range(half))
-        m.d.comb += even_addr.eq(Mux(odd, hi + 1, hi))
-        evens = self._copies(m, "even", half, even_addr,
-                             Mux(odd, self.wr_data1, self.wr_data),
-                             self.wr_en & (~odd | self.wr_two))
-        odds = self._copies(m, "odd", half, hi, Mux(odd, self.wr_data, self.wr_data1),
-                            self.wr_en & (odd | self.wr_two))
+        even_data = Signal(signed(cfg.bw))
+        even_en = Signal()
+        odd_addr = Signal(range(half))
+        odd_data = Signal(signed(cfg.bw))
+        odd_en = Signal()
+        m.d.sync += [
+            even_addr.eq(Mux(odd, hi + 1, hi)),
+            even_data.eq(Mux(odd, self.wr_data1, self.wr_data)),
+            even_en.eq(self.wr_en & (~odd | self.wr_two)),
+            odd_addr.eq(hi),
+            odd_data.eq(Mux(odd, self.wr_data, self.wr_data1)),
+            odd_en.eq(self.wr_en & (odd | self.wr_two)),
+        ]
+        evens = self._copies(m, "even", half, even_addr, even_data, even_en)
+        odds = self._copies(m, "odd", half, odd_addr, odd_data, odd_en)
         for r in range(self._n):
             rd = self.rd[r]
             pick = Signal(name=f"pick{r}")  # the memory the word on the outputs came from

@@ -49,10 +49,12 @@ class DecodePath(wiring.Component):
             ``start``; the lanes' own ``error`` ports say which and why).
 
     Latency: four clocks from a code's last bit to its first weight (decoder two, a
-    ``RegisterSlice`` one, expander one). Throughput: one weight per clock per lane; a
-    lane's decoder runs at up to a symbol per clock, so it keeps its expander busy
-    whenever a channel's symbols average at most one per weight. Sparse: up to one symbol
-    per clock per lane (the expander takes a token a clock, so the decoder sets the pace).
+    ``RegisterSlice`` one, expander one); with several rows a byte passes a
+    ``RegisterSlice`` (``byte_slice_{j}``) on its way into the decoder, a clock more.
+    Throughput: one weight per clock per lane; a lane's decoder runs at up to a symbol per
+    clock, so it keeps its expander busy whenever a channel's symbols average at most one
+    per weight. Sparse: up to one symbol per clock per lane (the expander takes a token a
+    clock, so the decoder sets the pace).
     Back-pressure: per lane, as in its blocks; the broadcast table and codebook advance
     when every lane has taken the current word.
     """
@@ -93,7 +95,24 @@ class DecodePath(wiring.Component):
             # state, went straight into the decoder's buffer logic, the longest path)
             reg = m.submodules[f"slice_{j}"] = RegisterSlice(Token(cfg))
             m.d.comb += reg.clear.eq(self.start)  # (no token of a stopped layer is left)
-            wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
+            if cfg.rows > 1:
+                # (with several rows, the ECP5's: a register slice in front of the decoder
+                # too, placed by it. Its bytes came from the weight unit's output slice
+                # 42 tiles away, and the decoder's ``ready`` went there and its refill came
+                # back (the ULX3S build's longest path, 19.5 ns, session 24); now only
+                # registers cross that distance. With one row, the UP5K's, the cells count.)
+                # (it takes no byte at ``start``, which empties it: the decoder takes none
+                # then either, so a byte offered in that clock stays offered)
+                near = m.submodules[f"byte_slice_{j}"] = RegisterSlice(unsigned(8))
+                m.d.comb += [
+                    near.clear.eq(self.start),
+                    near.i.valid.eq(self.i[j].valid & ~self.start),
+                    near.i.payload.eq(self.i[j].payload),
+                    self.i[j].ready.eq(near.i.ready & ~self.start),
+                ]
+                wiring.connect(m, near.o, dec.i)
+            else:
+                wiring.connect(m, wiring.flipped(self.i[j]), dec.i)
             wiring.connect(m, dec.o, reg.i)
             wiring.connect(m, reg.o, exp.i)
             wiring.connect(m, exp.o, wiring.flipped(self.o[j]))

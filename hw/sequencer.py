@@ -136,7 +136,8 @@ class Sequencer(wiring.Component):
             the drain has emitted every item.
         ``fc_start`` (out), ``fc_idle`` (in): the sparse fc path's.
         ``post_params`` (out, ``PostParams``), ``post_idle`` (in); ``bias_wr_addr``,
-            ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's.
+            ``bias_wr_data``, ``bias_wr_en`` (out): the post-processing block's (with
+            several rows from registers, each write a clock after its bias is formed).
 
     Each layer costs, before its compute starts: the input's fractional length (a clock,
     on the first layer of a run), the entry (30; 25 prepared, bytes 0..22), then the
@@ -242,6 +243,12 @@ class Sequencer(wiring.Component):
         c_word = Signal(8 * wb)
         c_addr = Signal(len(rd_byte) - ob)
         c_ok = Signal()
+        # (c_word is the biases' alone: it empties in every clock outside BIAS, so it is
+        # empty when BIAS begins. Emptied by the descriptor checks that lead into BIAS,
+        # it waited for them: their end was the sequencer's longest path on the ULX3S,
+        # 17.6 ns into ``c_ok``'s enable, session 24.)
+        with m.If(state != _S.BIAS):
+            m.d.sync += c_ok.eq(0)
         from_c = Signal()  # the byte arriving now is in c_word
         hit = Signal()  # the byte at rd_byte is in c_word
         word = Signal(8 * wb)
@@ -417,17 +424,31 @@ class Sequencer(wiring.Component):
         b_done = Signal()  # every bias is out (out_c fits b_ch, as the checks passed)
         m.d.comb += b_done.eq(b_ch == out_c[:len(b_ch)])
         b_raw = Signal(obits)
+        bias_addr = Signal.like(self.bias_wr_addr)
+        bias_data = Signal.like(self.bias_wr_data)
+        bias_en = Signal()  # a bias is written this clock
         b_sign = Signal()
         m.d.comb += [
             b_left.eq(b_n - bias_bits[:6]),
             b_emit.eq((b_left >= 0) & ~b_done),
             b_raw.eq(b_q >> b_left[:3]),
             b_sign.eq(b_raw.bit_select((bias_bits - 1)[:5], 1)),
-            self.bias_wr_addr.eq(b_ch + self.bias_base),
-            self.bias_wr_data.eq(Cat(*(Mux((bias_bits - 1)[:5] >= i, b_raw[i], b_sign)
-                                       for i in range(obits)),
-                                     b_sign.replicate(cfg.acc_width - obits))),
+            bias_addr.eq(b_ch + self.bias_base),
+            bias_data.eq(Cat(*(Mux((bias_bits - 1)[:5] >= i, b_raw[i], b_sign)
+                               for i in range(obits)),
+                             b_sign.replicate(cfg.acc_width - obits))),
         ]
+        # With several rows (the ECP5's) the bias write leaves from registers, a clock
+        # later: the alignment and sign extension above, in front of the bias memory's
+        # data inputs, were one of the ULX3S build's longest paths (16.8 ns, session 24).
+        # Nothing reads the bias memory before the layer's outputs, long after. With one
+        # row (the UP5K's, where logic cells count) it leaves as formed.
+        bias_out = [self.bias_wr_addr.eq(bias_addr), self.bias_wr_data.eq(bias_data),
+                    self.bias_wr_en.eq(bias_en)]
+        if cfg.rows > 1:
+            m.d.sync += bias_out
+        else:
+            m.d.comb += bias_out
 
         # -- the parameters the blocks see ------------------------------------------------
         t_q, t_r = tile_and_column(out_c[:cfg.channel_width + 1], cfg.cols)
@@ -567,8 +588,7 @@ class Sequencer(wiring.Component):
                                                 unsupported)]
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
-                                                     rd_byte.eq(self.desc_data),
-                                                     c_ok.eq(0)]
+                                                     rd_byte.eq(self.desc_data)]
                                     with m.Elif(too_big | too_many):
                                         m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.TOO_BIG),
@@ -583,8 +603,7 @@ class Sequencer(wiring.Component):
                                     with m.Else():
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
-                                                     rd_byte.eq(self.desc_data),
-                                                     c_ok.eq(0)]
+                                                     rd_byte.eq(self.desc_data)]
             with m.Case(_S.BIAS):
                 # Each clock: emit a bias if enough bits are in, append the byte read in
                 # the previous clock, and read another while fewer than 2·bias_bits bits
@@ -594,7 +613,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [
                     n_after.eq(Mux(b_emit, b_left, b_n)),
                     n_next.eq(n_after + Mux(b_arriving, 8, 0)),
-                    self.bias_wr_en.eq(b_emit),
+                    bias_en.eq(b_emit),
                 ]
                 m.d.sync += b_n.eq(n_next)
                 with m.If(b_arriving):

@@ -107,11 +107,24 @@ class TileBuffer(wiring.Component):
         # the head or the one after it.
         missing = [Signal(range(cols + 1), name=f"missing{b}") for b in range(2)]
 
+        left_shape = signed(cfg.channel_width + 2 + cols.bit_length())
+
+        def clamp(left):
+            """A tile's channels from ``left = out_c - t·cols``: ``min(cols, max(0, left))``."""
+            return Mux(left >= cols, cols, Mux(left < 0, 0, left))
+
         def tile_channels(t):
             """Channels of tile ``t``: ``min(cols, out_c - t·cols)``."""
-            left = Signal(signed(cfg.channel_width + 2 + cols.bit_length()), name="left")
+            left = Signal(left_shape, name="left")
             m.d.comb += left.eq(self.out_c - times(t, cols))  # (no multiplier block)
-            return Mux(left >= cols, cols, Mux(left < 0, 0, left))
+            return clamp(left)
+
+        # ``out_c - (head + 2)·cols``, kept in a register that steps by ``cols`` with each
+        # release, for the count of the tile a release brings in: formed from ``head`` at
+        # the release (an adder, a multiplication by ``cols`` in adders and a subtraction
+        # in front of the count's own), it was one of the ULX3S build's longest paths
+        # (18.2 ns into ``missing0``, session 24).
+        left_next = Signal(left_shape)
 
         # Each lane's weight waits one clock in a register with its tile and column (a
         # division by cols unless it is a power of two), then is written when its tile is
@@ -191,14 +204,15 @@ class TileBuffer(wiring.Component):
 
         with m.If(self.start):
             m.d.sync += [head.eq(0), missing[0].eq(tile_channels(0)),
-                         missing[1].eq(tile_channels(1))]
+                         missing[1].eq(tile_channels(1)),
+                         left_next.eq(self.out_c - 2 * cols)]
         with m.Else():
             for b in range(2):
                 with m.If(self.release & (hb == b)):
                     # The freed bank takes tile head + 2; its count starts at that tile's.
-                    m.d.sync += missing[b].eq(tile_channels(head + 2) - lasts[b])
+                    m.d.sync += missing[b].eq(clamp(left_next) - lasts[b])
                 with m.Else():
                     m.d.sync += missing[b].eq(missing[b] - lasts[b])
             with m.If(self.release):
-                m.d.sync += head.eq(head + 1)
+                m.d.sync += [head.eq(head + 1), left_next.eq(left_next - cols)]
         return m

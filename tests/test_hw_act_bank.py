@@ -100,6 +100,7 @@ def test_split_bank_writes_pairs(n_read):
             ctx.set(dut.wr_en, 1)
             await ctx.tick()
         ctx.set(dut.wr_en, 0)
+        await ctx.tick()  # (the split bank's write lands a clock after wr_en)
         for a in range(cfg.act_depth):
             for r in range(n_read):
                 ctx.set(dut.rd[r].addr, (a + 3 * r) % cfg.act_depth)

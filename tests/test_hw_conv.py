@@ -274,6 +274,10 @@ CASES = [
     # one row (the walker's position is the group's): stride 2, padding 1 (offsets below
     # the map's first word, modulo the bank), 2x2 pooling that drops the last row and column
     ((1, 3, 1), (2, 9, 8), 5, (3, 2), 2, 1, 2),
+    # four tiles, the last partial (2, 2, 2, 1 channels): a release brings in tile head + 2,
+    # whose count the tile buffer steps with each release (the first such tile to be
+    # partial is the fourth)
+    ((2, 2, 2), (1, 4, 4), 7, (1, 1), 1, 0, 0),
 ]
 
 
