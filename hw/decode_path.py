@@ -100,9 +100,9 @@ class DecodePath(wiring.Component):
                 # too, placed by it. Its bytes came from the weight unit's output slice
                 # 42 tiles away, and the decoder's ``ready`` went there and its refill came
                 # back (the ULX3S build's longest path, 19.5 ns, session 24); now only
-                # registers cross that distance. With one row, the UP5K's, the cells count.)
-                # (it takes no byte at ``start``, which empties it: the decoder takes none
-                # then either, so a byte offered in that clock stays offered)
+                # registers cross that distance. With one row, the UP5K's, the cells count.
+                # It takes no byte at ``start``, which empties it: the decoder takes none
+                # then either, so a byte offered in that clock stays offered.)
                 near = m.submodules[f"byte_slice_{j}"] = RegisterSlice(unsigned(8))
                 m.d.comb += [
                     near.clear.eq(self.start),

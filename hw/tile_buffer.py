@@ -113,10 +113,10 @@ class TileBuffer(wiring.Component):
             """A tile's channels from ``left = out_c - t·cols``: ``min(cols, max(0, left))``."""
             return Mux(left >= cols, cols, Mux(left < 0, 0, left))
 
-        def tile_channels(t):
-            """Channels of tile ``t``: ``min(cols, out_c - t·cols)``."""
+        def tile_channels(t: int):
+            """Channels of tile ``t`` (0 or 1, at ``start``): ``min(cols, out_c - t·cols)``."""
             left = Signal(left_shape, name="left")
-            m.d.comb += left.eq(self.out_c - times(t, cols))  # (no multiplier block)
+            m.d.comb += left.eq(self.out_c - t * cols)
             return clamp(left)
 
         # ``out_c - (head + 2)·cols``, kept in a register that steps by ``cols`` with each
