@@ -139,8 +139,22 @@ class HuffmanDecoder(wiring.Component):
         entry = rd.data
 
         state = Signal(_State)
+        # The error is kept as one sticky flag per cause, and ``error`` is formed from them:
+        # each flag's input is then its cause alone, not a multiplexer of every cause and
+        # ``start`` behind the symbol memory's late output (the error register was one of
+        # the ULX3S build's longest paths, 19.2 ns, session 26). The first error stops the
+        # decoder, so only PAST_FAN_IN and NO_CODE can come in one clock; NO_CODE is
+        # reported then, as before.
+        e_table = Signal()
+        e_over = Signal()
+        e_no_code = Signal()
         ok = Signal()
-        m.d.comb += ok.eq(self.error == DecodeError.NONE)
+        m.d.comb += [
+            ok.eq(~(e_table | e_over | e_no_code)),
+            self.error.eq(Mux(e_no_code, DecodeError.NO_CODE,
+                              Mux(e_over, DecodeError.PAST_FAN_IN,
+                                  Mux(e_table, DecodeError.TABLE, DecodeError.NONE)))),
+        ]
 
         # R = 2^run_bits - 1 (a ZRUN covers R + 1 zero weights) and fan_in - 1, registered
         # at ``start`` so the decode loop does not start from the parameter inputs.
@@ -163,7 +177,7 @@ class HuffmanDecoder(wiring.Component):
         with m.If(counting & (t_len == p.max_len)):
             m.d.sync += [t_total.eq(t_offset + count), state.eq(_State.SYMBOLS)]
             with m.If(t_offset + count > cfg.max_table_symbols):
-                m.d.sync += self.error.eq(DecodeError.TABLE)
+                m.d.sync += e_table.eq(1)
 
         # Symbols: each comes split (``SymbolSplit``) and is stored at its canonical
         # position, one a clock.
@@ -174,7 +188,7 @@ class HuffmanDecoder(wiring.Component):
             m.d.comb += self.table.ready.eq(1)
             with m.If(self.table.valid):
                 with m.If(item.bad):
-                    m.d.sync += self.error.eq(DecodeError.TABLE)
+                    m.d.sync += e_table.eq(1)
                 with m.Else():
                     m.d.comb += wr.en.eq(1)
                     m.d.sync += s_addr.eq(s_addr + 1)
@@ -212,7 +226,10 @@ class HuffmanDecoder(wiring.Component):
             m_eos.eq(entry.kind == TokenKind.EOS),
             # a pair covers run + 1 weights, a ZRUN R + 1
             m_ends.eq(m_eos | Mux(m_pair, m_run_ends, m_zrun_ends)),
-            m_over.eq(~m_eos & Mux(m_pair, entry.run > m_left, run_max > m_left)),
+            # (a run passes ``m_left`` only when that fits a run: an 8-bit comparison
+            # behind the memory rather than one of the fan-in's width)
+            m_over.eq(~m_eos & Mux(m_pair, m_small & (entry.run > m_left[:rb]),
+                                   run_max > m_left)),
             self.o.valid.eq(m_valid & ~m_over & ok),
             self.o.payload.kind.eq(entry.kind),
             self.o.payload.run.eq(entry.run),
@@ -236,7 +253,7 @@ class HuffmanDecoder(wiring.Component):
             m.d.sync += m_left.eq(Mux(m_ends, last_left,
                                       m_left - Mux(m_pair, entry.run, run_max) - 1))
         with m.If(m_valid & m_over & ok):
-            m.d.sync += self.error.eq(DecodeError.PAST_FAN_IN)
+            m.d.sync += e_over.eq(1)
 
         # -- decode stage and bit buffer ---------------------------------------------------
         # Stage 1 finds the next code and its symbol-memory address (``go``: it takes one,
@@ -257,13 +274,13 @@ class HuffmanDecoder(wiring.Component):
         with m.If(m_free):
             m.d.sync += m_valid.eq(d_issue)
         with m.If(no_code & m_free & ~cancel):
-            m.d.sync += self.error.eq(DecodeError.NO_CODE)
+            m.d.sync += e_no_code.eq(1)
 
         # -- start: clear everything and load a new table --------------------------------
         with m.If(self.start):
             m.d.sync += [
                 state.eq(_State.COUNTS),
-                self.error.eq(DecodeError.NONE),
+                e_table.eq(0), e_over.eq(0), e_no_code.eq(0),
                 t_len.eq(1),
                 # (a resident table's symbols are in the memory from table_base on already)
                 t_offset.eq(p.table_base),
@@ -280,7 +297,7 @@ class HuffmanDecoder(wiring.Component):
                    | (p.codebook_size > cfg.max_codebook_size)
                    | (p.run_bits > cfg.max_run_bits))
             with m.If(bad):
-                m.d.sync += self.error.eq(DecodeError.TABLE)
+                m.d.sync += e_table.eq(1)
 
         return m
 

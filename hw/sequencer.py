@@ -451,14 +451,21 @@ class Sequencer(wiring.Component):
             m.d.comb += bias_out
 
         # -- the parameters the blocks see ------------------------------------------------
+        # The conv path's tile count, ceil(out_c / cols), from a register: out_c is in place
+        # once the entry's geometry has shifted in, long before the layer starts, and the
+        # division (a multiplication by the reciprocal, in adders) in front of the conv
+        # feed's ``tiles`` and its check at ``start`` was the ULX3S build's critical path
+        # (19.1 ns into the feed's state, session 26).
         t_q, t_r = tile_and_column(out_c[:cfg.channel_width + 1], cfg.cols)
+        tiles = Signal.like(self.conv_params.tiles)
+        m.d.sync += tiles.eq(t_q + (t_r != 0))
         cp, dp, pp = self.conv_params, self.drain_params, self.post_params
         m.d.comb += [
             cp.in_h.eq(in_h), cp.in_w.eq(in_w), cp.kh.eq(kh), cp.kw.eq(kw),
             cp.stride.eq(stride), cp.padding.eq(padding),
             cp.fan_in.eq(fan_in),
             cp.pool.eq(p_eff), cp.pooled_w.eq(out_w), cp.pooled_hw.eq(pooled_hw),
-            cp.tiles.eq(t_q + (t_r != 0)), cp.p1_stride.eq(p1_stride),
+            cp.tiles.eq(tiles), cp.p1_stride.eq(p1_stride),
             cp.line_step.eq(line_step), cp.win_step.eq(win_step), cp.p_s_in_w.eq(p_s_in_w),
             cp.pad_off.eq(pad_off), cp.ky_step.eq(ky_step), cp.ci_step.eq(x_r[:aw]),
             dp.out_c.eq(out_c), dp.pool_area.eq(pool_area), dp.pooled_hw.eq(pooled_hw),

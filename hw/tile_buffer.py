@@ -125,6 +125,11 @@ class TileBuffer(wiring.Component):
         # in front of the count's own), it was one of the ULX3S build's longest paths
         # (18.2 ns into ``missing0``, session 24).
         left_next = Signal(left_shape)
+        # ``head + 2``, the first tile a weight may not be written for yet, kept in a
+        # register stepped with ``head``: an adder on ``head`` began the paths through
+        # every lane's ``ok`` and the banks' counts of last weights into ``missing``
+        # (18.5 ns into ``missing1`` on the ULX3S, session 26).
+        head_2 = Signal(len(head) + 1, init=2)
 
         # Each lane's weight waits one clock in a register with its tile and column (a
         # division by cols unless it is a power of two), then is written when its tile is
@@ -145,7 +150,7 @@ class TileBuffer(wiring.Component):
             s_t = Signal(unsigned(ch_w + 1), name=f"s_t{j}")
             s_c = Signal(range(cols), name=f"s_c{j}")
             ok = Signal(name=f"ok{j}")
-            m.d.comb += [ok.eq(s_valid & (s_t < head + 2)), lane.ready.eq(~s_valid | ok)]
+            m.d.comb += [ok.eq(s_valid & (s_t < head_2)), lane.ready.eq(~s_valid | ok)]
             with m.If(lane.valid & lane.ready):
                 m.d.sync += [s_valid.eq(1), s_k.eq(p.k), s_w.eq(p.weight), s_last.eq(p.last),
                              s_t.eq(t_in), s_c.eq(c_in)]
@@ -203,7 +208,7 @@ class TileBuffer(wiring.Component):
         m.d.comb += self.head_ready.eq(Mux(hb, missing[1], missing[0]) == 0)
 
         with m.If(self.start):
-            m.d.sync += [head.eq(0), missing[0].eq(tile_channels(0)),
+            m.d.sync += [head.eq(0), head_2.eq(2), missing[0].eq(tile_channels(0)),
                          missing[1].eq(tile_channels(1)),
                          left_next.eq(self.out_c - 2 * cols)]
         with m.Else():
@@ -214,5 +219,6 @@ class TileBuffer(wiring.Component):
                 with m.Else():
                     m.d.sync += missing[b].eq(missing[b] - lasts[b])
             with m.If(self.release):
-                m.d.sync += [head.eq(head + 1), left_next.eq(left_next - cols)]
+                m.d.sync += [head.eq(head + 1), head_2.eq(head_2 + 1),
+                             left_next.eq(left_next - cols)]
         return m
