@@ -264,7 +264,7 @@ class HuffmanDecoder(wiring.Component):
         decoding = Signal()
         m.d.comb += decoding.eq((state == _State.DECODE) & ok)
         d_issue = Signal()
-        go, no_code = form.decode(m, self, decoding, m_free, cancel, d_issue, rd)
+        go, no_code = form.decode(m, self, decoding, m_free, cancel, rd)
         m.d.comb += [
             d_issue.eq(go & ~cancel),
             # (not ``d_issue``: a read that ``cancel`` drops only fills an invalid stage,
@@ -363,7 +363,7 @@ class _ParallelForm:
         early = p.resident & complete if cfg.resident_tables else 0
         self.table_done = (t_len > max_len) | early
 
-    def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
+    def decode(self, m, dec, decoding, m_free, cancel, rd):
         cfg = self._cfg
         max_len = cfg.max_code_len
         aw = cfg.table_addr_width
@@ -381,7 +381,7 @@ class _ParallelForm:
         # the loop ``bits`` -> comparisons -> shift -> ``bits`` has no adder or barrel
         # shifter in it (it was ``ptr`` -> window multiplexer -> comparisons -> subtract ->
         # ``ptr``, the design's critical path).
-        buf = self.buf = _BitBuffer(m, dec, width, decoding)
+        buf = self.buf = _BitBuffer(m, dec, width, decoding, split=True)
         bits, count = buf.bits, buf.count
         window = Signal(max_len)
         m.d.comb += window.eq(bits[width - max_len:])
@@ -437,7 +437,7 @@ class _ParallelForm:
             for n in range(1, max_len + 1)))
         # (``room`` after a code: ``filled_count - length <= width - 8``, as a comparison
         # of the length with a value ready before it)
-        buf.update(m, d_issue, cancel, shifted, buf.filled_count - d_len_m1 - 1,
+        buf.update(m, go, cancel, shifted, buf.filled_count - d_len_m1 - 1,
                    d_len_m1 >= buf.filled_count - (width - 7))
         return go, decoding & ~d_found & (count >= p.max_len)
 
@@ -453,17 +453,32 @@ class _ParallelForm:
 class _BitBuffer:
     """A left-aligned bit buffer of ``width`` bits (``bits``, the top ``count`` of them
     unconsumed, the rest 0) that takes a byte right below its unconsumed bits while it has
-    room for one (``room``, a register: ``count <= width - 8``), so byte boundaries sit at
+    room for one (``room``: ``count <= width - 8``, from registers), so byte boundaries sit at
     multiples of 8 from the bottom of those. ``filled`` is ``bits`` with this clock's byte
     and ``filled_count`` its count; dropping a channel's padding (its last byte's unused
     bits, ``pad = count mod 8``) leaves ``to_byte``, ``filled`` from its first whole byte
     on."""
 
-    def __init__(self, m, dec, width, decoding):
+    def __init__(self, m, dec, width, decoding, *, split: bool):
         self.width = width
         self.bits = bits = Signal(width)
         self.count = count = Signal(range(width + 1))
-        self.room = room = Signal(init=1)  # count <= width - 8, registered (it gates the input)
+        self.room = room = Signal(init=1)  # count <= width - 8, from registers (it gates the input)
+        # ``split``: each register is kept twice, its next value if the memory stage
+        # cancels this clock's code (``_c``) and if it does not (``_s``), with ``cancel``
+        # in a register that picks one a clock later. ``cancel`` comes from the symbol
+        # memory's output, late in the clock; as the select of the bit buffer's next value
+        # it went to every bit, the ULX3S build's critical path (19.1 ns, session 27).
+        # Split, the pick is a multiplexer of registers at the start of stage 1 and the
+        # late ``cancel`` goes into one flip-flop: the same values in the same clocks.
+        self._split = split
+        if split:
+            self._cancelled = Signal()
+            self._regs = {}
+            for name, sig in (("bits", bits), ("count", count), ("room", room)):
+                pair = (Signal.like(sig, name=f"{name}_s"), Signal.like(sig, name=f"{name}_c"))
+                self._regs[name] = pair
+                m.d.comb += sig.eq(Mux(self._cancelled, pair[1], pair[0]))
         refill = Signal()
         self.filled = filled = Signal(width)  # ``bits`` with this clock's byte
         self.filled_count = filled_count = Signal.like(count)
@@ -482,20 +497,28 @@ class _BitBuffer:
         ]
 
     def update(self, m, take, cancel, shifted, taken_count, taken_room):
-        """The next ``bits``: ``shifted`` (``filled`` less the bits stage 1 takes, late)
-        when it takes them (``take``), ``to_byte`` on ``cancel``, else ``filled``; with
-        the count and the room after the taken bits given by the caller."""
+        """The next ``bits``: on ``cancel``, ``to_byte``; otherwise ``shifted`` (``filled``
+        less the bits stage 1 takes, late) when stage 1 takes a code (``take``, which
+        ``cancel`` overrides), else ``filled``; with the count and the room after the
+        taken bits given by the caller."""
         width, filled_count, pad = self.width, self.filled_count, self.pad
-        m.d.sync += self.bits.eq(Mux(take, shifted, Mux(cancel, self.to_byte, self.filled)))
-        with m.If(cancel):
-            m.d.sync += [self.count.eq(filled_count - pad),
-                         self.room.eq(filled_count - pad <= width - 8)]
-        with m.Elif(take):
-            m.d.sync += [self.count.eq(taken_count), self.room.eq(taken_room)]
-        with m.Else():
-            m.d.sync += [self.count.eq(filled_count), self.room.eq(filled_count <= width - 8)]
+        on_cancel = [self.to_byte, filled_count - pad, filled_count - pad <= width - 8]
+        otherwise = [Mux(take, shifted, self.filled), Mux(take, taken_count, filled_count),
+                     Mux(take, taken_room, filled_count <= width - 8)]
+        if self._split:
+            m.d.sync += self._cancelled.eq(cancel)
+            for (reg_s, reg_c), c, s in zip(self._regs.values(), on_cancel, otherwise,
+                                            strict=True):
+                m.d.sync += [reg_c.eq(c), reg_s.eq(s)]
+        else:
+            for reg, c, s in zip((self.bits, self.count, self.room), on_cancel, otherwise,
+                                 strict=True):
+                m.d.sync += reg.eq(Mux(cancel, c, s))
 
     def clear(self):
+        if self._split:
+            (bits_s, _), (count_s, _), (room_s, _) = self._regs.values()
+            return [self._cancelled.eq(0), bits_s.eq(0), count_s.eq(0), room_s.eq(1)]
         return [self.bits.eq(0), self.count.eq(0), self.room.eq(1)]
 
 
@@ -547,7 +570,7 @@ class _SerialForm:
         with m.If(counting & (count != 0) & (t_len <= self.j_m1)):
             m.d.sync += [self.j_m1.eq(t_len - 1), self.n.eq(t_len - 1)]
 
-    def decode(self, m, dec, decoding, m_free, cancel, d_issue, rd):
+    def decode(self, m, dec, decoding, m_free, cancel, rd):
         cfg = self._cfg
         max_len = cfg.max_code_len
         aw = cfg.table_addr_width
@@ -556,7 +579,7 @@ class _SerialForm:
         # ``SERIAL_FIRST_BITS`` = 4 bits and any other one bit, while a byte comes whenever
         # 8 bits or fewer are left, so an unstalled input never leaves fewer bits than a
         # step takes (after a step from c >= j bits: c + 8 - j >= 8 bits, or c - j >= 9 - 4).
-        buf = self.buf = _BitBuffer(m, dec, 16, decoding)
+        buf = self.buf = _BitBuffer(m, dec, 16, decoding, split=False)
         width = buf.width
         code, first, delta, n = self.code, self.first, self.delta, self.n
         fresh, j_m1, jmax = self.fresh, self.j_m1, self._first_max
@@ -590,7 +613,7 @@ class _SerialForm:
         # The count of the length the next clock tries.
         m.d.comb += self.cnt_rd.addr.eq(Mux(restart | dec.start, j_m1, Mux(take, n + 1, n)))
         taken = Mux(fresh, j_m1 + 1, 1)  # the bits a step takes
-        buf.update(m, take, cancel, (buf.filled << taken)[:width],
+        buf.update(m, step, cancel, (buf.filled << taken)[:width],
                    buf.filled_count - taken, buf.filled_count - taken <= width - 8)
         # (``>=``: a table whose counts are all 0 has no first length within L)
         return go, step & ~hit & (n + 1 >= p.max_len)

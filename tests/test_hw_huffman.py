@@ -544,6 +544,25 @@ def test_error_past_fan_in(symbols, fan_in, cfg):
     assert cycles <= SMALL.max_code_len - params["max_len"] + 8
 
 
+@pytest.mark.parametrize("data,expected", [
+    # ZRUN (0..3), ZRUN past N = 5, then '1': the memory stage finds the run past the
+    # fan-in in the clock stage 1 finds no code, and NO_CODE is the one reported
+    (bytes([0b0010_0000]), DecodeError.NO_CODE),
+    # the same with a '0' third: the run past the fan-in alone
+    (bytes([0b0000_0000]), DecodeError.PAST_FAN_IN),
+], ids=["both", "past-fan-in-alone"])
+@pytest.mark.parametrize("cfg", FORMS, ids=FORM_IDS)
+def test_error_past_fan_in_and_no_code(data, expected, cfg):
+    """Both errors in one clock: NO_CODE is reported (``DecodeError``'s order, kept since
+    the error became one flag a cause); each flag alone gives its own error."""
+    alpha = Alphabet(1, 2)  # R = 3: a ZRUN covers 4 weights
+    params = {"fan_in": 5, "codebook_size": 1, "run_bits": 2, "max_len": 1}
+    # a single-symbol table: the one 1-bit code '0' is a ZRUN, and '1' is no code
+    error, cycles = watch_error(cfg, params, [1, alpha.zrun], data, bound=60)
+    assert error == expected
+    assert cycles <= SMALL.max_code_len - params["max_len"] + 8
+
+
 @pytest.mark.parametrize("params", [
     {"fan_in": SMALL.max_fan_in + 1, "codebook_size": 1, "run_bits": 0, "max_len": 1},
     {"fan_in": 4, "codebook_size": 1, "run_bits": 0, "max_len": 0},
