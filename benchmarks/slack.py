@@ -13,6 +13,8 @@ directory, so after ``espalier build --board ulx3s-85f``:
 
     .venv/bin/python benchmarks/slack.py build/ulx3s-85f/timing.json --period 10 [--depth 3]
 
+``--ladder 60,70,80,100`` prints instead, for each clock, how many blocks and endpoints
+miss its period: how the work left grows with the target.
 ``--path`` prints instead nextpnr's critical path of each clock step by step, with the
 arrival after each step, the routing's share and each route's length in tiles (on the
 ULX3S most of a path is routing: 12.2 of the 20.0 ns of session 15's build).
@@ -72,6 +74,18 @@ def summarize(report: dict, period: float, setup: float, depth: int) -> dict:
             "late": sum(r["late"] for r in rows), "blocks": rows}
 
 
+def ladder(report: dict, mhz: list, setup: float, depth: int) -> list[dict]:
+    """The work left at each clock of ``mhz``: ``mhz``, ``period_ns``, the ``blocks`` with an
+    endpoint later than the period (at ``depth``) and those ``late`` endpoints."""
+    rungs = []
+    for f in mhz:
+        s = summarize(report, 1000.0 / f, setup, depth)
+        rungs.append({"mhz": f, "period_ns": round(1000.0 / f, 3),
+                      "blocks": sum(1 for r in s["blocks"] if r["late"]),
+                      "late": s["late"], "endpoints": s["endpoints"]})
+    return rungs
+
+
 def critical_paths(report: dict) -> list[dict]:
     """nextpnr's critical path of each clock, step by step: ``type`` (clk-to-q, logic,
     routing, setup), ``ns``, ``at`` (the arrival after the step), ``cell`` (where the step
@@ -108,7 +122,33 @@ def main(argv=None):
     ap.add_argument("--path", action="store_true",
                     help="print nextpnr's critical path of each clock instead, step by "
                          "step (with --json: as JSON)")
+    ap.add_argument("--ladder", metavar="MHZ,...",
+                    help="print instead, for each clock (e.g. 60,70,80,100), how many "
+                         "blocks (at --depth) and endpoints are later than its period: the "
+                         "work left to reach it")
     args = ap.parse_args(argv)
+    if args.ladder:
+        try:
+            mhz = [float(f) for f in args.ladder.split(",")]
+            if not all(f > 0 for f in mhz):
+                raise ValueError
+        except ValueError:
+            sys.exit(f"slack.py: --ladder takes clocks in MHz, such as 60,80,100, "
+                     f"not {args.ladder!r}")
+        try:
+            rungs = ladder(json.loads(args.report.read_text()), mhz, args.setup, args.depth)
+        except (OSError, ValueError) as e:
+            sys.exit(f"slack.py: {args.report}: {e}")
+        if args.json:
+            print(json.dumps(rungs, indent=2))
+            return
+        print(f"| clock (MHz) | period (ns) | blocks late (depth {args.depth}) | "
+              f"endpoints late |")
+        print("|---|---|---|---|")
+        for r in rungs:
+            print(f"| {r['mhz']:g} | {r['period_ns']:g} | {r['blocks']} | "
+                  f"{r['late']:,} of {r['endpoints']:,} |")
+        return
     if args.path:
         try:
             paths = critical_paths(json.loads(args.report.read_text()))

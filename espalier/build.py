@@ -2,7 +2,7 @@
 report: achieved clock, resources against the device's totals.
 
     espalier build --board {icebreaker,ulx3s-85f} [--json] [--out DIR] [--mhz F]
-                   [--timeout SECONDS] [--seed N]
+                   [--timeout SECONDS] [--seed N | --seeds LIST [--jobs N] [--until-met]]
 
 The flow is Amaranth's own: ``platform.build(top, do_build=False)`` renders the build plan
 (the Yosys script, the constraints and the command lines Amaranth's ``build_top.sh`` would
@@ -19,7 +19,11 @@ overused-wire count once a minute (``pnr_progress``); ``--timeout`` stops a tool
 longer and names how far it got (a router that does not converge keeps iterating).
 ``--seed`` passes a seed to nextpnr's placer: another placement of the same netlist (a
 design the default placement does not route may route with another; nextpnr is otherwise
-deterministic, so the same seed gives the same bitstream).
+deterministic, so the same seed gives the same bitstream). ``--seeds`` sweeps seeds
+(``sweep``): one synthesis, then a place and route per seed in ``OUT/seed-N``, ``--jobs``
+of them side by side; whether a netlist meets its clock is a matter of seeds on the ULX3S
+(one seed in three met 50 MHz in session 28), so a sweep is how a changed design is
+brought to timing.
 nextpnr also writes its JSON timing report (``timing.json`` in the build directory: every
 register and RAM input's arrival time); ``benchmarks/slack.py`` groups it by block.
 
@@ -40,7 +44,8 @@ import time
 from pathlib import Path
 
 __all__ = ["BuildError", "add_parser", "build", "nextpnr_opts", "parse_nextpnr_log",
-           "pnr_progress", "run", "tool_env", "unfit_report", "yowasp_cache_dir"]
+           "parse_seeds", "pnr_progress", "run", "sweep", "tool_env", "unfit_report",
+           "yowasp_cache_dir"]
 
 #: Each tool an Amaranth Lattice build plan invokes, and the YoWASP package's command for it.
 YOWASP_TOOLS = {
@@ -178,12 +183,18 @@ def _describe(state: dict) -> str:
     return "placing"
 
 
+class _Stopped(Exception):
+    """A sweep's seed stopped, or never started, because the sweep ended: another seed met
+    timing (``until_met``), or the design does not fit."""
+
+
 def _run_tool(cmd, cwd, env, log: Path, timeout, watch: Path | None, progress, label: str,
-              poll: float = 5.0, every: float = 60.0):
+              poll: float = 5.0, every: float = 60.0, stop=None):
     """Run one tool with its output in ``log``; while it runs, report a nextpnr log's
     (``watch``) progress: placement's estimate once, then the router's state at most every
     ``every`` seconds. Returns the exit code; a tool past ``timeout`` seconds is stopped
-    and raises BuildError naming how far it got."""
+    and raises BuildError naming how far it got; one running when ``stop`` (a
+    ``threading.Event``) is set is stopped and raises ``_Stopped``."""
     start = time.perf_counter()
     told_placed, told_route = False, start
     state = None
@@ -207,6 +218,10 @@ def _run_tool(cmd, cwd, env, log: Path, timeout, watch: Path | None, progress, l
                 if state["route_iter"] is not None and now - told_route >= every:
                     progress(f"{label}: {_describe(state)}")
                     told_route = now
+            if stop is not None and stop.is_set():
+                proc.kill()
+                proc.wait()
+                raise _Stopped()
             if timeout is not None and now - start > timeout:
                 proc.kill()
                 proc.wait()
@@ -269,6 +284,93 @@ def nextpnr_opts(board_opts: str, seed: int | None = None) -> str:
         None if seed is None else f"--seed {int(seed)}", board_opts]))
 
 
+def _check_seed(seed):
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"a seed must be a non-negative integer, not {seed!r}")
+
+
+def _prepare(board: str, out_dir, target_mhz, preset, seed, settings, progress):
+    """Elaborate ``board``'s top and extract Amaranth's build plan into its directory:
+    ``(spec, top, out, commands, env)``, nextpnr's options with ``seed`` (None: none)."""
+    from hw.config import get_preset, with_settings
+    from platforms.boards import BoardTop, get_board
+
+    spec = get_board(board)
+    spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
+    env = tool_env()
+    for tool in YOWASP_TOOLS:
+        command = env[tool_env_var(tool)]
+        if shutil.which(command) is None:
+            raise BuildError(f"{command} not found: install the FPGA tools with "
+                             f"pip install -e '.[fpga]' (or set {tool_env_var(tool)})")
+    config = None if preset is None and not settings else with_settings(
+        get_preset(preset or spec.preset), settings)
+    top = BoardTop(spec, config=config, target_mhz=target_mhz)
+    out = Path("build") / spec.name if out_dir is None else Path(out_dir)
+    progress(f"{spec.name}: elaborating ({preset or spec.preset} preset"
+             + "".join(f", {x}" for x in settings) + ", "
+             f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
+    platform = spec.platform()
+    opts = {"nextpnr_opts": nextpnr_opts(spec.nextpnr_opts, seed)}
+    if spec.synth_opts:
+        opts["synth_opts"] = spec.synth_opts
+    plan = platform.build(top, name="top", do_build=False, **opts)
+    out = plan.extract(out)
+    commands = json.loads((out / "build_top.json").read_text())["commands"]
+    cache = yowasp_cache_dir(env)
+    if not cache.exists():
+        progress(f"{spec.name}: the first YoWASP run compiles each tool into {cache} "
+                 f"(minutes, once)")
+    return spec, top, out, commands, env
+
+
+def _run_commands(spec, top, out: Path, commands, env, timeout, seed, settings, progress,
+                  label: str, *, report: bool = True, stop=None) -> dict | None:
+    """Run the plan's ``commands`` in ``out`` and return the build's report (``seed`` and
+    ``settings`` as given; None with ``report`` false, for commands before nextpnr);
+    BuildError as ``build`` describes."""
+    start = time.perf_counter()
+    pnr_log = None
+    for argv in commands:
+        tool = argv[0]
+        cmd = [env.get(tool_env_var(tool), tool), *argv[1:]]
+        log = out / f"{tool}.log"
+        t = time.perf_counter()
+        progress(f"{label}: {tool} ({_STAGES.get(tool, tool)}) ...")
+        # nextpnr writes its full log with --log (top.tim) even when --quiet.
+        tim = out / "top.tim" if tool.startswith("nextpnr") else None
+        if tim is not None:
+            for stale in (tim, out / TIMING_REPORT):  # (left by an earlier build there)
+                stale.unlink(missing_ok=True)
+        returncode = _run_tool(cmd, out, env, log, timeout, tim, progress, f"{label}: {tool}",
+                               stop=stop)
+        progress(f"{label}: {tool} done in {time.perf_counter() - t:.0f} s")
+        if tim is not None:
+            pnr_log = tim.read_text(errors="replace") if tim.exists() else log.read_text()
+        if returncode:
+            if pnr_log is not None and tool.startswith("nextpnr"):
+                util = parse_nextpnr_log(pnr_log)["utilisation"]
+                over = _overflow(util)
+                if over:
+                    message = f"the design does not fit the {spec.device}: {over}"
+                    report = unfit_report(spec, util, top.config, message)
+                    report.update(seed=seed, settings=settings)
+                    raise BuildError(message, report)
+            if returncode < 0:
+                raise BuildError(f"{tool} was stopped by signal {-returncode} "
+                                 f"(log: {log})")
+            raise BuildError(f"{tool} failed (exit {returncode}): {_last_error(log)} "
+                             f"(log: {log})")
+    if not report:
+        return None
+    bitstream = out / ("top.bin" if "icepack" in (c[0] for c in commands) else "top.bit")
+    rep = _report(spec, top.target_mhz, pnr_log or "", bitstream,
+                  time.perf_counter() - start, top.config)
+    rep["seed"] = seed
+    rep["settings"] = settings
+    return rep
+
+
 def build(board: str, *, out_dir=None, target_mhz: float | None = None,
           timeout: float | None = None, preset: str | None = None, seed: int | None = None,
           settings=(), progress=print) -> dict:
@@ -286,79 +388,151 @@ def build(board: str, *, out_dir=None, target_mhz: float | None = None,
     Raises ValueError for an unknown board or a clock the PLL cannot make, and BuildError
     when a tool fails or runs out of time, or the design does not fit the device (naming
     the resources that overflowed)."""
-    from hw.config import get_preset, with_settings
-    from platforms.boards import BoardTop, get_board
+    from platforms.boards import get_board
 
-    spec = get_board(board)
     settings = list(settings)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"a seed must be a non-negative integer, not {seed!r}")
-    if seed is None:
-        seed = spec.seed
-    spec.pll(target_mhz)  # a clock the PLL cannot make is refused before anything is built
-    env = tool_env()
-    for tool in YOWASP_TOOLS:
-        command = env[tool_env_var(tool)]
-        if shutil.which(command) is None:
-            raise BuildError(f"{command} not found: install the FPGA tools with "
-                             f"pip install -e '.[fpga]' (or set {tool_env_var(tool)})")
-    config = None if preset is None and not settings else with_settings(
-        get_preset(preset or spec.preset), settings)
-    top = BoardTop(spec, config=config, target_mhz=target_mhz)
-    out = Path("build") / spec.name if out_dir is None else Path(out_dir)
+    if seed is not None:
+        _check_seed(seed)
+    else:
+        seed = get_board(board).seed
     start = time.perf_counter()
+    spec, top, out, commands, env = _prepare(board, out_dir, target_mhz, preset, seed,
+                                             settings, progress)
+    report = _run_commands(spec, top, out, commands, env, timeout, seed, settings, progress,
+                           spec.name)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return report
 
-    progress(f"{spec.name}: elaborating ({preset or spec.preset} preset"
-             + "".join(f", {x}" for x in settings) + ", "
-             f"{top.config.rows}x{top.config.cols} PEs, {top.target_mhz:g} MHz) ...")
-    platform = spec.platform()
-    opts = {"nextpnr_opts": nextpnr_opts(spec.nextpnr_opts, seed)}
-    if spec.synth_opts:
-        opts["synth_opts"] = spec.synth_opts
-    plan = platform.build(top, name="top", do_build=False, **opts)
-    out = plan.extract(out)
-    commands = json.loads((out / "build_top.json").read_text())["commands"]
 
-    cache = yowasp_cache_dir(env)
-    if not cache.exists():
-        progress(f"{spec.name}: the first YoWASP run compiles each tool into {cache} "
-                 f"(minutes, once)")
-    pnr_log = None
-    for argv in commands:
-        tool = argv[0]
-        cmd = [env.get(tool_env_var(tool), tool), *argv[1:]]
-        log = out / f"{tool}.log"
-        t = time.perf_counter()
-        progress(f"{spec.name}: {tool} ({_STAGES.get(tool, tool)}) ...")
-        # nextpnr writes its full log with --log (top.tim) even when --quiet.
-        tim = out / "top.tim" if tool.startswith("nextpnr") else None
-        if tim is not None:
-            for stale in (tim, out / TIMING_REPORT):  # (left by an earlier build there)
-                stale.unlink(missing_ok=True)
-        returncode = _run_tool(cmd, out, env, log, timeout, tim, progress,
-                               f"{spec.name}: {tool}")
-        progress(f"{spec.name}: {tool} done in {time.perf_counter() - t:.0f} s")
-        if tim is not None:
-            pnr_log = tim.read_text(errors="replace") if tim.exists() else log.read_text()
-        if returncode:
-            if pnr_log is not None and tool.startswith("nextpnr"):
-                util = parse_nextpnr_log(pnr_log)["utilisation"]
-                over = _overflow(util)
-                if over:
-                    message = f"the design does not fit the {spec.device}: {over}"
-                    report = unfit_report(spec, util, top.config, message)
-                    report.update(seed=seed, settings=settings)
-                    raise BuildError(message, report)
-            if returncode < 0:
-                raise BuildError(f"{tool} was stopped by signal {-returncode} "
-                                 f"(log: {log})")
-            raise BuildError(f"{tool} failed (exit {returncode}): {_last_error(log)} "
-                             f"(log: {log})")
-    bitstream = out / ("top.bin" if "icepack" in (c[0] for c in commands) else "top.bit")
-    report = _report(spec, top.target_mhz, pnr_log or "", bitstream,
-                     time.perf_counter() - start, top.config)
-    report["seed"] = seed
-    report["settings"] = settings
+_PNR_INPUTS = ("--json", "--lpf", "--pcf", "--sdc")  # nextpnr's options naming files it reads
+
+
+def _seed_argv(argv, seed: int) -> list:
+    """nextpnr's command line ``argv`` (rendered without a seed) with ``--seed seed`` where
+    ``nextpnr_opts`` puts it: after the flow's own options, before the board's."""
+    at = argv.index("--detailed-timing-report") + 1
+    return [*argv[:at], "--seed", str(seed), *argv[at:]]
+
+
+def _best(reports) -> dict:
+    """The report to keep of a sweep's: timing met first, then the highest clock (then the
+    lower seed)."""
+    return max(reports, key=lambda r: (r["timing_met"], r["fmax_mhz"], -r["seed"]))
+
+
+def sweep(board: str, seeds, *, jobs: int = 1, until_met: bool = False, out_dir=None,
+          target_mhz: float | None = None, timeout: float | None = None,
+          preset: str | None = None, settings=(), progress=print) -> dict:
+    """Build ``board`` once per nextpnr seed in ``seeds`` and return the best build's report
+    (as ``build``'s: timing met first, then the highest achieved clock, then the lower
+    seed; its ``seconds`` the whole sweep's) with ``sweep`` added: one entry per seed, in
+    the order given, each ``seed``, ``fmax_mhz``, ``timing_met``, ``seconds`` (its place
+    and route and packing) and ``bitstream`` of its build; or ``seed``
+    and ``error`` (one line) for a seed whose place and route failed or ran out of time; or
+    ``seed`` and ``stopped`` for one that ``until_met`` stopped or never started.
+
+    The design is synthesized once, in ``out_dir`` (default ``build/<board>``); each seed
+    places, routes and packs in ``out_dir/seed-N`` from that netlist, up to ``jobs`` of them
+    at a time (each is one nextpnr process). With ``until_met`` the first seed whose build
+    meets timing ends the sweep: the seeds still running are stopped and the rest not
+    started. ``timeout`` limits each tool's run. Raises ValueError for bad seeds or
+    ``jobs``, an unknown board or a clock the PLL cannot make; BuildError when synthesis
+    fails, the design does not fit the device (no seed can fit it), or no seed gives a
+    bitstream."""
+    import concurrent.futures
+    import threading
+
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("a sweep needs at least one seed")
+    for s in seeds:
+        _check_seed(s)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the seeds repeat: {seeds}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
+    settings = list(settings)
+    start = time.perf_counter()
+    spec, top, out, commands, env = _prepare(board, out_dir, target_mhz, preset, None,
+                                             settings, progress)
+    at = next((i for i, c in enumerate(commands) if c[0].startswith("nextpnr")), None)
+    if at is None:
+        raise BuildError(f"the build plan for {spec.name} runs no nextpnr")
+    _run_commands(spec, top, out, commands[:at], env, timeout, None, settings, progress,
+                  spec.name, report=False)
+    # nextpnr's inputs: the netlist and the constraints (its outputs are written anew)
+    argv = commands[at]
+    inputs = [out / argv[i + 1] for i, a in enumerate(argv[:-1]) if a in _PNR_INPUTS]
+    stop = threading.Event()
+
+    def one(seed):
+        if stop.is_set():
+            raise _Stopped()
+        d = out / f"seed-{seed}"
+        try:
+            if d.exists():
+                shutil.rmtree(d)  # (an earlier sweep's: its files must not pass for this one's)
+            d.mkdir()
+            for f in inputs:  # linked (copied where links fail): nextpnr only reads them
+                try:
+                    os.link(f, d / f.name)
+                except OSError:
+                    shutil.copy2(f, d / f.name)
+        except OSError as e:
+            raise BuildError(f"cannot make the seed's build directory {d}: {e}") from None
+        cmds = [_seed_argv(commands[at], seed), *commands[at + 1:]]
+        r = _run_commands(spec, top, d, cmds, env, timeout, seed, settings, progress,
+                          f"{spec.name} seed {seed}", stop=stop)
+        if until_met and r["timing_met"]:
+            with lock:  # (set here, so that no other seed starts after this one)
+                winner.append(seed)
+                stop.set()
+        return r
+
+    results, unfit, winner, lock = {}, None, [], threading.Lock()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, s): s for s in seeds}
+        try:
+            for f in concurrent.futures.as_completed(futures):
+                s = futures[f]
+                try:
+                    r = f.result()
+                except _Stopped:
+                    results[s] = None
+                    continue
+                except BuildError as e:
+                    if e.report is not None and unfit is None:  # (does not fit: no seed will)
+                        unfit = e
+                        stop.set()
+                    r = e
+                results[s] = r
+                if isinstance(r, dict):
+                    progress(f"{spec.name} seed {s}: {r['fmax_mhz']:.2f} MHz, timing "
+                             + ("met" if r["timing_met"] else "NOT met"))
+                elif unfit is None:
+                    label = f"{spec.name} seed {s}"
+                    progress(str(r) if str(r).startswith(label) else f"{label}: {r}")
+        except BaseException:  # (Ctrl-C: stop the seeds running, start no other)
+            stop.set()
+            raise
+    if unfit is not None:
+        raise unfit
+    built = [r for r in results.values() if isinstance(r, dict)]
+    if not built:
+        raise BuildError("no seed gave a bitstream: "
+                         + "; ".join(f"seed {s}: {results[s]}" for s in seeds))
+
+    def entry(s, r):
+        if r is None:
+            return {"seed": s, "stopped": f"seed {winner[0]} met timing first"}
+        if isinstance(r, dict):
+            return {k: r[k] for k in ("seed", "fmax_mhz", "timing_met", "seconds",
+                                      "bitstream")}
+        return {"seed": s, "error": str(r)}
+
+    report = dict(_best(built))
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["sweep"] = [entry(s, results[s]) for s in seeds]
     return report
 
 
@@ -373,7 +547,7 @@ def add_parser(subparsers):
     help_ = "Synthesize, place and route a board's bitstream and report clock and resources."
     sp = subparsers.add_parser("build", help=help_, description=help_ + (
         " Uses the YoWASP Yosys and nextpnr from PyPI (pip install 'espalier[fpga]'). "
-        "The iCEBreaker's takes about a minute; the ULX3S 85F's about 17 minutes."))
+        "The iCEBreaker's takes about two minutes; the ULX3S 85F's about half an hour."))
     sp.set_defaults(func=run)
     sp.add_argument("--board", required=True, metavar=f"{{{boards}}}", help="which board")
     sp.add_argument("--out", metavar="DIR", help="build directory (default build/BOARD)")
@@ -384,9 +558,10 @@ def add_parser(subparsers):
                     help="replace a field of the preset (hw.config.AcceleratorConfig; "
                          "repeatable), e.g. serial_decoder=true")
     sp.add_argument("--mhz", type=float, metavar="F",
-                    help="accelerator clock to ask the PLL for, in MHz (default: the "
-                         "board's, a clock its build meets: 30 on the iCEBreaker, 50 on "
-                         "the ULX3S 85F)")
+                    help="accelerator clock to ask the PLL for, in MHz; it makes the "
+                         "highest it can at or below (default: the board's, a clock its "
+                         "build meets: 30 on the iCEBreaker, 54 on the ULX3S 85F, which "
+                         "makes 53.57)")
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="stop a tool that runs longer than this and report how far it got "
                          "(a router that does not converge keeps iterating); default: no "
@@ -396,10 +571,42 @@ def add_parser(subparsers):
                          "placement of the same design, for a build whose router does not "
                          "converge or to see how much the clock varies; default: the "
                          "board's own seed if it names one, else nextpnr's")
+    sp.add_argument("--seeds", metavar="LIST",
+                    help="a seed sweep: synthesize once, then place and route once per "
+                         "seed (comma-separated, ranges allowed: 1-4,7), each in "
+                         "OUT/seed-N; reports every seed's clock and keeps the best build's "
+                         "figures (timing met first, then the highest clock); not with "
+                         "--seed")
+    sp.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="with --seeds: how many seeds place and route at a time (default "
+                         "1; each is one nextpnr process, on one core)")
+    sp.add_argument("--until-met", action="store_true",
+                    help="with --seeds: end the sweep at the first seed that meets timing "
+                         "(the seeds still running are stopped, the rest not started)")
     sp.add_argument("--json", action="store_true",
                     help="print the figures as JSON (also for a design that does not fit "
-                         "its device: fits false, and the resources over)")
+                         "its device: fits false, and the resources over); with --seeds, "
+                         "the best build's figures and sweep, one entry per seed")
     return sp
+
+
+def parse_seeds(text: str) -> list:
+    """``--seeds``'s list: comma-separated seeds and ranges (``1-4,7`` -> [1, 2, 3, 4, 7]);
+    ValueError naming what is wrong."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"--seeds takes non-negative integers and ranges such as "
+                             f"1-4,7, not {text!r}")
+        lo, hi = int(lo), int(hi) if sep else int(lo)
+        if hi < lo:
+            raise ValueError(f"--seeds: the range {part} is empty")
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: a seed repeats in {text!r}")
+    return seeds
 
 
 def _table(r: dict) -> str:
@@ -423,13 +630,37 @@ def _table(r: dict) -> str:
     ])
 
 
+def _sweep_table(r: dict) -> str:
+    rows = []
+    for e in r["sweep"]:
+        if "error" in e or "stopped" in e:
+            rows.append(f"  seed {e['seed']:>4}  {e.get('error') or 'stopped: ' + e['stopped']}")
+        else:
+            rows.append(f"  seed {e['seed']:>4}  {e['fmax_mhz']:7.2f} MHz  "
+                        f"{'met' if e['timing_met'] else 'NOT met':8} {e['seconds']:6.0f} s  "
+                        f"{e['bitstream']}")
+    return "\n".join([f"sweep of {len(r['sweep'])} seeds (the best: seed {r['seed']}):",
+                      *rows, _table(r)])
+
+
 def run(args) -> int:
     """``espalier build``: the report as a table, or as JSON with ``--json``."""
     from espalier.cli import UserError, _emit, _progress
 
     if args.timeout is not None and not args.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+    if args.seeds is not None and args.seed is not None:
+        raise UserError("give --seed or --seeds, not both")
+    if args.seeds is None and (args.jobs != 1 or args.until_met):
+        raise UserError("--jobs and --until-met are for a sweep (--seeds)")
     try:
+        if args.seeds is not None:
+            report = sweep(args.board, parse_seeds(args.seeds), jobs=args.jobs,
+                           until_met=args.until_met, out_dir=args.out, target_mhz=args.mhz,
+                           preset=args.config, timeout=args.timeout, settings=args.set,
+                           progress=_progress)
+            _emit(args, report, _sweep_table(report))
+            return 0
         report = build(args.board, out_dir=args.out, target_mhz=args.mhz, preset=args.config,
                        timeout=args.timeout, seed=args.seed, settings=args.set,
                        progress=_progress)

@@ -181,6 +181,18 @@ def test_slack_groups_endpoints_by_block(tmp_path):
         ("accel.core.image.ram", 2, 2, 21.1), ("accel.core.feed", 2, 1, 12.2)]
     assert r["blocks"][0]["worst_endpoint"] == "accel.core.image.ram.0.9.ADA5"
     assert r["blocks"][0]["worst_sources"] == ["/work/main/hw/stream_fetch.py:150"]
+    # --ladder: blocks and endpoints late at each clock (setup 0.2 ns added)
+    out = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--ladder",
+                          "40,80,100,200", "--json"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert [(r["mhz"], r["blocks"], r["late"]) for r in json.loads(out)] == [
+        (40, 0, 0), (80, 1, 1), (100, 2, 3), (200, 2, 3)]
+    text = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--ladder",
+                           "100"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert "| 100 | 10 | 2 | 3 of 4 |" in text
+    proc = subprocess.run([sys.executable, "benchmarks/slack.py", str(path), "--ladder",
+                           "60,x"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "--ladder takes clocks" in proc.stderr
     del report["detailed_net_timings"]
     path.write_text(json.dumps(report))
     proc = subprocess.run([sys.executable, "benchmarks/slack.py", str(path)], cwd=ROOT,
