@@ -108,6 +108,15 @@ def critical_paths(report: dict) -> list[dict]:
     return paths
 
 
+def _figures(path: Path, figures):
+    """``figures`` of the report at ``path``; a file that cannot be read or is not such a
+    report ends the script with one line."""
+    try:
+        return figures(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"slack.py: {path}: {e}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("report", type=Path, help="nextpnr's --report JSON (with "
@@ -135,10 +144,7 @@ def main(argv=None):
         except ValueError:
             sys.exit(f"slack.py: --ladder takes clocks in MHz, such as 60,80,100, "
                      f"not {args.ladder!r}")
-        try:
-            rungs = ladder(json.loads(args.report.read_text()), mhz, args.setup, args.depth)
-        except (OSError, ValueError) as e:
-            sys.exit(f"slack.py: {args.report}: {e}")
+        rungs = _figures(args.report, lambda r: ladder(r, mhz, args.setup, args.depth))
         if args.json:
             print(json.dumps(rungs, indent=2))
             return
@@ -150,10 +156,7 @@ def main(argv=None):
                   f"{r['late']:,} of {r['endpoints']:,} |")
         return
     if args.path:
-        try:
-            paths = critical_paths(json.loads(args.report.read_text()))
-        except (OSError, ValueError, KeyError) as e:
-            sys.exit(f"slack.py: {args.report}: {e}")
+        paths = _figures(args.report, critical_paths)
         if args.json:
             print(json.dumps(paths, indent=2))
             return
@@ -163,11 +166,7 @@ def main(argv=None):
                 far = f" ({st['tiles']} tiles)" if "tiles" in st else ""
                 print(f"  {st['type']:9} {st['ns']:6.2f} {st['at']:7.2f}  {st['cell']}{far}")
         return
-    try:
-        s = summarize(json.loads(args.report.read_text()), args.period, args.setup,
-                      args.depth)
-    except (OSError, ValueError) as e:
-        sys.exit(f"slack.py: {args.report}: {e}")
+    s = _figures(args.report, lambda r: summarize(r, args.period, args.setup, args.depth))
     if args.json:
         print(json.dumps(s, indent=2))
         return
