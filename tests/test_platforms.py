@@ -658,7 +658,8 @@ def test_build_bitstream(name, preset, fits, mhz, tmp_path):
     print(rep)
     assert set(rep) == BUILD_KEYS and rep["seed"] == board.seed
     assert Path(rep["bitstream"]).stat().st_size > 0
-    assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == board.pll(mhz).out_mhz
+    # (the report's clocks are rounded: 53.571 for the ULX3S's 25 MHz x 15 / 7)
+    assert rep["fmax_mhz"] > 0 and rep["target_mhz"] == round(board.pll(mhz).out_mhz, 3)
     assert rep["timing_met"] == (rep["fmax_mhz"] >= rep["target_mhz"])
     assert rep["timing_met"], (f"{name} at {rep['target_mhz']:g} MHz: {rep['fmax_mhz']} MHz "
                                f"achieved")
