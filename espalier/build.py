@@ -489,6 +489,10 @@ def sweep(board: str, seeds, *, jobs: int = 1, until_met: bool = False, out_dir=
                 stop.set()
         return r
 
+    def said(seed, error) -> str:  # (a timeout's message names the seed already)
+        label = f"{spec.name} seed {seed}"
+        return str(error) if str(error).startswith(label) else f"{label}: {error}"
+
     results, unfit, winner, lock = {}, None, [], threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(one, s): s for s in seeds}
@@ -510,8 +514,7 @@ def sweep(board: str, seeds, *, jobs: int = 1, until_met: bool = False, out_dir=
                     progress(f"{spec.name} seed {s}: {r['fmax_mhz']:.2f} MHz, timing "
                              + ("met" if r["timing_met"] else "NOT met"))
                 elif unfit is None:
-                    label = f"{spec.name} seed {s}"
-                    progress(str(r) if str(r).startswith(label) else f"{label}: {r}")
+                    progress(said(s, r))
         except BaseException:  # (Ctrl-C: stop the seeds running, start no other)
             stop.set()
             raise
@@ -520,7 +523,7 @@ def sweep(board: str, seeds, *, jobs: int = 1, until_met: bool = False, out_dir=
     built = [r for r in results.values() if isinstance(r, dict)]
     if not built:
         raise BuildError("no seed gave a bitstream: "
-                         + "; ".join(f"seed {s}: {results[s]}" for s in seeds))
+                         + "; ".join(said(s, results[s]) for s in seeds))
 
     def entry(s, r):
         if r is None:

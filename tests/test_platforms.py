@@ -506,7 +506,8 @@ def test_sweep_builds_each_seed_from_one_synthesis(tmp_path, monkeypatch, capsys
     # None met: the highest clock. All fail: an error naming each seed's.
     rep = sweep("icebreaker", [1, 4], out_dir=out, preset="small", progress=lambda s: None)
     assert rep["seed"] == 4 and not rep["timing_met"]
-    with pytest.raises(BuildError, match=r"^no seed gave a bitstream: seed 2: nextpnr-ice40 "):
+    with pytest.raises(BuildError,
+                       match=r"^no seed gave a bitstream: icebreaker seed 2: nextpnr-ice40 "):
         sweep("icebreaker", [2], out_dir=out, preset="small", progress=lambda s: None)
     # A design that does not fit does not fit with any seed: its figures, as build()'s.
     with pytest.raises(BuildError, match="does not fit") as e:
