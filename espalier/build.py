@@ -17,6 +17,8 @@ when a design does not fit. While nextpnr runs, its log is read every few second
 placer's Fmax estimate is reported when placement ends, and router2's iteration and
 overused-wire count once a minute (``pnr_progress``); ``--timeout`` stops a tool that runs
 longer and names how far it got (a router that does not converge keeps iterating).
+Ctrl-C, or SIGTERM to the ``espalier`` process, stops the tool running (every seed's, in a
+sweep) before the command exits (130, or 143 for SIGTERM).
 ``--seed`` passes a seed to nextpnr's placer: another placement of the same netlist (a
 design the default placement does not route may route with another; nextpnr is otherwise
 deterministic, so the same seed gives the same bitstream). ``--seeds`` sweeps seeds
@@ -196,38 +198,46 @@ def _run_tool(cmd, cwd, env, log: Path, timeout, watch: Path | None, progress, l
     and raises BuildError naming how far it got; one running when ``stop`` (a
     ``threading.Event``) is set is stopped and raises ``_Stopped``."""
     start = time.perf_counter()
-    told_placed, told_route = False, start
-    state = None
     with open(log, "w") as f:
         try:
             proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         except FileNotFoundError:
             raise BuildError(f"{cmd[0]} not found: install the FPGA tools with "
                              f"pip install 'espalier[fpga]'") from None
-        while True:
-            try:
-                return proc.wait(timeout=poll)
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.perf_counter()
-            if watch is not None and watch.exists():
-                state = pnr_progress(watch.read_text(errors="replace"))
-                if state["placed_mhz"] is not None and not told_placed:
-                    progress(f"{label}: placed, {state['placed_mhz']:g} MHz estimated")
-                    told_placed = True
-                if state["route_iter"] is not None and now - told_route >= every:
-                    progress(f"{label}: {_describe(state)}")
-                    told_route = now
-            if stop is not None and stop.is_set():
+        try:
+            return _watch(proc, start, watch, progress, label, timeout, poll, every, stop, log)
+        except BaseException:  # (also Ctrl-C and SIGTERM: no tool runs on without us)
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-                raise _Stopped()
-            if timeout is not None and now - start > timeout:
-                proc.kill()
-                proc.wait()
-                where = f" ({_describe(state)} when stopped)" if state else ""
-                raise BuildError(f"{label} did not finish within {timeout:g} s{where} "
-                                 f"(log: {watch if watch is not None else log})")
+            raise
+
+
+def _watch(proc, start, watch, progress, label, timeout, poll, every, stop, log):
+    """``_run_tool``'s wait for ``proc`` with its reports; raises ``_Stopped`` on ``stop``
+    and BuildError past ``timeout`` (``_run_tool`` then stops the tool)."""
+    told_placed, told_route = False, start
+    state = None
+    while True:
+        try:
+            return proc.wait(timeout=poll)
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.perf_counter()
+        if watch is not None and watch.exists():
+            state = pnr_progress(watch.read_text(errors="replace"))
+            if state["placed_mhz"] is not None and not told_placed:
+                progress(f"{label}: placed, {state['placed_mhz']:g} MHz estimated")
+                told_placed = True
+            if state["route_iter"] is not None and now - told_route >= every:
+                progress(f"{label}: {_describe(state)}")
+                told_route = now
+        if stop is not None and stop.is_set():
+            raise _Stopped()
+        if timeout is not None and now - start > timeout:
+            where = f" ({_describe(state)} when stopped)" if state else ""
+            raise BuildError(f"{label} did not finish within {timeout:g} s{where} "
+                             f"(log: {watch if watch is not None else log})")
 
 
 def _overflow(util: dict) -> str:

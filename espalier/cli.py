@@ -7,7 +7,9 @@ and exit with status 2; progress goes to stderr.
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -551,19 +553,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: a build stops the tools it started (a kill of the
+    command alone left nextpnr running), and nothing is left half-written."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        on_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except UserError as e:
         print(f"espalier: error: {e}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("espalier: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("espalier: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. head: not an error of ours
         sys.stderr.close()
         return 0
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
 
 
 if __name__ == "__main__":

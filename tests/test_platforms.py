@@ -7,8 +7,11 @@ a board top's UART pins, and (slow) both bitstreams built."""
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -440,9 +443,10 @@ def test_a_build_that_does_not_fit_reports_its_figures(tmp_path, monkeypatch, ca
 # directory.
 SWEEP_NEXTPNR = """\
 #!{python}
-import json, pathlib, sys, time
+import json, os, pathlib, sys, time
 argv = sys.argv[1:]
 seed = int(argv[argv.index("--seed") + 1])
+pathlib.Path("nextpnr.pid").write_text(str(os.getpid()))
 if seed == 5:
     time.sleep(60)
 pathlib.Path("nextpnr.argv").write_text(json.dumps(argv))
@@ -557,6 +561,30 @@ def test_sweep_until_met_stops_the_other_seeds(tmp_path, monkeypatch, capsys):
     assert "seed   12  stopped: seed 11 met timing first" in capsys.readouterr().out
     with pytest.raises(UserError, match="are for a sweep"):
         run(parser.parse_args(["build", "--board", "icebreaker", "--until-met"]))
+
+
+@pytest.mark.parametrize("how", [["--seed", "5"], ["--seeds", "5,6", "--jobs", "2"]])
+def test_sigterm_stops_the_tools(tmp_path, monkeypatch, how):
+    """``espalier build`` sent SIGTERM (a job scheduler's or ``timeout``'s stop) stops the
+    nextpnr it started, as Ctrl-C does, and exits 143 saying so: a kill of the command
+    alone left nextpnr running for the rest of its half hour. (Seed 5's stand-in would
+    run a minute.)"""
+    _sweep_tools(tmp_path, monkeypatch)
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "espalier", "build", "--board", "icebreaker",
+                             "--config", "small", "--out", str(out), *how],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = out / ("seed-5" if "--seeds" in how else "") / "nextpnr.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    tool = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "espalier: terminated" in err, err
+    with pytest.raises(ProcessLookupError):  # (reaped by the build: gone, not a zombie)
+        os.kill(tool, 0)
 
 
 def test_parse_seeds():
