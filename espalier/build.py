@@ -573,8 +573,7 @@ def add_parser(subparsers):
     sp.add_argument("--mhz", type=float, metavar="F",
                     help="accelerator clock to ask the PLL for, in MHz; it makes the "
                          "highest it can at or below (default: the board's, a clock its "
-                         "build meets: 30 on the iCEBreaker, 54 on the ULX3S 85F, which "
-                         "makes 53.57)")
+                         "build meets: 30 on the iCEBreaker, 55 on the ULX3S 85F)")
     sp.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="stop a tool that runs longer than this and report how far it got "
                          "(a router that does not converge keeps iterating); default: no "
