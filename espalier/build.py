@@ -525,7 +525,7 @@ def sweep(board: str, seeds, *, jobs: int = 1, until_met: bool = False, out_dir=
                              + ("met" if r["timing_met"] else "NOT met"))
                 elif unfit is None:
                     progress(said(s, r))
-        except BaseException:  # (Ctrl-C: stop the seeds running, start no other)
+        except BaseException:  # (Ctrl-C, SIGTERM: stop the seeds running, start no other)
             stop.set()
             raise
     if unfit is not None:

@@ -412,9 +412,9 @@ class _ParallelForm:
         # a thermometer code, so a code of n bits is whole in the buffer exactly when
         # ``count >= n``.) Taking a code is then the one-hot select of the next ``bits``,
         # count and room among those for each length, all ready before the comparisons,
-        # and the not-taken ones: no multiplexer after the one-hot select, where one
-        # selected by ``go`` (the comparisons, their "fits" and the stage's state behind
-        # it) was the decoder's longest path, 16.4 ns alone on the ULX3S (session 30).
+        # and the not-taken ones: no multiplexer selected by ``go`` after the one-hot
+        # select. (Measured in session 30: no faster and no smaller than that multiplexer,
+        # docs/decoder.md; it is the netlist the ULX3S's 55 MHz placement was found for.)
         ready = Signal()
         m.d.comb += ready.eq(decoding & m_free)
         take = Signal(max_len)
