@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -140,9 +141,17 @@ def _tool(name: str) -> str:
 
 
 def _run(cmd, log: Path, cwd: Path, env) -> str:
-    cmd = [_tool(cmd[0]), *cmd[1:]]
+    # (the tool's variable, as the board build reads it, if set: YOSYS, NEXTPNR_ECP5 ...)
+    var = {v: k for k, v in _TOOLS.items()}[cmd[0]]
+    cmd = [env[var], *cmd[1:]]
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            proc.wait()
+        except BaseException:  # (Ctrl-C, SIGTERM: the tool stops too, and is reaped)
+            proc.kill()
+            proc.wait()
+            raise
     text = log.read_text()
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); see {log}")
@@ -180,7 +189,7 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | No
     cfg = with_settings(get_preset(board), settings)
     build = Path("build") / "synth_decode" / f"{board}-{block}"
     build.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **{k: _tool(v) for k, v in _TOOLS.items()}}
+    env = {**{k: _tool(v) for k, v in _TOOLS.items()}, **os.environ}
     top = _Harness(BLOCKS[block](cfg))
     (build / "top.il").write_text(rtlil.convert(top, name="top", ports=[top.si, top.so]))
     figures = {"board": board, "block": block, "seed": seed, "synth_opts": synth_opts,
@@ -211,7 +220,24 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | No
     return figures
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # (``_run`` then stops the tool it waits for)
+
+
 def main(argv=None) -> int:
+    """The command line; SIGTERM stops it as Ctrl-C does, with the tool it runs (a kill of
+    the script alone left nextpnr running, session 30): exit 130, "interrupted"."""
+    on_term = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("synth_decode: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--board", choices=sorted(BOARDS), required=True)
     parser.add_argument("--block", default="unit",

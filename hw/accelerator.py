@@ -81,7 +81,7 @@ class AcceleratorCore(wiring.Component):
             ram.bus.addr.eq(Mux(seq_owns, seq.img_addr, b.addr)),
             ram.bus.wr_data.eq(b.wr_data),
             ram.bus.wr_en.eq(Mux(seq_owns, 0, b.wr_en)),
-            # The sequencer uses a word only in the clock after it asked for it
+            # The sequencer uses a word only in the clock it arrives after it asked for it
             # (``seq.img_en``), so while it owns the port the buffer reads every clock: its
             # enable, which reaches every block RAM of the buffer, then depends on no
             # sequencer logic (the bias loop's byte request was the ULX3S build's critical

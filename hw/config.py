@@ -76,6 +76,15 @@ class AcceleratorConfig:
         for a decoder without per-length registers, comparators or shifters (its counts
         in a small memory). For devices short of logic cells (docs/decoder.md, "The
         serial form").
+    Image buffer:
+        ``image_read_latency``: clocks from an image-buffer read's address to its word, 1
+        or 2. With 2 the buffer registers its address, enables and write data before its
+        RAMs (``hw.image_buffer``), so the path into them is a register and a route: the
+        clients' address multiplexers and the route to a buffer of many block RAMs spread
+        over the device (the ULX3S's 64) no longer share a clock, for one more clock of
+        latency on every read (the loader's parse, the table reader, the sequencer's
+        entries and biases, the fetch; docs/architecture.md, "The image buffer's read
+        latency").
     """
 
     rows: int
@@ -98,6 +107,7 @@ class AcceleratorConfig:
     fc_on_array: bool = False
     resident_tables: bool = True
     serial_decoder: bool = False
+    image_read_latency: int = 1
 
     def __post_init__(self):
         for name in ("rows", "cols", "decode_lanes", "image_bytes", "tile_depth", "max_fan_in",
@@ -134,6 +144,9 @@ class AcceleratorConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, not "
                                  f"{getattr(self, name)!r}")
+        if self.image_read_latency not in (1, 2) or isinstance(self.image_read_latency, bool):
+            raise ValueError(f"image_read_latency must be 1 or 2 (clocks from an image-buffer "
+                             f"read's address to its word), not {self.image_read_latency!r}")
         if self.decode_lanes > self.cols:
             raise ValueError(f"{self.decode_lanes} decode lanes for {self.cols} array columns: "
                              f"a lane decodes one column's output channel, so use at most "
@@ -367,6 +380,13 @@ PRESETS = {
     #   LeNet-5's.
     # - tile_depth 2048: one DP16KD as 2048 x 9 bits per column.
     # - max_fan_in 4096, max_table_symbols 2048: room for larger nets than the LeNets.
+    # - image_read_latency 1, for now: the image buffer's 64 block RAMs are spread over the
+    #   device, and the path through its clients' address multiplexers and the route to
+    #   them was among the latest in every placement of sessions 28-30 (17.4-18.1 ns).
+    #   With 2 (the address registered; LeNet-300-100 3 clocks more, LeNet-5 4) that path
+    #   left the top in three placements of four, but none of the four met 58.33 MHz
+    #   (49.85-55.61 achieved: the fetch's lanes, a decoder, the sequencer), so the
+    #   default stays the netlist that meets 55 MHz (session 31, docs/results.md).
     "ulx3s-85f": dataclasses.replace(
         DEFAULT, rows=13, cols=10, acc_width=28, decode_lanes=5, image_bytes=128 * 1024,
         tile_depth=2048, max_fan_in=4096, max_table_symbols=2048, drain_width=2),

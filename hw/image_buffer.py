@@ -11,7 +11,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In
 from amaranth.vendor import SiliconBluePlatform
 
-from hw.image_loader import buffer_signature
+from hw.image_loader import buffer_inputs, buffer_signature
 
 __all__ = ["ImageBuffer", "SpramModel"]
 
@@ -23,7 +23,9 @@ class ImageBuffer(wiring.Component):
     """``image_words`` words of ``8 · image_word_bytes`` bits behind the loader's buffer
     port (``hw.image_loader.buffer_signature``): ``addr`` for reads and writes, a byte
     enable per byte lane, ``rd_data`` the word at the address of the last clock with
-    ``rd_en`` high (held otherwise, as the SPRAM behaves).
+    ``rd_en`` high (held otherwise, as the SPRAM behaves). With ``image_read_latency`` 2
+    the port's inputs are registered first (``buffer_inputs``), so every read and write
+    takes effect a clock later.
 
     The RAM is chosen once, by platform: on an iCE40 (``SiliconBluePlatform``) it is
     ``SB_SPRAM256KA`` blocks side by side (each 16 bits of the word) and, for deeper
@@ -46,12 +48,14 @@ class ImageBuffer(wiring.Component):
         bits = 8 * cfg.image_word_bytes
         spram = self._spram_model or isinstance(platform, SiliconBluePlatform)
         assert bits % _SPRAM_BITS == 0  # image_word_bytes >= 4
+        addr, wr_data, wr_en, rd_en = buffer_inputs(m, cfg, bus.addr, bus.wr_data, bus.wr_en,
+                                                    bus.rd_en)
         if spram:
             rows = -(-cfg.image_words // _SPRAM_WORDS)
             cols = bits // _SPRAM_BITS
-            row = bus.addr[14:] if rows > 1 else C(0, 1)
+            row = addr[14:] if rows > 1 else C(0, 1)
             r_row = Signal.like(row)  # the row the data on the outputs came from
-            with m.If(bus.rd_en):
+            with m.If(rd_en):
                 m.d.sync += r_row.eq(row)
             outs = []
             for r in range(rows):
@@ -59,13 +63,13 @@ class ImageBuffer(wiring.Component):
                 for c in range(cols):
                     dout = Signal(_SPRAM_BITS, name=f"spram_{r}_{c}_out")
                     sel = row == r
-                    we = bus.wr_en[2 * c:2 * c + 2]
+                    we = wr_en[2 * c:2 * c + 2]
                     ports = dict(
-                        i_ADDRESS=bus.addr[:14],
-                        i_DATAIN=bus.wr_data[_SPRAM_BITS * c:_SPRAM_BITS * (c + 1)],
+                        i_ADDRESS=addr[:14],
+                        i_DATAIN=wr_data[_SPRAM_BITS * c:_SPRAM_BITS * (c + 1)],
                         i_MASKWREN=Cat(we[0], we[0], we[1], we[1]),
                         i_WREN=sel & we.any(),
-                        i_CHIPSELECT=sel & (bus.rd_en | we.any()),
+                        i_CHIPSELECT=sel & (rd_en | we.any()),
                         i_CLOCK=ClockSignal("sync"),
                         i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
                         o_DATAOUT=dout)
@@ -84,8 +88,8 @@ class ImageBuffer(wiring.Component):
             wr = mem.write_port(granularity=8)
             rd = mem.read_port()
             m.d.comb += [
-                wr.addr.eq(bus.addr), wr.data.eq(bus.wr_data), wr.en.eq(bus.wr_en),
-                rd.addr.eq(bus.addr), rd.en.eq(bus.rd_en), bus.rd_data.eq(rd.data),
+                wr.addr.eq(addr), wr.data.eq(wr_data), wr.en.eq(wr_en),
+                rd.addr.eq(addr), rd.en.eq(rd_en), bus.rd_data.eq(rd.data),
             ]
         return m
 

@@ -18,7 +18,7 @@ from weights.image import MAGIC, MAX_ALPHABET, MAX_BIAS_BITS, MAX_INDEX_BITS, MA
 from weights.image import VERSION as IMAGE_VERSION
 
 __all__ = ["DESC_WORDS", "ENTRY_BYTES", "HEADER_BYTES", "DescWord", "ImageLoader", "LoadError",
-           "buffer_signature", "descriptor_words", "image_words", "resident_fits"]
+           "buffer_inputs", "buffer_signature", "descriptor_words", "image_words", "resident_fits"]
 
 HEADER_BYTES = 20  # the image's header (docs/weight-image.md)
 ENTRY_BYTES = 32  # a layer-table entry
@@ -188,8 +188,10 @@ class _BufferRead:
 def buffer_signature(config) -> wiring.Signature:
     """The image buffer's one port, as the loader drives it (``external_buffer=True``):
     ``addr`` (word), ``wr_data`` and ``wr_en`` (a byte enable per byte lane), ``rd_en``
-    and ``rd_data`` (the word at ``addr`` of the previous clock when ``rd_en`` was high;
-    held while ``rd_en`` is low, as the iCE40 SPRAM and yosys' model of it behave)."""
+    and ``rd_data`` (the word at ``addr`` of the clock ``image_read_latency`` clocks
+    before, when ``rd_en`` was high then; held otherwise, as the iCE40 SPRAM and yosys'
+    model of it behave). With a latency of 2 a write, too, lands a clock later
+    (``buffer_inputs``)."""
     return wiring.Signature({
         "addr": Out(range(config.image_words)),
         "wr_data": Out(8 * config.image_word_bytes),
@@ -197,6 +199,18 @@ def buffer_signature(config) -> wiring.Signature:
         "rd_en": Out(1),
         "rd_data": In(8 * config.image_word_bytes),
     })
+
+
+def buffer_inputs(m, config, addr, wr_data, wr_en, rd_en):
+    """The image buffer's inputs as its RAMs take them: as given for an
+    ``image_read_latency`` of 1; with 2, registered first (write enables and read enable
+    reset low), which is the latency's extra clock."""
+    if config.image_read_latency == 1:
+        return addr, wr_data, wr_en, rd_en
+    regs = (Signal.like(addr, name="buf_addr_r"), Signal.like(wr_data, name="buf_wr_data_r"),
+            Signal.like(wr_en, name="buf_wr_en_r"), Signal.like(rd_en, name="buf_rd_en_r"))
+    m.d.sync += [r.eq(v) for r, v in zip(regs, (addr, wr_data, wr_en, rd_en), strict=True)]
+    return regs
 
 
 class _P(enum.Enum, shape=5):
@@ -248,8 +262,9 @@ class ImageLoader(wiring.Component):
             and output channels fit side by side in the build's memories
             (``resident_fits``), at the ``SYM_BASE``, ``CB_BASE`` and ``BIAS_BASE`` the
             descriptors give.
-        ``rd_addr``/``rd_data``: a read port of the image buffer (word address, word a
-            clock later), for the blocks that use the image; ignored while ``busy``.
+        ``rd_addr``/``rd_data``: a read port of the image buffer (word address, word
+            ``image_read_latency`` clocks later), for the blocks that use the image;
+            ignored while ``busy``.
         ``desc_addr``/``desc_data``: a read port of the descriptor memory.
         ``buffer`` (only with ``external_buffer=True``; ``buffer_signature``): the image
             buffer's port, for a platform that provides the RAM itself (SPRAM on the
@@ -330,9 +345,11 @@ class ImageLoader(wiring.Component):
             m.submodules.image = img = memory.Memory(data=self.image_data)
             wr = img.write_port(granularity=8)
             rd = img.read_port()
+            addr, wr_data, wr_en, rd_en = buffer_inputs(m, cfg, img_rd.addr, img_wr.data,
+                                                        img_wr.en, img_rd.en)
             m.d.comb += [
-                wr.addr.eq(img_rd.addr), wr.data.eq(img_wr.data), wr.en.eq(img_wr.en),
-                rd.addr.eq(img_rd.addr), rd.en.eq(img_rd.en), img_rd.data.eq(rd.data),
+                wr.addr.eq(addr), wr.data.eq(wr_data), wr.en.eq(wr_en),
+                rd.addr.eq(addr), rd.en.eq(rd_en), img_rd.data.eq(rd.data),
             ]
         m.submodules.desc = desc = memory.Memory(data=self.desc_data_mem)
         desc_wr = desc.write_port()
@@ -427,21 +444,29 @@ class ImageLoader(wiring.Component):
             m.d.comb += img_rd.addr.eq(c[ob:])
         with m.Else():
             m.d.comb += img_rd.addr.eq(self.rd_addr)
+        # (``lx``: the buffer's clocks of latency beyond one, ``image_read_latency - 1``)
+        lx = cfg.image_read_latency - 1
         f_off = Signal(max(1, ob))
-        landed = Signal()  # rd_byte is the byte read the clock before
+        landed = Signal()  # rd_byte is the byte read image_read_latency clocks before
         rd_byte = Signal(8)
         fv = Signal(32)  # the last four bytes read, the latest in fv[24:]
         fv8 = fv[24:]
         fv16 = fv[16:]  # the last two bytes read, as a little-endian u16
         m.d.comb += rd_byte.eq(img_rd.data.word_select(f_off, 8) if ob else img_rd.data)
-        m.d.sync += [f_off.eq(c[:ob] if ob else 0), landed.eq(rd)]
+        if lx:
+            f_off_1 = Signal.like(f_off)  # (the read of the clock before, on its way)
+            landed_1 = Signal()
+            m.d.sync += [f_off_1.eq(c[:ob] if ob else 0), landed_1.eq(rd),
+                         f_off.eq(f_off_1), landed.eq(landed_1)]
+        else:
+            m.d.sync += [f_off.eq(c[:ob] if ob else 0), landed.eq(rd)]
         with m.If(landed):
             m.d.sync += fv.eq(Cat(fv[8:], rd_byte))
-        k = Signal(6)  # clocks in a reading state; a byte read at k is in fv at k + 2
+        k = Signal(6)  # clocks in a reading state; a byte read at k is in fv at k + 2 + lx
 
         def read(n):
             """In a state that reads n bytes at c: the condition that they are in fv."""
-            done = k == n + 1
+            done = k == n + 1 + lx
             with m.If(~done):
                 m.d.comb += rd.eq(k < n)
                 m.d.sync += k.eq(k + 1)
@@ -625,9 +650,11 @@ class ImageLoader(wiring.Component):
             with m.Case(_P.E_READ):
                 m.d.comb += rd.eq(~_above(k, ENTRY_BYTES - 1))
                 m.d.sync += k.eq(k + 1)
-                with m.If(k == ENTRY_BYTES):  # the last byte is in fv at E_SIZE
+                with m.If(k == ENTRY_BYTES + lx):  # the last byte is in fv at E_SIZE
                     goto(_P.E_SIZE)
-                with m.Switch(k):  # byte n of the entry is in fv[24:] at k = n + 2
+                # Byte n of the entry is in fv[24:] at k = n + 2 + lx; each case below is
+                # named by n + 2 and comes lx clocks later, all of them together.
+                with m.Switch(k - lx if lx else k):
                     with m.Case(0):
                         with m.If(phase):
                             desc_word(DescWord.CODEBOOK_ADDR, 1)

@@ -11,7 +11,7 @@ images the hardware does; ``predict_cycles`` is the cycle model of docs/architec
 from hw.conv_feed import coord_width
 from hw.huffman_decode import serial_first_bits
 from hw.image_loader import DescWord, descriptor_words, resident_fits
-from hw.sequencer import DECODE_LEAD, entry_bytes_read
+from hw.sequencer import DECODE_LEAD, decode_lead, entry_bytes_read
 from hw.weight_unit import TABLE_START
 from weights.image import Kind
 
@@ -115,12 +115,15 @@ def _mul_cycles(b: int) -> int:
     return 1 + (int(b) & 0xFFFF).bit_length()
 
 
-def _bias_cycles(out_c: int, bb: int, busy=frozenset(), addr: int = 0, wb: int = 4) -> int:
+def _bias_cycles(out_c: int, bb: int, busy=frozenset(), addr: int = 0, wb: int = 4,
+                 latency: int = 1) -> int:
     """Clocks of the sequencer's BIAS state and its START: the same register transfers,
     counted. ``busy``: the clocks of the state (0 its first) in which the image buffer's
     port is not the sequencer's, so no byte outside the word it read last (the biases
-    start at byte ``addr``; words of ``wb`` bytes) is read."""
-    n, bits, ch, arriving, cached = 0, 0, 0, False, None
+    start at byte ``addr``; words of ``wb`` bytes) is read. ``latency``: the buffer's
+    ``image_read_latency``; with 2 a byte read is on its way for a clock (``on_way``) and
+    counts as in when the next read is decided."""
+    n, bits, ch, arriving, on_way, cached = 0, 0, 0, False, False, None
     while True:
         n += 1
         if ch == out_c:
@@ -129,10 +132,11 @@ def _bias_cycles(out_c: int, bb: int, busy=frozenset(), addr: int = 0, wb: int =
         after = bits - bb if emit else bits
         bits = after + (8 if arriving else 0)
         hit = cached == addr // wb
-        arriving = bits < 2 * bb and (hit or (n - 1) not in busy)
-        if arriving:
+        issue = bits + (8 if on_way else 0) < 2 * bb and (hit or (n - 1) not in busy)
+        if issue:
             cached = addr // wb
             addr += 1
+        arriving, on_way = (on_way, issue) if latency == 2 else (issue, False)
         ch += emit
 
 
@@ -185,25 +189,44 @@ def bias_cycles(config, image, index: int, busy=frozenset(), *, resident=None) -
         return 0
     layer = image.layers[index]
     addr = descriptor_words(image)[index][DescWord.BIAS_ADDR]
-    return _bias_cycles(layer.out_c, layer.bias_bits, busy, addr, config.image_word_bytes)
+    return _bias_cycles(layer.out_c, layer.bias_bits, busy, addr, config.image_word_bytes,
+                        config.image_read_latency)
 
 
-def _reader_run(start: int, addr: int, count: int, wide: bool, wb: int):
-    """The clocks an unstalled ``ItemReader`` run started at clock ``start`` asks for the
-    image buffer's port (the start, the priming, and the clock after each item that
-    crosses into the word after ``hold``), and the clock it is no longer busy."""
-    reqs = [start, start + 1]
-    nxt_ok, pend, a = False, True, addr
-    for k in range(count):
-        req = not nxt_ok and not pend
-        if req:
-            reqs.append(start + 2 + k)
-        nxt_ok = nxt_ok or pend
-        a_next = a + (2 if wide else 1)
-        if a_next // wb != a // wb:
-            nxt_ok = False
-        a, pend = a_next, req
-    return reqs, start + count + 2
+def _reader_run(start: int, addr: int, count: int, wide: bool, wb: int, latency: int = 1):
+    """The clocks an ``ItemReader`` run started at clock ``start``, its output never
+    stalled, asks for the image buffer's port (the start, the clock after, and the clock
+    after each item that crosses into the word after ``hold``), and the clock it is no
+    longer busy: its registers, clock by clock. ``latency``: the buffer's
+    ``image_read_latency``. With 1 (or with 2 on words of 8 bytes or more) an item a clock
+    from the first word's arrival; with 2 on 4-byte words a run of 2-byte items waits a
+    clock for every other word, which is asked for only in the clock after the item that
+    moves its predecessor into ``hold``."""
+    lx = latency - 1
+    reqs = [start]
+    priming_1, priming, running = bool(lx), not lx, False
+    nxt_ok = pend = pend_1 = False
+    a, left, t = addr, count, start + 1
+    while priming_1 or priming or running:
+        ask = not nxt_ok and not pend and not pend_1
+        if ask:
+            reqs.append(t)
+        n_nxt_ok, n_running = nxt_ok or pend, running
+        if running:
+            a_next = a + (2 if wide else 1)
+            crossing = a_next // wb != a // wb
+            if not crossing or nxt_ok or pend:
+                a, left = a_next, left - 1
+                if crossing:
+                    n_nxt_ok = False
+                if left == 0:
+                    n_running = False
+        if priming:
+            n_running = left != 0
+        priming, priming_1 = priming_1, False
+        pend, pend_1 = (pend_1, ask) if lx else (ask, False)
+        nxt_ok, running, t = n_nxt_ok, n_running, t + 1
+    return reqs, t
 
 
 def table_requests(config, image, index: int, *, resident=None) -> tuple[frozenset, int]:
@@ -213,15 +236,15 @@ def table_requests(config, image, index: int, *, resident=None) -> tuple[frozens
     layer's table is its ``L`` counts, and no codebook."""
     layer = image.layers[index]
     d = descriptor_words(image)[index]
-    wb = config.image_word_bytes
+    wb, lat = config.image_word_bytes, config.image_read_latency
     if _resident(config, image, resident):
         reqs, end = _reader_run(TABLE_START, d[DescWord.TABLE_ADDR], layer.table.max_len,
-                                True, wb)
+                                True, wb, lat)
         return frozenset(reqs), end
     r1, end = _reader_run(TABLE_START, d[DescWord.TABLE_ADDR],
-                          layer.table.max_len + len(layer.table.symbols), True, wb)
+                          layer.table.max_len + len(layer.table.symbols), True, wb, lat)
     r2, end = _reader_run(end, d[DescWord.CODEBOOK_ADDR], len(layer.codebook),
-                          image.bw == 16, wb)
+                          image.bw == 16, wb, lat)
     return frozenset(r1 + r2), end
 
 
@@ -229,7 +252,7 @@ def go_cycles(config, image, index: int, *, resident=None) -> int:
     """Clocks from the ``decode`` pulse to the weight streams' start: the derive program,
     then the biases, a byte not read in a clock the table reader has the port
     (``table_requests``), and the start; or the table's load, if that ends later."""
-    derive = DECODE_LEAD + derive_cycles(config, image, index, resident=resident)
+    derive = decode_lead(config) + derive_cycles(config, image, index, resident=resident)
     reqs, table = table_requests(config, image, index, resident=resident)
     # (the biases' first clock is the one after ``derive``)
     busy = frozenset(t - derive - 1 for t in reqs if t > derive)
@@ -242,7 +265,7 @@ def setup_cycles(config, image, index: int, *, first: bool, resident=None) -> in
     (and the checks, in the clock that ends it), the biases and the start. The weight unit
     loads the layer's table meanwhile, from the entry's last clocks (``go_cycles``)."""
     return (entry_cycles(first=first, prepared=_resident(config, image, resident))
-            + DECODE_LEAD
+            + decode_lead(config)
             + derive_cycles(config, image, index, resident=resident)
             + bias_cycles(config, image, index, resident=resident))
 

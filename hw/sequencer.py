@@ -25,7 +25,7 @@ from hw.tile_buffer import tile_and_column
 from hw.weight_unit import TABLE_START
 from weights.image import MAX_BIAS_BITS, Kind
 
-__all__ = ["DECODE_LEAD", "RunError", "Sequencer", "entry_bytes_read"]
+__all__ = ["DECODE_LEAD", "RunError", "Sequencer", "decode_lead", "entry_bytes_read"]
 
 _ENTRY_READ = 28  # bytes 0..27 of an entry: everything but the section size
 # A prepared image's layer reads bytes 0..22 only: 23..26 are the weight unit's, and byte
@@ -39,6 +39,13 @@ _GEOM_FIRST, _GEOM_END = 4, 20  # bytes 4..19: kernel, stride, padding and the s
 # same for a prepared layer's shorter entry (n = 23, not 28), whose decode is as much
 # earlier.
 DECODE_LEAD = TABLE_START + 1
+
+
+def decode_lead(config) -> int:
+    """``DECODE_LEAD`` on a build: the entry's bytes arrive ``image_read_latency - 1``
+    clocks later, and its last clock with them; the ``decode`` pulse, which goes by the
+    addresses, does not move."""
+    return DECODE_LEAD + config.image_read_latency - 1
 
 
 def entry_bytes_read(prepared: bool) -> int:
@@ -108,8 +115,9 @@ class Sequencer(wiring.Component):
             ``run`` pulse to the end of the last run (kept until the next).
         ``layer`` (out): the layer being run; ``loaded``, ``n_layers`` (in): the loader's.
         ``img_addr``, ``img_en`` (out), ``img_data`` (in): a read port on the image buffer
-            (word-addressed, data the clock after ``img_en``); used only in clocks with
-            ``img_free`` (in): the weight unit does not read the buffer (its
+            (word-addressed, data ``image_read_latency`` clocks after ``img_en``: the
+            entry's fields and its end come as much later, ``decode_lead``); used only in
+            clocks with ``img_free`` (in): the weight unit does not read the buffer (its
             ``port_free``), and the top gives the sequencer the buffer then.
         ``desc_addr`` (out), ``desc_data`` (in): the loader's descriptor memory (the weight
             unit's while it reads a layer's descriptor, in the entry's last clocks and the
@@ -256,8 +264,20 @@ class Sequencer(wiring.Component):
                      hit.eq(c_ok & (rd_byte[ob:] == c_addr)),
                      word.eq(Mux(from_c, c_word, self.img_data)),
                      byte.eq(word.word_select(rd_off, 8) if ob else word)]
-        with m.If(self.img_en):
-            m.d.sync += rd_off.eq(rd_byte[:ob] if ob else 0)
+        # With an image_read_latency of 2 (``lx`` 1) a byte is on its way for a clock:
+        # ``rd_off_1`` is its place in the word while ``got_1`` says one was read.
+        lx = cfg.image_read_latency - 1
+        if lx:
+            rd_off_1 = Signal.like(rd_off)
+            got_1 = Signal()
+            with m.If(self.img_en):
+                m.d.sync += rd_off_1.eq(rd_byte[:ob] if ob else 0)
+            m.d.sync += got_1.eq(self.img_en)
+            with m.If(got_1):
+                m.d.sync += rd_off.eq(rd_off_1)
+        else:
+            with m.If(self.img_en):
+                m.d.sync += rd_off.eq(rd_byte[:ob] if ob else 0)
         # The input's fractional length and the entry's fields are taken from ``e_byte``,
         # the byte a clock after it arrives: their checks and sums then start at a
         # register, not at the image buffer's outputs (a comparison and an adder behind
@@ -267,7 +287,8 @@ class Sequencer(wiring.Component):
         m.d.sync += e_byte.eq(byte)
 
         # -- the entry, byte by byte: only the fields used later are kept -----------------
-        cnt = Signal(range(_ENTRY_READ + 3))  # FL's clocks, the entry's bytes, derive steps
+        cnt = Signal(range(_ENTRY_READ + 3 + lx))  # FL's clocks, the entry's bytes, derive steps
+        fl_wait = Signal() if lx else None  # (lx: the FL byte arrives in the entry's clock 1)
         is_conv = Signal()
         relu = Signal()
         pool = Signal(8)
@@ -417,7 +438,9 @@ class Sequencer(wiring.Component):
         obits = min(cfg.acc_width, MAX_BIAS_BITS)
         b_q = Signal(obits + 7)
         b_n = Signal(range(obits + 8))
-        b_arriving = Signal()  # a byte read in the previous clock arrives now
+        b_arriving = Signal()  # a byte read image_read_latency clocks before arrives now
+        b_arr_1 = Signal() if lx else None  # (lx: a byte read in the previous clock ...
+        from_c_1 = Signal() if lx else None  # ... from c_word)
         b_ch = Signal(unsigned(cfg.channel_width + 1))
         b_emit = Signal()
         b_left = Signal(signed(len(b_n) + 1))  # the bits after the next bias
@@ -516,25 +539,32 @@ class Sequencer(wiring.Component):
                 with m.If(cnt == 0):
                     m.d.sync += [cnt.eq(1), rd_byte.eq(_entry_byte(self.layer, 0))]
                 with m.Else():
-                    m.d.sync += [in_fl.eq(byte.as_signed()), state.eq(_S.ENTRY),
-                                 cnt.eq(1), rd_byte.eq(rd_byte + 1)]
+                    if lx:  # (the byte arrives in the entry's clock 1)
+                        m.d.sync += [fl_wait.eq(1), state.eq(_S.ENTRY),
+                                     cnt.eq(1), rd_byte.eq(rd_byte + 1)]
+                    else:
+                        m.d.sync += [in_fl.eq(byte.as_signed()), state.eq(_S.ENTRY),
+                                     cnt.eq(1), rd_byte.eq(rd_byte + 1)]
             with m.Case(_S.ENTRY):
-                # One byte addressed per clock; byte n-1 arrives while n is addressed
+                # One byte addressed per clock; byte n-1-lx arrives while n is addressed
                 # and is in ``e_byte`` a clock later.
                 # (bytes 0 .. entry_read - 1; the port is the weight unit's after them)
                 m.d.comb += self.img_en.eq(cnt < entry_read)
                 m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
+                if lx:
+                    with m.If(fl_wait):
+                        m.d.sync += [in_fl.eq(byte.as_signed()), fl_wait.eq(0)]
                 with m.Switch(cnt):
                     for n, stmts in fields.items():
-                        with m.Case(n + 2):
+                        with m.Case(n + 2 + lx):
                             m.d.sync += stmts
-                with m.If((cnt > _GEOM_FIRST + 1) & (cnt <= _GEOM_END + 1)):
+                with m.If((cnt > _GEOM_FIRST + 1 + lx) & (cnt <= _GEOM_END + 1 + lx)):
                     m.d.sync += geom.eq(Cat(geom[8:], e_byte))
                 with m.If(cnt == entry_read - TABLE_START):
                     # The weight unit loads the layer's table while the derive program
                     # runs (``is_conv``, hence ``sparse``, came with byte 0).
                     m.d.comb += self.decode.eq(1)
-                with m.If(cnt == entry_read + 1):
+                with m.If(cnt == entry_read + (1 + lx)):
                     m.d.sync += [state.eq(_S.DERIVE), cnt.eq(0), x_b.eq(0),
                                  too_big.eq(0), no_window.eq(0)]
                     with m.If(prepared):
@@ -595,7 +625,8 @@ class Sequencer(wiring.Component):
                                                 unsupported)]
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
-                                                     rd_byte.eq(self.desc_data)]
+                                                     rd_byte.eq(self.desc_data),
+                                                     *([b_arr_1.eq(0)] if lx else [])]
                                     with m.Elif(too_big | too_many):
                                         m.d.comb += self.drop.eq(1)
                                         m.d.sync += [self.status.eq(RunError.TOO_BIG),
@@ -610,7 +641,8 @@ class Sequencer(wiring.Component):
                                     with m.Else():
                                         m.d.sync += [state.eq(_S.BIAS), b_n.eq(0),
                                                      b_ch.eq(0), b_arriving.eq(0),
-                                                     rd_byte.eq(self.desc_data)]
+                                                     rd_byte.eq(self.desc_data),
+                                                     *([b_arr_1.eq(0)] if lx else [])]
             with m.Case(_S.BIAS):
                 # Each clock: emit a bias if enough bits are in, append the byte read in
                 # the previous clock, and read another while fewer than 2·bias_bits bits
@@ -630,19 +662,34 @@ class Sequencer(wiring.Component):
                 issue = Signal()
                 # (a byte outside c_word waits for a clock the weight unit's table reader
                 # does not have the port)
-                m.d.comb += [issue.eq((n_next < Cat(0, bias_bits)) & ~b_done
-                                      & (hit | self.img_free)),
-                             self.img_en.eq(issue & ~hit)]
-                m.d.sync += b_arriving.eq(issue)
-                with m.If(issue):
-                    m.d.sync += [rd_byte.eq(rd_byte + 1), from_c.eq(hit),
-                                 rd_off.eq(rd_byte[:ob] if ob else 0)]
-                    with m.If(~hit):
-                        m.d.sync += [c_addr.eq(rd_byte[ob:]), c_ok.eq(1)]
+                if lx:
+                    # (a byte on its way counts as in: it arrives in the next clock)
+                    m.d.comb += [issue.eq((n_next + Mux(b_arr_1, 8, 0) < Cat(0, bias_bits))
+                                          & ~b_done & (hit | self.img_free)),
+                                 self.img_en.eq(issue & ~hit)]
+                    m.d.sync += [b_arr_1.eq(issue), b_arriving.eq(b_arr_1), got_1.eq(issue)]
+                    with m.If(issue):
+                        m.d.sync += [rd_byte.eq(rd_byte + 1), from_c_1.eq(hit),
+                                     rd_off_1.eq(rd_byte[:ob] if ob else 0)]
+                        with m.If(~hit):
+                            m.d.sync += [c_addr.eq(rd_byte[ob:]), c_ok.eq(1)]
+                    with m.If(b_arr_1):
+                        m.d.sync += from_c.eq(from_c_1)
+                else:
+                    m.d.comb += [issue.eq((n_next < Cat(0, bias_bits)) & ~b_done
+                                          & (hit | self.img_free)),
+                                 self.img_en.eq(issue & ~hit)]
+                    m.d.sync += b_arriving.eq(issue)
+                    with m.If(issue):
+                        m.d.sync += [rd_byte.eq(rd_byte + 1), from_c.eq(hit),
+                                     rd_off.eq(rd_byte[:ob] if ob else 0)]
+                        with m.If(~hit):
+                            m.d.sync += [c_addr.eq(rd_byte[ob:]), c_ok.eq(1)]
                 with m.If(b_arriving & ~from_c):
                     m.d.sync += c_word.eq(self.img_data)
                 with m.If(b_done):
-                    m.d.sync += [state.eq(_S.START), b_arriving.eq(0), from_c.eq(0)]
+                    m.d.sync += [state.eq(_S.START), b_arriving.eq(0), from_c.eq(0),
+                                 *([b_arr_1.eq(0)] if lx else [])]
             with m.Case(_S.START):
                 with m.If(~prep):
                     m.d.comb += [self.go.eq(1), self.conv_start.eq(is_conv),

@@ -44,8 +44,8 @@ class StreamFetch(wiring.Component):
             buffer wires each lane to only the columns its channels can reach
             (``hw.tile_buffer``).
         ``rd_addr`` (out), ``rd_data`` (in): a read port of the image buffer (word address;
-            the word of ``image_word_bytes`` bytes arrives a clock later, byte ``a`` of the
-            image at byte lane ``a mod W``).
+            the word of ``image_word_bytes`` bytes arrives ``image_read_latency`` clocks
+            later, byte ``a`` of the image at byte lane ``a mod W``).
         ``o[j]`` (out streams of bytes): lane ``j``'s channels' streams back to back.
         ``ch[j]`` (out streams of u16): the numbers of lane ``j``'s channels, in the order
             of its streams; the consumer takes one when the channel's last weight leaves.
@@ -94,9 +94,10 @@ class StreamFetch(wiring.Component):
     image, so its bytes are the ``streams_bytes`` bytes from ``streams_addr`` and its
     channel numbers count from 0 to ``out_c - 1``; there is no scheduler, no job and no
     size read, and the queue holds two words. It delivers a byte a clock from the third
-    clock after ``start`` (two clocks for the first word; then a word is asked for as soon
-    as a slot is free and arrives before the other slot's ``W >= 4`` bytes are out). It may
-    read up to two words past the streams (the image buffer's contents, never delivered).
+    clock after ``start`` (two clocks for the first word, one more with an
+    ``image_read_latency`` of 2; then a word is asked for as soon as a slot is free and
+    arrives before the other slot's ``W >= 4`` bytes are out). It may read up to two words
+    past the streams (the image buffer's contents, never delivered).
     ``probe`` is ``None``.
 
     Latency: the first deal comes 4 clocks after ``start`` (5 when the first size
@@ -104,7 +105,8 @@ class StreamFetch(wiring.Component):
     least ``2W`` bytes), lane ``j``'s first byte is on ``o[j]`` ``8 + j`` clocks after
     ``start``. A channel dealt to an idle lane has its first byte out 4 clocks after the
     deal when the port is free. (With several lanes the granted address is registered
-    before it reaches the buffer, so a word arrives two clocks after its grant.)
+    before it reaches the buffer, so a word arrives two clocks after its grant: here, or
+    with an ``image_read_latency`` of 2 in the buffer itself, which then has the register.)
     Back-pressure: per lane; ``o[j].valid`` is a register, the payload held until taken,
     and a stalled lane only stops asking for words. ``ch[j]`` comes from a FIFO.
 
@@ -188,7 +190,11 @@ class StreamFetch(wiring.Component):
             g_valid.eq(i_valid),
             g_slot.eq(i_slot),
         ]
-        m.d.comb += self.rd_addr.eq(i_addr)
+        if cfg.image_read_latency == 1:
+            m.d.comb += self.rd_addr.eq(i_addr)
+        else:
+            # (the buffer registers the address itself: the granted one goes straight there)
+            m.d.comb += self.rd_addr.eq(addr[ob:])
         with m.If(self.start):  # (no word read for the last layer arrives in this one)
             m.d.sync += [i_valid.eq(0), g_valid.eq(0)]
 
@@ -476,15 +482,23 @@ class StreamFetch(wiring.Component):
         arrived = Signal()  # the word asked for last clock is on rd_data
         req = Signal()
         pop = Signal()
+        asked = None  # (a latency of 2: the word asked for last clock is on its way)
+        on_way = arrived  # words asked for and not yet in the queue
+        if cfg.image_read_latency == 2:
+            asked = Signal()
+            m.d.sync += asked.eq(req)
+            with m.If(self.start):
+                m.d.sync += asked.eq(0)
+            on_way = asked + arrived
         m.d.comb += [
             self.rd_addr.eq(w_addr),
-            req.eq((left != 0) & (used + arrived < 2)),
+            req.eq((left != 0) & (used + on_way < 2)),
             out.valid.eq((used != 0) & (left != 0)),
             out.payload.eq(Mux(head, data[1], data[0]).word_select(pos, 8)),
             pop.eq(out.valid & out.ready),
             self.idle.eq(left == 0),
         ]
-        m.d.sync += arrived.eq(req)
+        m.d.sync += arrived.eq(asked if asked is not None else req)
         with m.If(req):
             m.d.sync += w_addr.eq(w_addr + 1)
         with m.If(arrived):

@@ -76,10 +76,11 @@ class ItemReader(wiring.Component):
             to begin afresh after an aborted run).
         ``busy`` (out): the run's items are not all on ``o`` yet (a register).
         ``rd_req`` (out): the reader reads the image buffer this clock, at ``rd_addr``
-            (out; the word on ``rd_data`` (in) a clock later). The reader must be given
-            the port whenever it asks; in the other clocks the port is free for another
-            reader (the sequencer's biases), whose words the reader ignores. ``rd_req`` is
-            ``start`` or a function of registers, as is ``rd_addr`` but for ``start``.
+            (out; the word on ``rd_data`` (in) ``image_read_latency`` clocks later). The
+            reader must be given the port whenever it asks; in the other clocks the port
+            is free for another reader (the sequencer's biases), whose words the reader
+            ignores. ``rd_req`` is ``start`` or a function of registers, as is ``rd_addr``
+            but for ``start``.
         ``o`` (out stream): ``data`` (the item, zero-extended to 16 bits) and ``tag``.
 
     The reader keeps the buffer word that holds the next item's first byte (``hold``)
@@ -89,14 +90,17 @@ class ItemReader(wiring.Component):
     clock after the item that moves the word after ``hold`` into ``hold``. With words of
     at least 4 bytes and items of at most 2, the item after that one still lies within
     ``hold``, so the word read then is never waited for: the port is the reader's in two
-    clocks of each run and once for each word crossed, and free in the others.
+    clocks of each run and once for each word crossed, and free in the others. With an
+    ``image_read_latency`` of 2 that holds on words of 8 bytes or more; on 4-byte words
+    a run of 2-byte items then waits a clock for every other word.
 
-    Latency: after ``start``, one clock to read the first word, then the first item is
-    loaded into ``o``'s register (valid in the clock after). Throughput: one item a
-    clock; a run of ``count`` items keeps the reader ``busy`` for ``count + 2`` clocks
-    after ``start`` when ``o`` is always ready. Back-pressure: ``o.valid`` and the payload
-    are registers, held until the transfer; the next item is loaded in the clock ``o``
-    is empty or transfers.
+    Latency: after ``start``, ``image_read_latency`` clocks to read the first word, then
+    the first item is loaded into ``o``'s register (valid in the clock after).
+    Throughput: one item a clock; a run of ``count`` items keeps the reader ``busy`` for
+    ``count + 1 + image_read_latency`` clocks after ``start`` when ``o`` is always ready
+    (``hw.layer_plan._reader_run`` counts every clock, waits included). Back-pressure:
+    ``o.valid`` and the payload are registers, held until the transfer; the next item is
+    loaded in the clock ``o`` is empty or transfers.
     """
 
     def __init__(self, config):
@@ -138,12 +142,28 @@ class ItemReader(wiring.Component):
         tag = Signal()
         priming = Signal()  # hold gets the run's first word this clock
         running = Signal()  # items left to load
-        m.d.comb += [
-            self.busy.eq(priming | running),
-            self.rd_addr.eq(Mux(self.start, self.addr[ob:], h1)),
-            self.rd_req.eq(self.start | ((priming | running) & ~nxt_ok & ~pend)),
-        ]
-        m.d.sync += pend.eq(~self.start & (priming | running) & ~nxt_ok & ~pend)
+        # With an image_read_latency of 2 a word is on its way for a clock before it is on
+        # rd_data: the run's first (``priming_1``, then ``priming``) and word h1
+        # (``pend_1``, then ``pend``). A start drops both.
+        lx = cfg.image_read_latency - 1
+        if lx:
+            priming_1 = Signal()
+            pend_1 = Signal()
+            ask = Signal()  # read word h1 now
+            m.d.comb += [
+                self.busy.eq(priming_1 | priming | running),
+                self.rd_addr.eq(Mux(self.start, self.addr[ob:], h1)),
+                ask.eq((priming_1 | priming | running) & ~nxt_ok & ~pend & ~pend_1),
+                self.rd_req.eq(self.start | ask),
+            ]
+            m.d.sync += [pend_1.eq(~self.start & ask), pend.eq(~self.start & pend_1)]
+        else:
+            m.d.comb += [
+                self.busy.eq(priming | running),
+                self.rd_addr.eq(Mux(self.start, self.addr[ob:], h1)),
+                self.rd_req.eq(self.start | ((priming | running) & ~nxt_ok & ~pend)),
+            ]
+            m.d.sync += pend.eq(~self.start & (priming | running) & ~nxt_ok & ~pend)
 
         after = Signal(8 * wb)  # word h1: on rd_data the clock after its read, then in nxt
         m.d.comb += after.eq(Mux(pend, self.rd_data, nxt))
@@ -183,6 +203,10 @@ class ItemReader(wiring.Component):
 
         with m.If(priming):
             m.d.sync += [hold.eq(self.rd_data), priming.eq(0), running.eq(left != 0)]
+        if lx:
+            m.d.sync += priming_1.eq(0)
+            with m.If(priming_1):
+                m.d.sync += priming.eq(1)
         with m.If(self.start):
             m.d.sync += [
                 a.eq(self.addr),
@@ -194,6 +218,8 @@ class ItemReader(wiring.Component):
                 running.eq(0),
                 nxt_ok.eq(0),
             ]
+            if lx:
+                m.d.sync += [priming_1.eq(1), priming.eq(0)]
         with m.If(self.flush):
             m.d.sync += o_valid.eq(0)
         return m

@@ -2,8 +2,11 @@
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -373,3 +376,29 @@ def test_fc_stages_measures_each_fc_layer():
     proc = subprocess.run([sys.executable, "benchmarks/fc_stages.py", "--presets", "nope"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "known presets" in proc.stderr
+
+
+def test_synth_decode_stops_its_tool_on_sigterm(tmp_path):
+    """``benchmarks/synth_decode.py`` killed with SIGTERM stops the tool it waits for (a
+    stand-in Yosys, through the board build's ``YOSYS`` variable) and exits 130."""
+    fake = tmp_path / "yosys"
+    fake.write_text(f"#!{sys.executable}\nimport os, pathlib, time\n"
+                    "pathlib.Path('yosys.pid').write_text(str(os.getpid()))\ntime.sleep(120)\n")
+    fake.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "synth_decode.py"),
+                             "--board", "icebreaker", "--block", "symbol_split", "--no-pnr"],
+                            cwd=tmp_path, env={**os.environ, "YOSYS": str(fake)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "build" / "synth_decode" / "icebreaker-symbol_split" / "yosys.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -173,6 +173,38 @@ def test_random_network_serial_decoder(shape, seed):
                   model_tolerance=0.10)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1, False), (1, 4, 1, 1, True),
+                                   (3, 4, 2, 2, False), (2, 3, 3, 2, False)],
+                         ids=["2x3x1", "1x4x1-ice", "3x4x2-dw2", "2x3x3-dw2"])
+@pytest.mark.parametrize("resident", [True, False])
+def test_random_network_registered_image_address(shape, resident):
+    """The image buffer's address registered (``image_read_latency`` 2, as swept on the ULX3S):
+    every read of the image a clock later, for the loader, the table reader, the
+    sequencer and the fetch (one lane and several, 4- and 8-byte words); bit-exact, on a
+    build whose tables are resident and on one that loads them layer by layer. Each
+    layer takes a few clocks more than with the address unregistered, and the cycle
+    model's error (up to 20 clocks on these tiny layers, its terms fitted to the shipped
+    ones) moves by at most 2 clocks a layer: the model counts the latency's clocks."""
+    rows, cols, lanes, drain_width, ice = shape
+    image = random_image(30 + rows + cols)
+    data = write_image(image)
+    x = random_inputs(image, 1, rows)
+    total = sum(layer.out_c for layer in image.layers)
+    base = dataclasses.replace(get_preset("small"), rows=rows, cols=cols, decode_lanes=lanes,
+                               act_depth=1024, max_channels=total if resident else total - 1,
+                               drain_width=drain_width, row_broadcast=ice, fc_on_array=ice)
+    assert resident_fits(base, image) == resident
+    errors = {}
+    for latency in (1, 2):
+        cfg = dataclasses.replace(base, image_read_latency=latency)
+        (runs,) = check_network(cfg, data, x)
+        errors[latency] = [(cycles, cycles - predict_cycles(cfg, image, n))
+                           for n, (_, cycles, _) in enumerate(runs)]
+    for n, ((c1, e1), (c2, e2)) in enumerate(zip(errors[1], errors[2], strict=True)):
+        assert c1 < c2 <= c1 + 12, (n, c1, c2)
+        assert abs(e2 - e1) <= 2, (n, e1, e2)
+
+
 def test_resident_and_layer_by_layer_tables():
     """The same network on a build whose memories hold every layer's tables, codebooks
     and biases side by side (prepared at the load) and on one whose bias memory holds one

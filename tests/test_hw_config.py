@@ -42,6 +42,8 @@ def test_keyword_only_and_frozen():
     (dict(row_broadcast=1), "row_broadcast must be True or False"),
     (dict(fc_on_array="yes"), "fc_on_array must be True or False"),
     (dict(serial_decoder=0), "serial_decoder must be True or False"),
+    (dict(image_read_latency=3), "image_read_latency must be 1 or 2"),
+    (dict(image_read_latency=True), "image_read_latency must be 1 or 2"),
 ])
 def test_validation(change, message):
     with pytest.raises(ValueError, match=message):

@@ -69,16 +69,19 @@ def test_portable_buffer_reads_back_with_byte_enables(preset):
     sim.run()
 
 
-@pytest.mark.parametrize(("preset", "image_bytes"), [("icebreaker", None),
-                                                      ("icebreaker", 128 * 1024),
-                                                      ("small", 128 * 1024)])
-def test_spram_arrangement_matches_the_portable_buffer(preset, image_bytes):
+@pytest.mark.parametrize(("preset", "image_bytes", "latency"), [("icebreaker", None, 1),
+                                                                 ("icebreaker", 128 * 1024, 1),
+                                                                 ("small", 128 * 1024, 1),
+                                                                 ("icebreaker", 128 * 1024, 2),
+                                                                 ("small", None, 2)])
+def test_spram_arrangement_matches_the_portable_buffer(preset, image_bytes, latency):
     """The iCE40 glue (SPRAM blocks side by side, rows for deeper buffers, byte enables as
     nibble masks, chip selects, the row of the last read) with ``SpramModel`` for each
     block, against the portable memory and a Python model, clock by clock, on a random mix
     of byte writes, reads and idle clocks over the whole address range (128 KB of 4-byte
-    words: two rows of SPRAMs)."""
-    cfg = get_preset(preset)
+    words: two rows of SPRAMs). With an ``image_read_latency`` of 2 every operation, write
+    or read, takes effect a clock later."""
+    cfg = dataclasses.replace(get_preset(preset), image_read_latency=latency)
     if image_bytes:
         cfg = dataclasses.replace(cfg, image_bytes=image_bytes)
     spram, plain = ImageBuffer(cfg, spram_model=True), ImageBuffer(cfg)
@@ -97,13 +100,17 @@ def test_spram_arrangement_matches_the_portable_buffer(preset, image_bytes):
     async def bench(ctx):
         out = 0  # the word the last read fetched (0 before any read)
         reads = 0
-        for op, addr, en, data in ops:
+        for n, (op, addr, en, data) in enumerate(ops):
             for dut in (spram, plain):
                 ctx.set(dut.bus.addr, addr)
                 ctx.set(dut.bus.wr_data, data)
                 ctx.set(dut.bus.wr_en, en if op == "w" else 0)
                 ctx.set(dut.bus.rd_en, op == "r")
             await ctx.tick()
+            if n < latency - 1:
+                continue
+            # (the operation whose effect is visible after this clock)
+            op, addr, en, data = ops[n - (latency - 1)]
             if op == "w":
                 word = ref.get(addr, 0)
                 for b in range(wb):

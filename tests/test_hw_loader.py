@@ -122,8 +122,11 @@ def check_good(cfg, data, result):
 
 @pytest.mark.parametrize("bw", [8, 16])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_good_image(bw, seed):
-    cfg = config(bw)
+@pytest.mark.parametrize("latency", [1, 2])
+def test_good_image(bw, seed, latency):
+    """(``latency``: the image buffer's ``image_read_latency``: 2 registers its inputs, so
+    every byte the parse reads back arrives a clock later)"""
+    cfg = config(bw, image_read_latency=latency)
     data = write_image(random_image(seed, bw))
     (result,) = load(ImageLoader(cfg), [(data, True, None)], seed=seed)
     check_good(cfg, data, result)
@@ -181,8 +184,9 @@ def _bad_images(data: bytes) -> list:
     ]
 
 
-def test_bad_images_then_good():
-    cfg = config(8)
+@pytest.mark.parametrize("latency", [1, 2])
+def test_bad_images_then_good(latency):
+    cfg = config(8, image_read_latency=latency)
     data = write_image(random_image(3, 8))
     cases = _bad_images(data)
     for name, bad, *_ in cases:

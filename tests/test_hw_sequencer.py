@@ -10,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import C, Module
 from amaranth.lib import memory, wiring
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import DescWord, descriptor_words, image_words, resident_fits
+from hw.image_loader import (
+    DescWord,
+    buffer_inputs,
+    descriptor_words,
+    image_words,
+    resident_fits,
+)
 from hw.layer_plan import (
     bias_cycles,
     compute_problems,
@@ -25,7 +31,7 @@ from hw.layer_plan import (
     setup_cycles,
     table_requests,
 )
-from hw.sequencer import DECODE_LEAD, RunError, Sequencer
+from hw.sequencer import RunError, Sequencer, decode_lead
 from hw.weight_unit import TABLE_START
 from tests.imagegen import random_image, random_layer
 from weights.image import Image, Kind, read_image, write_image
@@ -55,7 +61,9 @@ class Harness(wiring.Component):
             shape=seq.desc_data.shape(), depth=cfg.max_layers * 16, init=self._desc)
         rd = img.read_port()
         drd = desc.read_port()
-        m.d.comb += [rd.addr.eq(seq.img_addr), rd.en.eq(seq.img_en),
+        # (the buffer's inputs as its RAM takes them: registered with a latency of 2)
+        addr, _, _, en = buffer_inputs(m, cfg, seq.img_addr, C(0, 1), C(0, 1), seq.img_en)
+        m.d.comb += [rd.addr.eq(addr), rd.en.eq(en),
                      seq.img_data.eq(rd.data), drd.addr.eq(seq.desc_addr),
                      seq.desc_data.eq(drd.data)]
         return m
@@ -216,7 +224,7 @@ def check_layers(cfg, data, first, count, *, port=None, prepared=False):
         # starts in the clock after it) to the decode pulse; then to the go: the derive
         # program, and the biases, which read no byte while the port is not free.
         assert g["setup"] == entry_cycles(first=(n == first), prepared=prepared), n
-        derive = DECODE_LEAD + derive_cycles(cfg, image, n, resident=prepared)
+        derive = decode_lead(cfg) + derive_cycles(cfg, image, n, resident=prepared)
         busy = frozenset(t - derive - 1 for t in g["busy"] if t > derive)
         assert g["to_go"] == derive + bias_cycles(cfg, image, n, busy,
                                                   resident=prepared), n
@@ -230,9 +238,13 @@ def check_layers(cfg, data, first, count, *, port=None, prepared=False):
     return got
 
 
+@pytest.mark.parametrize("latency", [1, 2])
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
-def test_shipped_images(name):
-    cfg = get_preset("small")
+def test_shipped_images(name, latency):
+    """Every layer's parameters, biases and clocks as the cycle model has them, with the
+    port taken by the table reader as the model says and in three other patterns; with
+    ``latency`` 2 the image buffer's address is registered (``image_read_latency``)."""
+    cfg = dataclasses.replace(get_preset("small"), image_read_latency=latency)
     data = (IMAGES / f"{name}.img").read_bytes()
     n = len(read_image(data).layers)
     check_layers(cfg, data, 0, n)
@@ -244,11 +256,13 @@ def test_shipped_images(name):
     check_layers(cfg, data, 0, n, port=lambda _: frozenset())
 
 
+@pytest.mark.parametrize("latency", [1, 2])
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
-def test_prepared(name):
+def test_prepared(name, latency):
     """The preparation writes every layer's biases at its base and runs nothing; the runs
     after it write no biases and go once the derive program is done."""
-    cfg = get_preset("ulx3s-85f")  # (both images' tables fit side by side)
+    # (both images' tables fit side by side)
+    cfg = dataclasses.replace(get_preset("ulx3s-85f"), image_read_latency=latency)
     data = (IMAGES / f"{name}.img").read_bytes()
     n = len(read_image(data).layers)
     assert resident_fits(cfg, read_image(data))
@@ -258,7 +272,9 @@ def test_prepared(name):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_random_images(seed):
-    cfg = dataclasses.replace(get_preset("small"), act_depth=1 << 16)
+    # (seeds 4 and 5 with the image buffer's address registered: every byte a clock later)
+    cfg = dataclasses.replace(get_preset("small"), act_depth=1 << 16,
+                              image_read_latency=2 if seed >= 4 else 1)
     image = random_image(seed)
     data = write_image(image)
     n = len(image.layers)

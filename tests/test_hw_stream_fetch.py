@@ -11,7 +11,7 @@ from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import image_words
+from hw.image_loader import buffer_inputs, image_words
 from hw.stream_fetch import StreamFetch
 
 SMALL = get_preset("small")
@@ -67,7 +67,10 @@ class _Bench(Elaboratable):
         m.submodules.ram = ram = memory.Memory(
             shape=8 * self.cfg.image_word_bytes, depth=self.cfg.image_words, init=self.words)
         rd = ram.read_port()
-        m.d.comb += [rd.addr.eq(fetch.rd_addr), fetch.rd_data.eq(rd.data)]
+        # (the buffer's address as its RAM takes it: registered with a latency of 2)
+        addr, *_ = buffer_inputs(m, self.cfg, fetch.rd_addr, Const(0, 1), Const(0, 1),
+                                 Const(1, 1))
+        m.d.comb += [rd.addr.eq(addr), fetch.rd_data.eq(rd.data)]
         m.d.sync += self.now.eq(self.now + 1)
         return m
 
@@ -256,11 +259,13 @@ def random_sizes(rng, n, *, short=False):
     return sizes
 
 
-@pytest.mark.parametrize("lanes,seed", [(1, 0), (2, 1), (8, 2), (4, 3)])
-def test_random_layers(lanes, seed):
+@pytest.mark.parametrize("lanes,seed,latency", [(1, 0, 1), (2, 1, 1), (8, 2, 1), (4, 3, 1),
+                                                (1, 4, 2), (2, 5, 2), (5, 6, 2)])
+def test_random_layers(lanes, seed, latency):
     """Layers of random sizes back to back (one of a single channel, one of many short
-    channels), random stalls on every lane's bytes and channel numbers."""
-    cfg = config(lanes, image_bytes=8192)
+    channels), random stalls on every lane's bytes and channel numbers; ``latency``: the
+    image buffer's (2: its address registered)."""
+    cfg = config(lanes, image_bytes=8192, image_read_latency=latency)
     rng = np.random.default_rng(seed)
     shapes = [random_sizes(rng, 3 * lanes + 5), [int(rng.integers(1, 40))],
               random_sizes(rng, 6 * lanes + 3, short=True), random_sizes(rng, lanes)]
@@ -368,12 +373,12 @@ def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     assert r["clocks"] <= (1 + slower) * need + 30, (r["clocks"], need)
 
 
-@pytest.mark.parametrize("offset", [0, 1, 3])
-def test_one_lane_a_byte_a_clock(offset):
+@pytest.mark.parametrize(("offset", "latency"), [(0, 1), (1, 1), (3, 1), (1, 2), (3, 2)])
+def test_one_lane_a_byte_a_clock(offset, latency):
     """One lane (the ``icebreaker`` preset): the layer's streams read straight through,
-    from any byte of a word: the first byte 3 clocks after ``start``, then a byte every
-    clock to the last, with a consumer that is always ready."""
-    cfg = get_preset("icebreaker")
+    from any byte of a word: the first byte 2 + ``latency`` clocks after ``start``, then a
+    byte every clock to the last, with a consumer that is always ready."""
+    cfg = dataclasses.replace(get_preset("icebreaker"), image_read_latency=latency)
     assert cfg.decode_lanes == 1
     rng = np.random.default_rng(6 + offset)
     sizes = [int(s) for s in random_sizes(rng, 40)]
@@ -388,7 +393,7 @@ def test_one_lane_a_byte_a_clock(offset):
     (r,) = run_fetch(cfg, bytes(data), [layer])
     check_layer(cfg, bytes(data), layer, r)
     pops = r["pops"][0]
-    assert pops[0] - r["start"] == 3
+    assert pops[0] - r["start"] == 2 + latency
     assert pops == list(range(pops[0], pops[0] + int(sum(sizes)))), "a byte every clock"
     assert r["starved"] == [0]
 

@@ -7,13 +7,13 @@ import os
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module, Mux, Signal
+from amaranth.hdl import C, Elaboratable, Module, Mux, Signal
 from amaranth.lib import memory
 from amaranth.sim import Simulator
 
 from hw.config import get_preset
-from hw.image_loader import LoadError, image_words, resident_fits
-from hw.layer_plan import _reader_run, table_cycles
+from hw.image_loader import LoadError, buffer_inputs, image_words, resident_fits
+from hw.layer_plan import _reader_run, table_cycles, table_requests
 from hw.weight_unit import TABLE_START, ItemReader, WeightUnit
 from tests.imagegen import random_image
 from tests.streams import stream_get, stream_put
@@ -46,8 +46,10 @@ class _WithBuffer(Elaboratable):
         wr = ram.write_port(granularity=8)
         rd = ram.read_port()
         b = unit.buffer
-        m.d.comb += [wr.addr.eq(b.addr), wr.data.eq(b.wr_data), wr.en.eq(b.wr_en),
-                     rd.addr.eq(b.addr), rd.en.eq(b.rd_en), b.rd_data.eq(rd.data)]
+        addr, wr_data, wr_en, rd_en = buffer_inputs(m, self.cfg, b.addr, b.wr_data, b.wr_en,
+                                                    b.rd_en)
+        m.d.comb += [wr.addr.eq(addr), wr.data.eq(wr_data), wr.en.eq(wr_en),
+                     rd.addr.eq(addr), rd.en.eq(rd_en), b.rd_data.eq(rd.data)]
         return m
 
 
@@ -223,6 +225,18 @@ def test_random_image(bw, seed):
     run_unit(config(bw), write_image(random_image(seed, bw)), seed=seed)
 
 
+@pytest.mark.parametrize("bw,seed,lanes", [(8, 10, 2), (16, 11, 4), (8, 12, 1)])
+def test_registered_image_address(bw, seed, lanes):
+    """With the image buffer's address registered (``image_read_latency`` 2: every read a
+    clock later), the same weights: dense, sparse, held and dropped, resident, on 4- and
+    8-byte words, one lane and several, the buffer inside the unit and outside it."""
+    cfg = config(bw, cols=4, decode_lanes=lanes, image_read_latency=2)
+    data = write_image(random_image(seed, bw))
+    run_unit(cfg, data, seed=seed)
+    run_unit(cfg, data, seed=seed, sparse=True, external=True, hold=True)
+    run_unit(cfg, data, seed=seed, resident=True, layers=[2, 0, 1])
+
+
 @pytest.mark.parametrize("bw,seed", [(8, 5), (16, 6)])
 def test_sparse_random_image(bw, seed):
     """Sparse mode on every layer (conv layers decode the same way)."""
@@ -285,8 +299,9 @@ class _ReaderBench(Elaboratable):
         m.submodules.ram = ram = memory.Memory(
             shape=8 * self.cfg.image_word_bytes, depth=len(self.words), init=self.words)
         rd = ram.read_port()
-        m.d.comb += [rd.addr.eq(Mux(rdr.rd_req, rdr.rd_addr, self.other)),
-                     rdr.rd_data.eq(rd.data)]
+        addr, *_ = buffer_inputs(m, self.cfg, Mux(rdr.rd_req, rdr.rd_addr, self.other),
+                                 C(0, 1), C(0, 1), C(1, 1))
+        m.d.comb += [rd.addr.eq(addr), rdr.rd_data.eq(rd.data)]
         return m
 
 
@@ -351,11 +366,13 @@ def expected_items(image, runs):
     return out
 
 
-@pytest.mark.parametrize("lanes,seed", [(2, 0), (4, 1), (8, 2)])
-def test_item_reader_alignments(lanes, seed):
+@pytest.mark.parametrize("lanes,seed,latency", [(2, 0, 1), (4, 1, 1), (8, 2, 1), (2, 3, 2),
+                                                (4, 4, 2), (8, 5, 2)])
+def test_item_reader_alignments(lanes, seed, latency):
     """Runs of 1- and 2-byte items at every alignment within a word, back to back, with
-    random stalls: every item exactly once, in order."""
-    cfg = config(8, cols=8, decode_lanes=lanes, image_bytes=1024)
+    random stalls: every item exactly once, in order (``latency``: the image buffer's)."""
+    cfg = config(8, cols=8, decode_lanes=lanes, image_bytes=1024,
+                 image_read_latency=latency)
     wb = cfg.image_word_bytes
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, cfg.image_bytes, dtype=np.uint8).tobytes()
@@ -369,21 +386,30 @@ def test_item_reader_alignments(lanes, seed):
     assert got == expected_items(image, runs)
 
 
-def test_item_reader_one_item_a_clock():
-    """Unstalled, a run of n items keeps the reader busy n + 2 clocks (the start, one to
-    read the first word, one per item)."""
-    cfg = config(8)
+@pytest.mark.parametrize("lanes,latency", [(2, 1), (4, 2), (2, 2)])
+def test_item_reader_one_item_a_clock(lanes, latency):
+    """Unstalled, a run of n items keeps the reader busy n + 1 + latency clocks (the start,
+    ``latency`` to read the first word, one per item), but for 2-byte items on 4-byte
+    words with the buffer's address registered (``lanes`` 2, ``latency`` 2), which wait a
+    clock for every other word; the cycle model (``_reader_run``) has every clock."""
+    cfg = config(8, cols=4, decode_lanes=lanes, image_read_latency=latency)
     image = bytes(range(256)) * 4
     runs = [(3, 40, 1), (1021, 1, 1), (6, 9, 0), (2, 30, 0), (1, 17, 1)]
     requests = []
     got, busy = read_runs(cfg, image, runs, stall=0.0, requests=requests)
     assert got == expected_items(image, runs)
-    assert busy == [count + 2 for _, count, _ in runs]
+    wb = cfg.image_word_bytes
+    fast = [count + 1 + latency for _, count, _ in runs]
+    if latency == 1 or wb >= 8:
+        assert busy == fast
+    else:
+        assert all(b >= f for b, f in zip(busy, fast, strict=True)) and busy != fast
     # It asks for the port at the start, the next clock, and once a word after that: what
     # the cycle model counts (the sequencer's biases read in the other clocks).
-    for (addr, count, wide), asked in zip(runs, requests, strict=True):
-        want, _ = _reader_run(0, addr, count, bool(wide), cfg.image_word_bytes)
-        assert asked == [t for t in want if t < count + 2], (addr, count, wide)
+    for (addr, count, wide), asked, clocks in zip(runs, requests, busy, strict=True):
+        want, end = _reader_run(0, addr, count, bool(wide), wb, latency)
+        assert end == clocks, (addr, count, wide)
+        assert asked == want, (addr, count, wide)
     wb = cfg.image_word_bytes
     words = [len(range(a // wb, (a + c * (2 if w else 1) - 1) // wb + 1)) for a, c, w in runs]
     assert [len(r) for r in requests] == [w + 1 for w in words]
@@ -466,6 +492,22 @@ def test_table_and_codebook_load_time(bw, seed):
         assert g["load"] == layer.table.max_len + 2
         assert g["start"] + g["load"] == table_cycles(layer, resident=True)
         assert g["first"] > g["start"] + g["load"]
+
+
+@pytest.mark.parametrize("lanes,latency", [(2, 1), (2, 2), (4, 2)])
+def test_table_load_time_as_the_model_has_it(lanes, latency):
+    """The table and codebook load ends where the cycle model's clock-by-clock reader
+    (``table_requests``) says, with the image buffer's address registered or not, on 4-
+    and 8-byte words; a resident layer's too."""
+    cfg = config(8, cols=4, decode_lanes=lanes, image_read_latency=latency)
+    data = write_image(random_image(13, 8))
+    image = read_image(data)
+    for resident in (False, True):
+        got = load_cycles(cfg, data, resident=resident)
+        for n, g in enumerate(got):
+            assert g["start"] == TABLE_START
+            assert g["start"] + g["load"] == table_requests(cfg, image, n,
+                                                            resident=resident)[1], n
 
 
 def test_item_reader_restart():
