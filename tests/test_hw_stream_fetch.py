@@ -275,6 +275,19 @@ def test_random_layers(lanes, seed, latency):
         check_layer(cfg, image, layer, r)
 
 
+@pytest.mark.parametrize(("lanes", "latency"), [(2, 1), (5, 1), (5, 2)])
+def test_streams_of_no_bytes(lanes, latency):
+    """Channels whose streams have no bytes among the others (the loader refuses such an
+    image, but the fetch's contract does not need it to): each is dealt, its channel
+    number given, no byte delivered for it, and the lane goes on to its next job."""
+    cfg = config(lanes, image_bytes=8192, image_read_latency=latency)
+    rng = np.random.default_rng(9)
+    sizes = np.array([3, 0, 5, 0, 0, 7, 0, 40, 0, 1, 0, 0, 0, 2] * 3)
+    image, layers = make_image(rng, cfg.image_bytes, [sizes])
+    (r,) = run_fetch(cfg, image, layers, seed=9, stall=0.3)
+    check_layer(cfg, image, layers[0], r)
+
+
 def test_stalled_channel_numbers():
     """Consumers that take channel numbers long after the channels' bytes (as a decode
     lane whose expander is behind): a lane's sixteen channel numbers fill up and hold
@@ -312,25 +325,29 @@ def test_sizes_at_every_alignment():
         check_layer(cfg, image, layer, r)
 
 
-def test_deals_a_channel_a_clock():
+@pytest.mark.parametrize("latency", [1, 2])
+def test_deals_a_channel_a_clock(latency):
     """With room on every lane, the scheduler deals a channel every clock: the ECP5
     preset's lanes, one-byte channels; the first deal comes 4 clocks after ``start`` (a
-    clock to ask for the first word of sizes, one to read it, one to receive it)."""
-    cfg = get_preset("ulx3s-85f")
+    clock to ask for the first word of sizes, one to read it, one to receive it), 5 when
+    the image buffer registers the address again (``image_read_latency`` 2)."""
+    cfg = dataclasses.replace(get_preset("ulx3s-85f"), image_read_latency=latency)
     rng = np.random.default_rng(3)
     image, layers = make_image(rng, 4096, [[1] * 48])
     image += bytes(cfg.image_bytes - len(image))
     (r,) = run_fetch(cfg, image, layers, seed=3)
     clocks = [d[0] - r["start"] for d in r["deals"]]
-    assert clocks == list(range(4, 4 + 48))
+    assert clocks == list(range(3 + latency, 3 + latency + 48))
     check_layer(cfg, image, layers[0], r)
 
 
-def test_first_bytes():
+@pytest.mark.parametrize("latency", [1, 2])
+def test_first_bytes(latency):
     """The ECP5 preset's lanes (5), channels longer than the 2W bytes that leave a lane
     room: the first ``lanes`` go one a lane, and lane j's first byte is on o[j] 8 + j clocks
-    after start."""
-    cfg = get_preset("ulx3s-85f")
+    after start; 10 + j with an ``image_read_latency`` of 2 (the sizes' word and each
+    lane's first word a clock later)."""
+    cfg = dataclasses.replace(get_preset("ulx3s-85f"), image_read_latency=latency)
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(4)
     image, _ = make_image(rng, 4096, [])
@@ -341,13 +358,15 @@ def test_first_bytes():
     layer = (a, a + 2 * len(sizes), sizes)
     (r,) = run_fetch(cfg, bytes(data), [layer])
     assert [d[1] for d in r["deals"][:lanes]] == list(range(lanes))
-    assert [p[0] - r["start"] for p in r["pops"]] == [8 + j for j in range(lanes)]
+    first = 8 + 2 * (latency - 1)
+    assert [p[0] - r["start"] for p in r["pops"]] == [first + j for j in range(lanes)]
     check_layer(cfg, bytes(data), layer, r)
 
 
-@pytest.mark.parametrize(("preset", "starved", "slower"),
-                         [("small", 0.03, 0.08), ("ulx3s-85f", 0.03, 0.13)])
-def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
+@pytest.mark.parametrize(("preset", "starved", "slower", "latency"),
+                         [("small", 0.03, 0.08, 1), ("ulx3s-85f", 0.03, 0.13, 1),
+                          ("ulx3s-85f", 0.03, 0.13, 2)])
+def test_keeps_lanes_fed_on_short_channels(preset, starved, slower, latency):
     """Short channels (1 to 24 bytes, about 10 symbols: LeNet-5 conv1 has 9) on every lane
     of a preset, each consumer taking a byte with probability 3/4 a clock (a decoder on
     codes of about 6 bits): lanes wait for bytes in at most ``starved`` of the clocks of
@@ -358,8 +377,10 @@ def test_keeps_lanes_fed_on_short_channels(preset, starved, slower):
     (0.4 % and 344 before the read address was registered, session 12).
     With 10 lanes on the same 16-byte words (1.6 bytes a lane, sessions 5 and 6) this worst
     case starved them 7.0 % of the time; 1.5 bytes a lane also cost the shipped images
-    0.005 symbols a clock a lane (docs/results.md), hence at least 2 bytes a lane now."""
-    cfg = get_preset(preset)
+    0.005 symbols a clock a lane (docs/results.md), hence at least 2 bytes a lane now.
+    ``latency`` 2: the image buffer registers the address again, a word three clocks
+    after its grant."""
+    cfg = dataclasses.replace(get_preset(preset), image_read_latency=latency)
     lanes = cfg.decode_lanes
     rng = np.random.default_rng(5)
     sizes = rng.integers(1, 25, 20 * lanes)
