@@ -157,6 +157,13 @@ class RunExpander(wiring.Component):
             m.d.sync += b_valid.eq(0)
 
         # -- token intake: check it against the channel's position ------------------------
+        # The parameters the intake uses, kept in registers at ``start`` (they are steady
+        # from then on, and no token is taken before the clock after it): the intake's
+        # paths began at the parameters' registers, far off in the weight unit (18.2 ns
+        # from ``run_bits`` through the zero run's shift on the ULX3S, session 32).
+        n_fan_in = Signal.like(p.fan_in)
+        n_zrun = Signal(cfg.fan_in_width)  # 2^run_bits: a ZRUN's zeros
+        n_base = Signal.like(p.codebook_base)
         t_rem = Signal(cfg.fan_in_width)  # weights of the channel no accepted token covers
         t_pos = Signal(cfg.fan_in_width)  # = N - t_rem: where the next token starts
         t_fresh = Signal()  # no token of the channel has emitted anything yet
@@ -171,10 +178,10 @@ class RunExpander(wiring.Component):
         m.d.comb += [
             t_pair.eq(tok.kind == TokenKind.PAIR),
             t_eos.eq(tok.kind == TokenKind.EOS),
-            t_zeros.eq(Mux(t_pair, tok.run, Mux(t_eos, t_rem, Const(1, 1) << p.run_bits))),
+            t_zeros.eq(Mux(t_pair, tok.run, Mux(t_eos, t_rem, n_zrun))),
             t_adv.eq(t_zeros + t_pair),
             t_ends.eq(t_eos | (t_adv == t_rem)),
-            t_first.eq(t_rem == p.fan_in),
+            t_first.eq(t_rem == n_fan_in),
             t_emits.eq(~self.sparse | t_pair | t_ends),
             self.i.ready.eq(ready_for_tokens & (~a_valid | a_done)),
         ]
@@ -189,12 +196,12 @@ class RunExpander(wiring.Component):
                     a_zeros.eq(Mux(self.sparse, 0, t_zeros)),
                     a_weight.eq(t_pair),
                     # (the layer's codebook starts at codebook_base)
-                    a_index.eq(tok.index + p.codebook_base),
+                    a_index.eq(tok.index + n_base),
                     # A dense token always emits, so its first output is the channel's
                     # first entry exactly when the token is the channel's first.
                     a_first.eq(t_fresh),
                     a_last.eq(t_ends),
-                    t_rem.eq(Mux(t_ends, p.fan_in, t_rem - t_adv)),
+                    t_rem.eq(Mux(t_ends, n_fan_in, t_rem - t_adv)),
                     t_pos.eq(Mux(t_ends, 0, t_pos + t_adv)),
                     t_fresh.eq(t_ends | (t_fresh & ~t_emits)),
                 ]
@@ -203,7 +210,7 @@ class RunExpander(wiring.Component):
                 with m.Elif(t_pair):
                     m.d.sync += a_k.eq(t_pos + tok.run)
                 with m.Else():
-                    m.d.sync += a_k.eq(p.fan_in - 1)
+                    m.d.sync += a_k.eq(n_fan_in - 1)
         with m.Elif(a_done):
             m.d.sync += a_valid.eq(0)
 
@@ -218,6 +225,9 @@ class RunExpander(wiring.Component):
                 t_rem.eq(p.fan_in),
                 t_pos.eq(0),
                 t_fresh.eq(1),
+                n_fan_in.eq(p.fan_in),
+                n_zrun.eq(Const(1, 1) << p.run_bits),
+                n_base.eq(p.codebook_base),
             ]
             bad = ((p.fan_in == 0) | (p.fan_in > cfg.max_fan_in) | (p.codebook_size == 0)
                    | (p.codebook_size > cfg.max_codebook_size)

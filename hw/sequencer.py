@@ -288,7 +288,12 @@ class Sequencer(wiring.Component):
 
         # -- the entry, byte by byte: only the fields used later are kept -----------------
         cnt = Signal(range(_ENTRY_READ + 3 + lx))  # FL's clocks, the entry's bytes, derive steps
-        fl_wait = Signal() if lx else None  # (lx: the FL byte arrives in the entry's clock 1)
+        # The FL byte reaches ``e_byte`` in the entry's clock 1 (``fl_wait``), with an
+        # ``image_read_latency`` of 2 in its clock 2 (``fl_wait`` then ``fl_wait_1``): the
+        # input's fractional length is taken from there, not from ``byte`` (17.5-18.8 ns
+        # from the buffer's output in every ULX3S placement of session 31).
+        fl_wait = Signal()
+        fl_wait_1 = Signal() if lx else None
         is_conv = Signal()
         relu = Signal()
         pool = Signal(8)
@@ -539,12 +544,8 @@ class Sequencer(wiring.Component):
                 with m.If(cnt == 0):
                     m.d.sync += [cnt.eq(1), rd_byte.eq(_entry_byte(self.layer, 0))]
                 with m.Else():
-                    if lx:  # (the byte arrives in the entry's clock 1)
-                        m.d.sync += [fl_wait.eq(1), state.eq(_S.ENTRY),
-                                     cnt.eq(1), rd_byte.eq(rd_byte + 1)]
-                    else:
-                        m.d.sync += [in_fl.eq(byte.as_signed()), state.eq(_S.ENTRY),
-                                     cnt.eq(1), rd_byte.eq(rd_byte + 1)]
+                    m.d.sync += [fl_wait.eq(1), state.eq(_S.ENTRY),
+                                 cnt.eq(1), rd_byte.eq(rd_byte + 1)]
             with m.Case(_S.ENTRY):
                 # One byte addressed per clock; byte n-1-lx arrives while n is addressed
                 # and is in ``e_byte`` a clock later.
@@ -553,7 +554,12 @@ class Sequencer(wiring.Component):
                 m.d.sync += [cnt.eq(cnt + 1), rd_byte.eq(rd_byte + 1)]
                 if lx:
                     with m.If(fl_wait):
-                        m.d.sync += [in_fl.eq(byte.as_signed()), fl_wait.eq(0)]
+                        m.d.sync += [fl_wait_1.eq(1), fl_wait.eq(0)]
+                    with m.If(fl_wait_1):
+                        m.d.sync += [in_fl.eq(e_byte.as_signed()), fl_wait_1.eq(0)]
+                else:
+                    with m.If(fl_wait):
+                        m.d.sync += [in_fl.eq(e_byte.as_signed()), fl_wait.eq(0)]
                 with m.Switch(cnt):
                     for n, stmts in fields.items():
                         with m.Case(n + 2 + lx):

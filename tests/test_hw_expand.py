@@ -155,6 +155,62 @@ def test_throughput_one_weight_per_clock():
     assert cycles[-1] - cycles[0] + 1 == len(expected)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_layers_back_to_back_resident(sparse):
+    """Layers one after another on one expander, every parameter changing at each start:
+    two codebooks loaded at their bases, then both layers again from the resident
+    codebooks, with each layer's first token offered in the clock after its ``start``
+    (the token intake takes its parameters at ``start``) and the outputs taken without
+    a stall, so each layer's last weight leaves as the next layer starts."""
+    a = imagegen_case(11, fan_in=24, out_c=3, index_bits=3, run_bits=2, density=0.4)
+    b = imagegen_case(12, fan_in=37, out_c=2, index_bits=2, run_bits=1, density=0.3)
+    assert (a.fan_in, a.k, a.run_bits) != (b.fan_in, b.k, b.run_bits)
+    reference = sparse_reference if sparse else dense_reference
+    runs = [(a, 0, False), (b, a.k, False), (a, 0, True), (b, a.k, True), (a, 0, True)]
+    dut = RunExpander(SMALL)
+    got = [[] for _ in runs]
+
+    async def control(ctx):
+        ctx.set(dut.sparse, sparse)
+        for n, (case, base, resident) in enumerate(runs):
+            expected = reference(case.symbols(), case.alpha, case.fan_in, case.codebook)
+            ctx.set(dut.params, {**case.params, "codebook_base": base,
+                                 "resident": int(resident)})
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            if not resident:
+                await stream_put(ctx, dut.codebook, [int(c) for c in case.codebook])
+            ctx.set(dut.o.ready, 1)
+            tokens = case.tokens()
+            sent = taken = 0
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, tokens[0])
+            ticks = ctx.tick().sample(dut.i.ready, dut.o.valid, dut.o.payload).__aiter__()
+            for _ in range(10_000):
+                _, _, i_ready, o_valid, w = await ticks.__anext__()
+                if o_valid:
+                    got[n].append({"weight": w.weight, "k": w.k, "first": w.first,
+                                   "last": w.last})
+                    taken += 1
+                if sent < len(tokens) and i_ready:
+                    sent += 1
+                    ctx.set(dut.i.valid, sent < len(tokens))
+                    if sent < len(tokens):
+                        ctx.set(dut.i.payload, tokens[sent])
+                if taken == len(expected):
+                    break
+            await ticks.aclose()
+            assert ctx.get(dut.error) == ExpandError.NONE, f"layer {n}"
+            assert got[n] == expected, f"layer {n}"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(control)
+    sim.run()
+    assert all(got)
+
+
 # -- sparse mode ----------------------------------------------------------------------------
 
 def check_channels(channels, *, fan_in, codebook, run_bits, seed, stall=STALL):

@@ -133,8 +133,11 @@ def run_fetch(cfg, image: bytes, layers, *, seed=0, stall=0.0, ch_stall=None,
                     break
                 assert t - t0 < timeout, f"layer {n}: not idle after {timeout} clocks"
             await ticks.aclose()
+            waited = 0  # (a lane that stops short of its bytes leaves its consumer waiting)
             while any((n, j) not in done for j in range(lanes)):
                 await ctx.tick()
+                waited += 1
+                assert waited < timeout, f"layer {n}: consumers not done {timeout} clocks on"
             results.append({"deals": deals, "clocks": t - t0, "start": t0})
         plan.append(None)
 
