@@ -160,8 +160,8 @@ def test_layers_back_to_back_resident(sparse):
     """Layers one after another on one expander, every parameter changing at each start:
     two codebooks loaded at their bases, then both layers again from the resident
     codebooks, with each layer's first token offered in the clock after its ``start``
-    (the token intake takes its parameters at ``start``) and the outputs taken without
-    a stall, so each layer's last weight leaves as the next layer starts."""
+    (the token intake takes its parameters at ``start``: a copy a clock later fails here)
+    and the outputs taken without a stall."""
     a = imagegen_case(11, fan_in=24, out_c=3, index_bits=3, run_bits=2, density=0.4)
     b = imagegen_case(12, fan_in=37, out_c=2, index_bits=2, run_bits=1, density=0.3)
     assert (a.fan_in, a.k, a.run_bits) != (b.fan_in, b.k, b.run_bits)
